@@ -1,1 +1,41 @@
-fn main(){}
+//! `rkube-bench <bench>`: measures a component and prints its figures. Benchmarks measure;
+//! tests assert behaviour.
+
+mod report;
+mod store;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "rkube-bench", version, about = "rkube's benchmarks")]
+struct Cli {
+    /// One JSON object per figure per line instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand, Debug)]
+enum Bench {
+    /// The datastore: SQLite and etcd side by side.
+    Store(store::StoreArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match cli.bench {
+            Bench::Store(args) => store::run(args, cli.json).await,
+        }
+    })
+}

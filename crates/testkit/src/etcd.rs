@@ -132,6 +132,11 @@ impl EtcdCluster {
         self.members.iter().map(|m| m.name.clone()).collect()
     }
 
+    /// The folder holding every member's data.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// Process ids, for measuring the members' memory.
     pub fn pids(&self) -> Vec<u32> {
         self.members.iter().map(|m| m.child.id()).collect()
