@@ -147,9 +147,16 @@ pub async fn run(mut args: StoreArgs, json: bool) -> anyhow::Result<()> {
         let store = &subject.store;
 
         for clients in [1usize, 16, 64] {
-            progress(&backend, &format!("creates with {clients} clients for {}s", args.seconds));
+            progress(
+                &backend,
+                &format!("creates with {clients} clients for {}s", args.seconds),
+            );
             let (rate, latencies) = creates(store, clients, Duration::from_secs_f64(args.seconds)).await?;
-            let case = if clients == 1 { "1 client".to_string() } else { format!("{clients} clients") };
+            let case = if clients == 1 {
+                "1 client".to_string()
+            } else {
+                format!("{clients} clients")
+            };
             report.add(&backend, &case, "creates_per_sec", "1/s", rate);
             report.add(&backend, &case, "create_p50", "ms", percentile(&latencies, 50.0));
             report.add(&backend, &case, "create_p99", "ms", percentile(&latencies, 99.0));
@@ -177,7 +184,10 @@ pub async fn run(mut args: StoreArgs, json: bool) -> anyhow::Result<()> {
 
         progress(
             &backend,
-            &format!("watch fan-out: {} watchers, {} writes/s", args.watchers, args.watch_rate),
+            &format!(
+                "watch fan-out: {} watchers, {} writes/s",
+                args.watchers, args.watch_rate
+            ),
         );
         let fan = fan_out(store, args.watchers, args.watch_rate, if args.quick { 1 } else { 5 }).await?;
         let case = format!("{} watchers", args.watchers);
@@ -191,7 +201,10 @@ pub async fn run(mut args: StoreArgs, json: bool) -> anyhow::Result<()> {
 
         // Churn on a store of its own, so its size is the churn's alone.
         let churn = open_subject(&backend, &args, "churn", Durability::Process).await?;
-        progress(&backend, &format!("churn: {} updates to 10 keys with compaction", args.churn_updates));
+        progress(
+            &backend,
+            &format!("churn: {} updates to 10 keys with compaction", args.churn_updates),
+        );
         let before = (churn.disk)();
         churn_updates(&churn.store, args.churn_updates).await?;
         let case = format!("churn {} updates", args.churn_updates);
@@ -221,7 +234,9 @@ async fn creates(store: &Arc<dyn Store>, clients: usize, duration: Duration) -> 
                 let mut i = 0u64;
                 while start.elapsed() < duration {
                     let t = Instant::now();
-                    store.create(&format!("/bench/create/{run}/{c}/{i}"), value.clone()).await?;
+                    store
+                        .create(&format!("/bench/create/{run}/{c}/{i}"), value.clone())
+                        .await?;
                     latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                     i += 1;
                 }
@@ -270,7 +285,10 @@ async fn load(store: &Arc<dyn Store>, peer: &str, prefix: &str, keys: usize) -> 
         task.await??;
     }
     reporter.abort();
-    progress(peer, &format!("loaded {keys} keys in {:.1}s", started.elapsed().as_secs_f64()));
+    progress(
+        peer,
+        &format!("loaded {keys} keys in {:.1}s", started.elapsed().as_secs_f64()),
+    );
     Ok(())
 }
 
@@ -306,7 +324,11 @@ async fn range_latencies(
         let t = Instant::now();
         let resp = store.range(request).await?;
         out.push(t.elapsed().as_secs_f64() * 1000.0);
-        anyhow::ensure!(resp.kvs.len() == expect, "range returned {} of {expect}", resp.kvs.len());
+        anyhow::ensure!(
+            resp.kvs.len() == expect,
+            "range returned {} of {expect}",
+            resp.kvs.len()
+        );
     }
     out.sort_by(f64::total_cmp);
     Ok(out)
@@ -393,7 +415,7 @@ async fn fan_out(store: &Arc<dyn Store>, watchers: usize, rate: u64, seconds: u6
 }
 
 async fn churn_updates(store: &Arc<dyn Store>, updates: usize) -> anyhow::Result<()> {
-    spawn_compactor(
+    let compactor = spawn_compactor(
         Arc::downgrade(store),
         CompactionPolicy {
             retention: Duration::ZERO,
@@ -418,7 +440,10 @@ async fn churn_updates(store: &Arc<dyn Store>, updates: usize) -> anyhow::Result
     for task in tasks {
         task.await??;
     }
-    // Let the compactor run once more after the last write, as it would in a server.
+    // Let the compactor run once more after the last write, as it would in a server, then
+    // stop it before the store (and an etcd the bench started) goes away.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    compactor.abort();
+    drop(compactor.await);
     Ok(())
 }

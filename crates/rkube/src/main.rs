@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use rkube_store::{Datastore, OpenOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "rkube", version, about = "A Kubernetes-compatible container platform in one binary")]
+#[command(
+    name = "rkube",
+    version,
+    about = "A Kubernetes-compatible container platform in one binary"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,8 +72,8 @@ fn main() -> ExitCode {
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let sqlite_path = args.data_dir.join("server/db/state.db");
-    let datastore = Datastore::from_endpoint(args.datastore_endpoint.as_deref(), &sqlite_path)
-        .context("--datastore-endpoint")?;
+    let datastore =
+        Datastore::from_endpoint(args.datastore_endpoint.as_deref(), &sqlite_path).context("--datastore-endpoint")?;
     let options = OpenOptions {
         compaction: Some(rkube_store::CompactionPolicy {
             retention: std::time::Duration::from_secs(args.datastore_retention),
@@ -81,7 +85,11 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening the datastore ({datastore:?})"))?;
     let revision = store.current_revision().await?;
-    tracing::info!(backend = store.backend(), revision, "datastore ready; rkube server is running (Ctrl-C stops it)");
+    tracing::info!(
+        backend = store.backend(),
+        revision,
+        "datastore ready; rkube server is running (Ctrl-C stops it)"
+    );
     shutdown_signal().await?;
     tracing::info!("stopping");
     drop(store);

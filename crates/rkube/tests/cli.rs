@@ -12,10 +12,16 @@ fn rkube() -> Command {
 fn version_and_help() {
     let out = rkube().arg("--version").output().unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("rkube {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("rkube {}", env!("CARGO_PKG_VERSION"))
+    );
     let out = rkube().args(["server", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("--data-dir") && help.contains("--datastore-endpoint"), "{help}");
+    assert!(
+        help.contains("--data-dir") && help.contains("--datastore-endpoint"),
+        "{help}"
+    );
 }
 
 #[test]

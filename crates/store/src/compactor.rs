@@ -49,8 +49,9 @@ pub fn compaction_target(
     (target > compacted).then_some(target)
 }
 
-/// Runs compaction every `policy.interval` until the store is dropped.
-pub fn spawn_compactor(store: Weak<dyn Store>, policy: CompactionPolicy) {
+/// Runs compaction every `policy.interval` until the store is dropped (or the returned
+/// handle is aborted).
+pub fn spawn_compactor(store: Weak<dyn Store>, policy: CompactionPolicy) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut samples: VecDeque<(Instant, i64)> = VecDeque::new();
         let mut ticker = tokio::time::interval(policy.interval);
@@ -78,7 +79,7 @@ pub fn spawn_compactor(store: Weak<dyn Store>, policy: CompactionPolicy) {
                 samples.pop_front();
             }
         }
-    });
+    })
 }
 
 #[cfg(test)]

@@ -20,8 +20,11 @@ use crate::{Bytes, Event, EventKind, KeyValue, RangeRequest, RangeResponse, Stor
 
 /// Large ranges and watch batches exceed tonic's 4 MiB default.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
-/// Keys per request when a caller asks for a whole range.
-const PAGE: usize = 1000;
+/// Keys per request when a caller asks for a whole range. etcd 3.4 counts the whole
+/// remaining range on every limited request, so small pages make a full range quadratic.
+const PAGE: usize = 10_000;
+/// Attempts after a refused connection before the error is returned (about 2.7 s in all).
+const CONNECT_RETRIES: u32 = 10;
 /// Events buffered per watcher before it counts as too slow and is cut off.
 const WATCH_BUFFER: usize = 16 * 1024;
 
@@ -57,6 +60,13 @@ fn is_compacted(err: &etcd_client::Error) -> bool {
     matches!(err, etcd_client::Error::GRpcStatus(s) if s.message().contains("required revision has been compacted"))
 }
 
+/// A request that failed before it reached etcd.
+fn never_sent(err: &etcd_client::Error) -> bool {
+    // tonic reports it as Unavailable with this message; the code alone also covers
+    // requests that were sent and then lost, which are not safe to repeat.
+    matches!(err, etcd_client::Error::GRpcStatus(s) if s.message().contains("tcp connect error"))
+}
+
 fn is_future(err: &etcd_client::Error) -> bool {
     matches!(err, etcd_client::Error::GRpcStatus(s) if s.message().contains("required revision is a future revision"))
 }
@@ -82,7 +92,12 @@ impl EtcdStore {
         // Fail at start, not at the first request, when etcd is not there.
         let revision = store.current_revision().await?;
         let compacted = store.compacted_revision().await?;
-        tracing::info!(endpoints = endpoints.join(",").as_str(), revision, compacted, "connected to etcd");
+        tracing::info!(
+            endpoints = endpoints.join(",").as_str(),
+            revision,
+            compacted,
+            "connected to etcd"
+        );
         Ok(store)
     }
 
@@ -92,10 +107,30 @@ impl EtcdStore {
         self
     }
 
-    async fn call<T>(&self, future: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T> {
+    async fn timed<T>(&self, future: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T> {
         match tokio::time::timeout(self.timeout, future).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(StoreError::EtcdProtocol(format!("no answer within {:?}", self.timeout))),
+        }
+    }
+
+    /// Runs a kv request, retrying it while the balancer picks an endpoint that refuses
+    /// connections (a member that died): such a request was never sent, so even a write is
+    /// safe to send again, and the next attempt may pick a live member.
+    async fn kv_call<T, Fut>(&self, mut request: impl FnMut(KvClient) -> Fut) -> Result<T>
+    where
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            match self.timed(request(self.kv.clone())).await {
+                Err(StoreError::Etcd(err)) if never_sent(&err) && attempt < CONNECT_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(%err, attempt, "etcd endpoint refused the connection; retrying");
+                    tokio::time::sleep(Duration::from_millis(50) * attempt).await;
+                }
+                other => return other,
+            }
         }
     }
 
@@ -131,7 +166,7 @@ impl Store for EtcdStore {
 
     async fn current_revision(&self) -> Result<i64> {
         let resp = self
-            .call(self.kv.clone().get("/", Some(GetOptions::new().with_count_only())))
+            .kv_call(|mut kv| async move { kv.get("/", Some(GetOptions::new().with_count_only())).await })
             .await?;
         header_revision(resp.header())
     }
@@ -139,12 +174,12 @@ impl Store for EtcdStore {
     async fn compacted_revision(&self) -> Result<i64> {
         // etcd reports its compaction point only to a watch that starts before it.
         let mut stream = self
-            .call(self.watch.clone().watch(
+            .timed(self.watch.clone().watch(
                 "/rkube-compaction-probe",
                 Some(WatchOptions::new().with_start_revision(1)),
             ))
             .await?;
-        let seen = match self.call(stream.message()).await? {
+        let seen = match self.timed(stream.message()).await? {
             Some(resp) if resp.canceled() && resp.compact_revision() > 0 => resp.compact_revision(),
             _ => 0,
         };
@@ -154,7 +189,7 @@ impl Store for EtcdStore {
 
     async fn get(&self, key: &str) -> Result<(i64, Option<KeyValue>)> {
         validate_key(key)?;
-        let resp = self.call(self.kv.clone().get(key, None)).await?;
+        let resp = self.kv_call(|mut kv| async move { kv.get(key, None).await }).await?;
         let revision = header_revision(resp.header())?;
         Ok((revision, resp.kvs().first().map(kv_from).transpose()?))
     }
@@ -190,7 +225,14 @@ impl Store for EtcdStore {
             if let Some(rev) = revision {
                 options = options.with_revision(rev);
             }
-            let resp = match self.call(self.kv.clone().get(start.as_str(), Some(options))).await {
+            let from = start.as_str();
+            let resp = match self
+                .kv_call(|mut kv| {
+                    let options = options.clone();
+                    async move { kv.get(from, Some(options)).await }
+                })
+                .await
+            {
                 Ok(resp) => resp,
                 Err(StoreError::Etcd(err)) => return Err(self.revision_error(err, revision.unwrap_or(0)).await),
                 Err(err) => return Err(err),
@@ -224,7 +266,12 @@ impl Store for EtcdStore {
     async fn count(&self, prefix: &str) -> Result<(i64, i64)> {
         validate_key(prefix)?;
         let options = GetOptions::new().with_range(prefix_end(prefix)).with_count_only();
-        let resp = self.call(self.kv.clone().get(prefix, Some(options))).await?;
+        let resp = self
+            .kv_call(|mut kv| {
+                let options = options.clone();
+                async move { kv.get(prefix, Some(options)).await }
+            })
+            .await?;
         Ok((header_revision(resp.header())?, resp.count()))
     }
 
@@ -234,7 +281,12 @@ impl Store for EtcdStore {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value.to_vec(), None)]);
-        let resp = self.call(self.kv.clone().txn(txn)).await?;
+        let resp = self
+            .kv_call(|mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await?;
         if !resp.succeeded() {
             return Err(StoreError::AlreadyExists { key: key.to_string() });
         }
@@ -248,7 +300,12 @@ impl Store for EtcdStore {
             .when([Compare::mod_revision(key, CompareOp::Equal, expected_mod_revision)])
             .and_then([TxnOp::put(key, value.to_vec(), None)])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.call(self.kv.clone().txn(txn)).await?;
+        let resp = self
+            .kv_call(|mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await?;
         if resp.succeeded() {
             return header_revision(resp.header());
         }
@@ -270,9 +327,17 @@ impl Store for EtcdStore {
         };
         let txn = Txn::new()
             .when([guard])
-            .and_then([TxnOp::delete(key, Some(etcd_client::DeleteOptions::new().with_prev_key()))])
+            .and_then([TxnOp::delete(
+                key,
+                Some(etcd_client::DeleteOptions::new().with_prev_key()),
+            )])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.call(self.kv.clone().txn(txn)).await?;
+        let resp = self
+            .kv_call(|mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await?;
         if resp.succeeded() {
             let revision = header_revision(resp.header())?;
             for op in resp.op_responses() {
@@ -282,7 +347,9 @@ impl Store for EtcdStore {
                     return Ok((revision, kv_from(prev)?));
                 }
             }
-            return Err(StoreError::EtcdProtocol("a delete that returned no previous value".into()));
+            return Err(StoreError::EtcdProtocol(
+                "a delete that returned no previous value".into(),
+            ));
         }
         match (Self::current_from(&resp)?, expected_mod_revision) {
             (Some(current), Some(expected)) => Err(StoreError::Conflict {
@@ -315,7 +382,7 @@ impl Store for EtcdStore {
             .with_range(prefix_end(prefix))
             .with_start_revision(after + 1)
             .with_prev_key();
-        let stream = self.call(self.watch.clone().watch(prefix, Some(options))).await?;
+        let stream = self.timed(self.watch.clone().watch(prefix, Some(options))).await?;
         let (sender, receiver) = mpsc::channel(self.watch_buffer);
         let cut_off = Arc::new(AtomicBool::new(false));
         tokio::spawn(pump(stream, sender, Arc::clone(&cut_off), after));
@@ -334,7 +401,10 @@ impl Store for EtcdStore {
                 compacted: known,
             });
         }
-        match self.call(self.kv.clone().compact(revision, None)).await {
+        match self
+            .kv_call(|mut kv| async move { kv.compact(revision, None).await })
+            .await
+        {
             Ok(_) => {
                 self.compacted.fetch_max(revision, Ordering::SeqCst);
                 Ok(())
@@ -356,7 +426,11 @@ fn convert(event: &etcd_client::Event) -> Result<Event> {
             kv: kv_from(kv)?,
             // etcd sends the previous value of a create too when the key existed before a
             // delete that compaction has not removed; a create has no previous value.
-            prev: if kv.create_revision() == kv.mod_revision() { None } else { prev },
+            prev: if kv.create_revision() == kv.mod_revision() {
+                None
+            } else {
+                prev
+            },
         },
         EventType::Delete => Event {
             kind: EventKind::Delete,

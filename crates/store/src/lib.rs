@@ -176,24 +176,29 @@ impl Datastore {
         };
         if let Some(path) = endpoint.strip_prefix("sqlite://") {
             if path.is_empty() {
-                return Err(invalid("sqlite:// needs a file path, e.g. sqlite:///var/lib/rkube/state.db"));
+                return Err(invalid(
+                    "sqlite:// needs a file path, e.g. sqlite:///var/lib/rkube/state.db",
+                ));
             }
             return Ok(Self::Sqlite { path: path.into() });
         }
-        let endpoints = endpoint
-            .split(',')
-            .map(|e| e.trim().to_string())
-            .collect::<Vec<_>>();
+        let endpoints = endpoint.split(',').map(|e| e.trim().to_string()).collect::<Vec<_>>();
         for e in &endpoints {
             let rest = e
                 .strip_prefix("http://")
                 .or_else(|| e.strip_prefix("https://"))
-                .ok_or_else(|| invalid("expected sqlite://PATH or a comma-separated list of http://host:port etcd endpoints"))?;
+                .ok_or_else(|| {
+                    invalid("expected sqlite://PATH or a comma-separated list of http://host:port etcd endpoints")
+                })?;
             if e.starts_with("https://") {
-                return Err(invalid("etcd over TLS is not supported yet; use http:// endpoints on a trusted network"));
+                return Err(invalid(
+                    "etcd over TLS is not supported yet; use http:// endpoints on a trusted network",
+                ));
             }
             if rest.is_empty() || !rest.contains(':') {
-                return Err(invalid("each etcd endpoint needs host:port, e.g. http://127.0.0.1:2379"));
+                return Err(invalid(
+                    "each etcd endpoint needs host:port, e.g. http://127.0.0.1:2379",
+                ));
             }
         }
         Ok(Self::Etcd { endpoints })
@@ -224,12 +229,11 @@ impl Default for OpenOptions {
 pub async fn open(datastore: &Datastore, options: OpenOptions) -> Result<Arc<dyn Store>> {
     let store: Arc<dyn Store> = match datastore {
         Datastore::Sqlite { path } => Arc::new(sqlite::SqliteStore::open(path, options.sqlite).await?),
-        Datastore::Etcd { endpoints } => {
-            Arc::new(etcd::EtcdStore::connect(endpoints, options.etcd_timeout).await?)
-        }
+        Datastore::Etcd { endpoints } => Arc::new(etcd::EtcdStore::connect(endpoints, options.etcd_timeout).await?),
     };
     if let Some(policy) = options.compaction {
-        spawn_compactor(Arc::downgrade(&store), policy);
+        // The task ends by itself once the store is dropped.
+        drop(spawn_compactor(Arc::downgrade(&store), policy));
     }
     Ok(store)
 }
@@ -248,7 +252,9 @@ mod tests {
         );
         assert_eq!(
             Datastore::from_endpoint(Some("sqlite:///tmp/x.db"), default).unwrap(),
-            Datastore::Sqlite { path: "/tmp/x.db".into() }
+            Datastore::Sqlite {
+                path: "/tmp/x.db".into()
+            }
         );
         assert_eq!(
             Datastore::from_endpoint(Some("http://127.0.0.1:2379, http://127.0.0.2:2379"), default).unwrap(),
@@ -256,7 +262,13 @@ mod tests {
                 endpoints: vec!["http://127.0.0.1:2379".into(), "http://127.0.0.2:2379".into()]
             }
         );
-        for bad in ["mysql://x", "http://", "sqlite://", "https://127.0.0.1:2379", "127.0.0.1:2379"] {
+        for bad in [
+            "mysql://x",
+            "http://",
+            "sqlite://",
+            "https://127.0.0.1:2379",
+            "127.0.0.1:2379",
+        ] {
             let err = Datastore::from_endpoint(Some(bad), default).unwrap_err();
             assert!(matches!(err, StoreError::InvalidEndpoint { .. }), "{bad}: {err}");
         }

@@ -35,7 +35,7 @@ async fn a_million_updates_stay_small() {
     };
     let store = Arc::new(SqliteStore::open(&dir.path().join("state.db"), options).await.unwrap());
     let as_dyn: Arc<dyn Store> = store.clone();
-    spawn_compactor(
+    let _compactor = spawn_compactor(
         Arc::downgrade(&as_dyn),
         CompactionPolicy {
             retention: Duration::ZERO,
@@ -75,10 +75,16 @@ async fn a_million_updates_stay_small() {
     let current = store.current_revision().await.unwrap();
     assert!(current > UPDATES as i64);
     let compacted = store.compacted_revision().await.unwrap();
-    assert!(compacted > current - 100_000, "compaction kept up: {compacted} of {current}");
+    assert!(
+        compacted > current - 100_000,
+        "compaction kept up: {compacted} of {current}"
+    );
     assert_eq!(store.count("/registry/leases/").await.unwrap().1, KEYS as i64);
 
     let peak = peak.load(Ordering::Relaxed);
     eprintln!("churn: {UPDATES} updates, peak database size {peak} bytes, bound {BOUND_BYTES}");
-    assert!(peak <= BOUND_BYTES, "database grew to {peak} bytes (bound {BOUND_BYTES})");
+    assert!(
+        peak <= BOUND_BYTES,
+        "database grew to {peak} bytes (bound {BOUND_BYTES})"
+    );
 }

@@ -61,15 +61,24 @@ async fn crud(f: &mut Fixture) {
     let (read_at, kv) = s.get("/registry/pods/default/a").await.unwrap();
     let kv = kv.unwrap();
     assert!(read_at >= r1);
-    assert_eq!((kv.value.as_ref(), kv.create_revision, kv.mod_revision), (&b"one"[..], r1, r1));
+    assert_eq!(
+        (kv.value.as_ref(), kv.create_revision, kv.mod_revision),
+        (&b"one"[..], r1, r1)
+    );
 
     let err = s.create("/registry/pods/default/a", b("again")).await.unwrap_err();
-    assert!(matches!(err, StoreError::AlreadyExists { ref key } if key == "/registry/pods/default/a"), "{err}");
+    assert!(
+        matches!(err, StoreError::AlreadyExists { ref key } if key == "/registry/pods/default/a"),
+        "{err}"
+    );
 
     let r2 = s.update("/registry/pods/default/a", b("two"), r1).await.unwrap();
     assert!(r2 > r1);
     let kv = s.get("/registry/pods/default/a").await.unwrap().1.unwrap();
-    assert_eq!((kv.value.as_ref(), kv.create_revision, kv.mod_revision), (&b"two"[..], r1, r2));
+    assert_eq!(
+        (kv.value.as_ref(), kv.create_revision, kv.mod_revision),
+        (&b"two"[..], r1, r2)
+    );
 
     let (r3, deleted) = s.delete("/registry/pods/default/a", Some(r2)).await.unwrap();
     assert!(r3 > r2);
@@ -188,13 +197,19 @@ async fn range_at_an_older_revision(f: &mut Fixture) {
     s.delete("/old/b", None).await.unwrap();
     s.create("/old/c", b("c1")).await.unwrap();
 
-    let old = s.range(RangeRequest::prefix("/old/").at_revision(snapshot)).await.unwrap();
+    let old = s
+        .range(RangeRequest::prefix("/old/").at_revision(snapshot))
+        .await
+        .unwrap();
     let seen: Vec<(&str, &[u8])> = old.kvs.iter().map(|kv| (kv.key.as_str(), kv.value.as_ref())).collect();
     assert_eq!(seen, vec![("/old/a", &b"a1"[..]), ("/old/b", &b"b1"[..])]);
     assert_eq!(old.revision, snapshot);
 
     let future = s.current_revision().await.unwrap() + 100;
-    let err = s.range(RangeRequest::prefix("/old/").at_revision(future)).await.unwrap_err();
+    let err = s
+        .range(RangeRequest::prefix("/old/").at_revision(future))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::FutureRevision { .. }), "{err}");
 }
 
@@ -255,15 +270,15 @@ async fn concurrent_writers_on_one_key(f: &mut Fixture) {
     assert_eq!(kv.mod_revision, winners[0]);
     for err in results.iter().filter_map(|r| r.as_ref().err()) {
         match err {
-            StoreError::Conflict { current: Some(current), .. } => assert_eq!(current.mod_revision, winners[0]),
+            StoreError::Conflict {
+                current: Some(current), ..
+            } => assert_eq!(current.mod_revision, winners[0]),
             other => panic!("expected a conflict, got {other}"),
         }
     }
 }
 
-async fn futures_join<T: Send + 'static>(
-    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
-) -> Vec<T> {
+async fn futures_join<T: Send + 'static>(handles: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
     let mut out = Vec::new();
     for handle in handles.collect::<Vec<_>>() {
         out.push(handle.await.unwrap());
@@ -273,7 +288,10 @@ async fn futures_join<T: Send + 'static>(
 
 async fn large_values(f: &mut Fixture) {
     let s = &f.store;
-    let big: Bytes = (0..MAX_VALUE_BYTES).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
+    let big: Bytes = (0..MAX_VALUE_BYTES)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
     let rev = s.create("/big/ok", big.clone()).await.unwrap();
     let kv = s.get("/big/ok").await.unwrap().1.unwrap();
     assert_eq!(kv.value, big);
@@ -285,7 +303,10 @@ async fn large_values(f: &mut Fixture) {
     let err = s.create("/big/no", too_big.clone()).await.unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("value for key \"/big/no\" is {} bytes, over the limit of {MAX_VALUE_BYTES} bytes", MAX_VALUE_BYTES + 1)
+        format!(
+            "value for key \"/big/no\" is {} bytes, over the limit of {MAX_VALUE_BYTES} bytes",
+            MAX_VALUE_BYTES + 1
+        )
     );
     let err = s.update("/big/ok", too_big, rev).await.unwrap_err();
     assert!(matches!(err, StoreError::ValueTooLarge { .. }), "{err}");
@@ -341,7 +362,11 @@ async fn watch_ordering_and_previous_values(f: &mut Fixture) {
     assert_eq!(events[3].kv.key, "/w/b");
     let prev = events[3].prev.as_ref().unwrap();
     assert_eq!((prev.value.as_ref(), prev.mod_revision), (&b"b1"[..], rb));
-    assert!(events[4].is_create(), "a re-create has no previous value: {:?}", events[4]);
+    assert!(
+        events[4].is_create(),
+        "a re-create has no previous value: {:?}",
+        events[4]
+    );
 
     // Many concurrent writers: the watcher sees every write once, in revision order.
     // It reads while they write: the fixture's watch buffer is deliberately small.
@@ -380,7 +405,11 @@ async fn watch_resumes_from_a_revision(f: &mut Fixture) {
     for i in 30..40 {
         revs.push(s.create(&format!("/r/{i:02}"), b(&i.to_string())).await.unwrap());
     }
-    let seen: Vec<i64> = next_events(&mut watcher, 30).await.iter().map(|e| e.revision()).collect();
+    let seen: Vec<i64> = next_events(&mut watcher, 30)
+        .await
+        .iter()
+        .map(|e| e.revision())
+        .collect();
     assert_eq!(seen, revs[10..].to_vec());
 
     // Resuming from the newest revision yields only what comes next.
@@ -473,7 +502,10 @@ async fn persistence_across_restart(f: &mut Fixture) {
     let s = &f.store;
     assert_eq!(s.current_revision().await.unwrap(), before);
     let kv = s.get("/persist/a").await.unwrap().1.unwrap();
-    assert_eq!((kv.value.as_ref(), kv.create_revision, kv.mod_revision), (&b"a2"[..], r1, r2));
+    assert_eq!(
+        (kv.value.as_ref(), kv.create_revision, kv.mod_revision),
+        (&b"a2"[..], r1, r2)
+    );
     assert!(s.get("/persist/b").await.unwrap().1.is_none());
     let next = s.create("/persist/c", b("c")).await.unwrap();
     assert!(next > before);

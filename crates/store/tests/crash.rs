@@ -37,7 +37,11 @@ fn generation_of(key: &str, value: &[u8]) -> Option<u8> {
 #[ignore = "helper: runs as the crash test's child process"]
 async fn crash_child() {
     let path = std::env::var(CHILD_ENV).expect("the crash test sets the database path");
-    let store = Arc::new(SqliteStore::open(path.as_ref(), SqliteOptions::default()).await.unwrap());
+    let store = Arc::new(
+        SqliteStore::open(path.as_ref(), SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
     let out = Arc::new(Mutex::new(std::io::stdout()));
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
@@ -88,7 +92,12 @@ async fn acknowledged_writes_survive_sigkill() {
 
     let mut lines = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while lines.iter().filter(|l: &&String| l.starts_with("C ") || l.starts_with("U ")).count() < ACKS_BEFORE_KILL {
+    while lines
+        .iter()
+        .filter(|l: &&String| l.starts_with("C ") || l.starts_with("U "))
+        .count()
+        < ACKS_BEFORE_KILL
+    {
         match lines_rx.recv_timeout(Duration::from_secs(1)) {
             Ok(line) => lines.push(line),
             Err(_) if Instant::now() > deadline => panic!("the child acknowledged too little: {lines:?}"),
@@ -106,7 +115,9 @@ async fn acknowledged_writes_survive_sigkill() {
     let mut max_acked = 0;
     for line in &lines {
         let mut parts = line.split(' ');
-        let (Some(op), Some(key), Some(rev)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let (Some(op), Some(key), Some(rev)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
         let Ok(rev) = rev.parse::<i64>() else { continue };
         max_acked = max_acked.max(rev);
         match op {
@@ -123,7 +134,12 @@ async fn acknowledged_writes_survive_sigkill() {
 
     // Every acknowledged write is there.
     for (key, create_rev) in &created {
-        let kv = store.get(key).await.unwrap().1.unwrap_or_else(|| panic!("acknowledged {key} is gone"));
+        let kv = store
+            .get(key)
+            .await
+            .unwrap()
+            .1
+            .unwrap_or_else(|| panic!("acknowledged {key} is gone"));
         assert_eq!(kv.create_revision, *create_rev, "{key}");
         let generation = generation_of(key, &kv.value).unwrap_or_else(|| panic!("{key} is half-written"));
         match updated.get(key) {
@@ -138,7 +154,11 @@ async fn acknowledged_writes_survive_sigkill() {
     let all = store.range(RangeRequest::prefix("/crash/")).await.unwrap();
     assert!(all.kvs.len() >= created.len());
     for kv in &all.kvs {
-        assert!(generation_of(&kv.key, &kv.value).is_some(), "{} is half-written", kv.key);
+        assert!(
+            generation_of(&kv.key, &kv.value).is_some(),
+            "{} is half-written",
+            kv.key
+        );
         assert!(kv.create_revision <= kv.mod_revision && kv.mod_revision <= current);
     }
     let mut watcher = store.watch("/crash/", 1).await.unwrap();

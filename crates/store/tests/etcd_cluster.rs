@@ -10,9 +10,14 @@ use rkube_testkit::EtcdCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_survive_losing_one() {
-    let mut cluster = tokio::task::spawn_blocking(|| EtcdCluster::start(3)).await.unwrap().unwrap();
+    let mut cluster = tokio::task::spawn_blocking(|| EtcdCluster::start(3))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(cluster.member_names().len(), 3);
-    let store = EtcdStore::connect(&cluster.endpoints(), Duration::from_secs(10)).await.unwrap();
+    let store = EtcdStore::connect(&cluster.endpoints(), Duration::from_secs(10))
+        .await
+        .unwrap();
 
     let mut watcher = store.watch("/ha/", 0).await.unwrap();
     let first = store.create("/ha/before", Bytes::from_static(b"1")).await.unwrap();
@@ -47,6 +52,10 @@ async fn three_members_survive_losing_one() {
 
     // The watch saw the first write; whether its stream survived the member it was on
     // depends on which member that was, so only the order is checked.
-    let event = tokio::time::timeout(Duration::from_secs(20), watcher.next()).await.unwrap().unwrap().unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(20), watcher.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(event.revision(), first);
 }

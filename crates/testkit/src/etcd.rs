@@ -91,7 +91,8 @@ impl EtcdCluster {
             let name = format!("m{i}");
             let log = cluster.dir.path().join(format!("{name}.log"));
             let log_file = std::fs::File::create(&log)?;
-            let mut command: Vec<std::ffi::OsString> = vec![binary.clone().into(), "--name".into(), name.clone().into()];
+            let mut command: Vec<std::ffi::OsString> =
+                vec![binary.clone().into(), "--name".into(), name.clone().into()];
             command.push("--data-dir".into());
             command.push(cluster.dir.path().join(&name).into());
             for (flag, value) in [
@@ -195,7 +196,9 @@ impl EtcdCluster {
 }
 
 fn spawn(command: &[std::ffi::OsString], log_file: &std::fs::File) -> Result<Child, EtcdError> {
-    let (binary, args) = command.split_first().ok_or_else(|| EtcdError::NotInstalled(String::new()))?;
+    let (binary, args) = command
+        .split_first()
+        .ok_or_else(|| EtcdError::NotInstalled(String::new()))?;
     Command::new(binary)
         .args(args)
         .stdin(Stdio::null())

@@ -410,7 +410,11 @@ impl Store for SqliteStore {
         self.reads
             .read(move |tx, pool| {
                 let snap = snapshot(tx, pool)?;
-                let revision = token.as_ref().map(|t| t.revision).or(request.revision).unwrap_or(snap.revision);
+                let revision = token
+                    .as_ref()
+                    .map(|t| t.revision)
+                    .or(request.revision)
+                    .unwrap_or(snap.revision);
                 check_revision(&snap, revision)?;
                 let end = prefix_end(&request.prefix);
                 // One more than asked tells whether another page follows.

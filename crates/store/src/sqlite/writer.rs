@@ -212,8 +212,10 @@ impl Writer {
         let to = self.compacted.min(from + self.compaction_chunk);
         let result = (|| -> rusqlite::Result<()> {
             let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-            tx.prepare_cached(schema::DELETE_SUPERSEDED)?.execute(params![from, to])?;
-            tx.prepare_cached(schema::DELETE_TOMBSTONES)?.execute(params![from, to])?;
+            tx.prepare_cached(schema::DELETE_SUPERSEDED)?
+                .execute(params![from, to])?;
+            tx.prepare_cached(schema::DELETE_TOMBSTONES)?
+                .execute(params![from, to])?;
             schema::write_meta(&tx, META_COMPACT_PHYSICAL, to)?;
             tx.commit()
         })();

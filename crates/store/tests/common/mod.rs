@@ -30,7 +30,12 @@ impl Fixture {
         let dir = tempfile::Builder::new().prefix("rkube-store-test-").tempdir().unwrap();
         let etcd = match backend {
             Backend::Sqlite => None,
-            Backend::Etcd => Some(tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await.unwrap().unwrap()),
+            Backend::Etcd => Some(
+                tokio::task::spawn_blocking(|| EtcdCluster::start(1))
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            ),
         };
         let store = open(backend, &dir, etcd.as_ref()).await;
         Self {

@@ -1,0 +1,56 @@
+//! The benchmark binary's contract: its JSON lines and its errors. (Figures are measured,
+//! never asserted.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::process::Command;
+
+fn bench() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rkube-bench"))
+}
+
+#[test]
+fn store_bench_prints_one_json_object_per_figure() {
+    let out = bench()
+        .args(["store", "--quick", "--json", "--backends", "sqlite", "--watchers", "10"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut seen = HashSet::new();
+    for line in stdout.lines() {
+        let figure: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(figure["bench"], "store");
+        assert!(figure["unit"].is_string());
+        assert!(figure["value"].is_number(), "{line}");
+        seen.insert((
+            figure["case"].as_str().unwrap().to_string(),
+            figure["metric"].as_str().unwrap().to_string(),
+        ));
+    }
+    for (case, metric) in [
+        ("sqlite/1 client", "creates_per_sec"),
+        ("sqlite/16 clients", "creates_per_sec"),
+        ("sqlite/64 clients", "create_p99"),
+        ("sqlite/1000 keys", "get_p99"),
+        ("sqlite/1000 keys", "range_all_p50"),
+        ("sqlite/10 watchers", "lag_p99"),
+        ("sqlite/10 watchers", "events_missed"),
+        ("sqlite/churn 5000 updates", "disk_after"),
+    ] {
+        assert!(
+            seen.contains(&(case.to_string(), metric.to_string())),
+            "missing {case} {metric}: {seen:?}"
+        );
+    }
+    // Progress goes to stderr, so stdout stays machine-readable.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[sqlite] creates with"));
+}
+
+#[test]
+fn unknown_backend_is_refused() {
+    let out = bench().args(["store", "--backends", "mysql"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown backend \"mysql\""), "{err}");
+}
