@@ -195,22 +195,7 @@ impl Store for EtcdStore {
     }
 
     async fn range(&self, request: RangeRequest) -> Result<RangeResponse> {
-        validate_key(&request.prefix)?;
-        let token = request
-            .continue_token
-            .as_deref()
-            .map(|t| ContinueToken::decode(t, &request.prefix))
-            .transpose()?;
-        if let (Some(token), Some(revision)) = (&token, request.revision)
-            && token.revision != revision
-        {
-            return Err(StoreError::InvalidContinue {
-                reason: format!(
-                    "the token continues a range at revision {}, not {revision}",
-                    token.revision
-                ),
-            });
-        }
+        let token = request.validate()?;
         let end = prefix_end(&request.prefix);
         // Keys cannot contain NUL, so "last key + NUL" is the first key after it.
         let mut start = match &token {

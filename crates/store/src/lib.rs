@@ -98,6 +98,28 @@ impl RangeRequest {
         self.continue_token = Some(token.into());
         self
     }
+
+    /// Checks the request and decodes its continue token, which must continue a range over
+    /// the same prefix at the same revision (when one is asked for).
+    pub fn validate(&self) -> Result<Option<ContinueToken>> {
+        validate_key(&self.prefix)?;
+        let token = self
+            .continue_token
+            .as_deref()
+            .map(|t| ContinueToken::decode(t, &self.prefix))
+            .transpose()?;
+        if let (Some(token), Some(revision)) = (&token, self.revision)
+            && token.revision != revision
+        {
+            return Err(StoreError::InvalidContinue {
+                reason: format!(
+                    "the token continues a range at revision {}, not {revision}",
+                    token.revision
+                ),
+            });
+        }
+        Ok(token)
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -391,22 +391,7 @@ impl Store for SqliteStore {
     }
 
     async fn range(&self, request: RangeRequest) -> Result<RangeResponse> {
-        validate_key(&request.prefix)?;
-        let token = request
-            .continue_token
-            .as_deref()
-            .map(|t| ContinueToken::decode(t, &request.prefix))
-            .transpose()?;
-        if let (Some(token), Some(revision)) = (&token, request.revision)
-            && token.revision != revision
-        {
-            return Err(StoreError::InvalidContinue {
-                reason: format!(
-                    "the token continues a range at revision {}, not {revision}",
-                    token.revision
-                ),
-            });
-        }
+        let token = request.validate()?;
         self.reads
             .read(move |tx, pool| {
                 let snap = snapshot(tx, pool)?;

@@ -264,6 +264,23 @@ fn latest(tx: &Transaction<'_>, key: &str) -> rusqlite::Result<Option<Latest>> {
         .optional()
 }
 
+/// The key's live row, if its mod revision is `expected` (when given): the compare half of
+/// compare-and-swap. A deleted key is NotFound, a different revision a Conflict.
+fn live_at(tx: &Transaction<'_>, key: &str, expected: Option<i64>) -> rusqlite::Result<Result<Latest>> {
+    let current = match latest(tx, key)? {
+        Some(c) if !c.deleted => c,
+        _ => return Ok(Err(StoreError::NotFound { key: key.to_string() })),
+    };
+    Ok(match expected.filter(|e| *e != current.revision) {
+        Some(expected) => Err(StoreError::Conflict {
+            key: key.to_string(),
+            expected,
+            current: Some(Box::new(live_kv(key, current))),
+        }),
+        None => Ok(current),
+    })
+}
+
 fn live_kv(key: &str, latest: Latest) -> KeyValue {
     KeyValue {
         key: key.to_string(),
@@ -342,18 +359,10 @@ fn update(
     value: Bytes,
     expected: i64,
 ) -> rusqlite::Result<Result<i64>> {
-    let current = match latest(tx, &key)? {
-        Some(c) if !c.deleted => c,
-        _ => return Ok(Err(StoreError::NotFound { key })),
+    let current = match live_at(tx, &key, Some(expected))? {
+        Ok(current) => current,
+        Err(err) => return Ok(Err(err)),
     };
-    if current.revision != expected {
-        let current = live_kv(&key, current);
-        return Ok(Err(StoreError::Conflict {
-            key,
-            expected,
-            current: Some(Box::new(current)),
-        }));
-    }
     let rev = *revision + 1;
     insert(
         tx,
@@ -390,18 +399,10 @@ fn delete(
     key: String,
     expected: Option<i64>,
 ) -> rusqlite::Result<Result<(i64, KeyValue)>> {
-    let current = match latest(tx, &key)? {
-        Some(c) if !c.deleted => c,
-        _ => return Ok(Err(StoreError::NotFound { key })),
+    let current = match live_at(tx, &key, expected)? {
+        Ok(current) => current,
+        Err(err) => return Ok(Err(err)),
     };
-    if let Some(expected) = expected.filter(|e| *e != current.revision) {
-        let current = live_kv(&key, current);
-        return Ok(Err(StoreError::Conflict {
-            key,
-            expected,
-            current: Some(Box::new(current)),
-        }));
-    }
     let rev = *revision + 1;
     insert(
         tx,
