@@ -47,8 +47,12 @@ fn bad_datastore_endpoint_is_one_clear_line() {
 #[test]
 fn server_starts_on_sqlite_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig.yaml");
     let mut server = rkube()
-        .args(["server", "--data-dir"])
+        .args(["server", "--https-listen-port", "0", "--bind-address", "127.0.0.1"])
+        .arg("--write-kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--data-dir")
         .arg(dir.path())
         .stderr(Stdio::null())
         .spawn()
@@ -62,7 +66,14 @@ fn server_starts_on_sqlite_and_stops_on_sigterm() {
     }
     std::thread::sleep(Duration::from_millis(300));
 
-    let second = rkube().args(["server", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let second = rkube()
+        .args(["server", "--https-listen-port", "0", "--bind-address", "127.0.0.1"])
+        .arg("--write-kubeconfig")
+        .arg(dir.path().join("second.yaml"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(!second.status.success());
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("in use by another rkube process"), "{err}");

@@ -1,5 +1,7 @@
 //! Dev-only fixtures for rkube's tests and benchmarks. Never a dependency of the product.
 
 pub mod etcd;
+pub mod server;
 
 pub use etcd::{EtcdCluster, EtcdError};
+pub use server::{Kubectl, RkubeServer, ServerError, resolve_kubectl};

@@ -1,0 +1,97 @@
+//! rkube's API server: the Kubernetes v1.33 REST API over the store, served over HTTPS to
+//! stock kubectl and every other Kubernetes client.
+//!
+//! So far: TLS with client-certificate and bearer-token authentication, `/version`, and
+//! the health endpoints. Resources, discovery and OpenAPI follow (issue 3).
+
+mod authn;
+mod response;
+mod routes;
+mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rkube_pki::{CertKey, TokenFile};
+use rkube_store::Store;
+use tokio::net::TcpListener;
+
+pub use authn::Authenticator;
+pub use response::ApiError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("tls configuration: {0}")]
+    Tls(String),
+    #[error("listening: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What the server needs to run.
+pub struct Config {
+    pub listener: TcpListener,
+    /// The serving certificate (chain) and key.
+    pub serving: CertKey,
+    /// CA whose client certificates are trusted.
+    pub client_ca_pem: String,
+    pub tokens: TokenFile,
+    pub store: Arc<dyn Store>,
+}
+
+/// Shared by every request.
+pub(crate) struct State {
+    pub authenticator: Authenticator,
+    pub store: Arc<dyn Store>,
+}
+
+/// Serves until `shutdown` completes. Connections already open are dropped then.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let acceptor = tls::acceptor(&config.serving, &config.client_ca_pem)?;
+    let state = Arc::new(State {
+        authenticator: Authenticator::new(config.tokens),
+        store: config.store,
+    });
+    let local: SocketAddr = config.listener.local_addr()?;
+    tracing::info!(address = %local, "API server listening");
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = config.listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let (acceptor, state) = (acceptor.clone(), Arc::clone(&state));
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(tls) => tls,
+                Err(err) => {
+                    tracing::debug!(%peer, %err, "tls handshake failed");
+                    return;
+                }
+            };
+            let certificate = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|der| der.as_ref().to_vec());
+            let connection = Arc::new(authn::Connection::new(certificate));
+            let service = hyper::service::service_fn(move |request| {
+                let (state, connection) = (Arc::clone(&state), Arc::clone(&connection));
+                async move { Ok::<_, std::convert::Infallible>(routes::handle(&state, &connection, request).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(err) = builder.serve_connection(TokioIo::new(tls), service).await {
+                tracing::debug!(%peer, %err, "connection ended with an error");
+            }
+        });
+    }
+}

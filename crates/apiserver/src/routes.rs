@@ -1,0 +1,110 @@
+//! Request dispatch. Kubernetes paths are irregular (`/api/v1/...`, `/apis/<g>/<v>/...`,
+//! health and version endpoints), so they are matched by hand rather than by a router.
+
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::apimachinery::pkg::version::Info;
+
+use crate::State;
+use crate::authn::Connection;
+use crate::response::{ApiError, Body, json, text};
+
+/// The Kubernetes version served: kubectl's dispatcher picks `kubectl.1.<minor>` from it.
+pub const KUBERNETES_MINOR: &str = "33";
+
+pub(crate) async fn handle(
+    state: &State,
+    connection: &Connection,
+    request: Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let response = dispatch(state, connection, request)
+        .await
+        .unwrap_or_else(ApiError::into_response);
+    tracing::debug!(%method, path, status = response.status().as_u16(), elapsed = ?started.elapsed(), "request");
+    response
+}
+
+async fn dispatch(
+    state: &State,
+    connection: &Connection,
+    request: Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let identity = state
+        .authenticator
+        .authenticate(connection, request.headers())
+        .ok_or_else(ApiError::unauthorized)?;
+    tracing::trace!(user = identity.user, "authenticated");
+    let path = request.uri().path().trim_end_matches('/');
+    let verbose = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
+    match (request.method(), path) {
+        (&Method::GET, "/version") => Ok(json(StatusCode::OK, &version())),
+        (&Method::GET, "/healthz" | "/livez") => Ok(health(&[("ping", Ok(()))], path, verbose)),
+        (&Method::GET, "/readyz") => {
+            let store = state
+                .store
+                .current_revision()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            Ok(health(&[("ping", Ok(())), ("datastore", store)], path, verbose))
+        }
+        (&Method::GET, _) => Err(ApiError::not_found_path(request.uri().path())),
+        (method, _) => Err(ApiError::method_not_allowed(method)),
+    }
+}
+
+fn version() -> Info {
+    Info {
+        major: "1".into(),
+        minor: KUBERNETES_MINOR.into(),
+        git_version: format!("v1.{KUBERNETES_MINOR}.0+rkube-{}", env!("CARGO_PKG_VERSION")),
+        git_commit: String::new(),
+        git_tree_state: "clean".into(),
+        build_date: String::new(),
+        go_version: "rust".into(),
+        compiler: "rustc".into(),
+        platform: format!("{}/{}", std::env::consts::OS, go_arch()),
+        ..Default::default()
+    }
+}
+
+/// Architecture names as Go spells them, which clients print.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// `ok`, or upstream's verbose listing; 500 naming the failed checks otherwise.
+fn health(checks: &[(&str, Result<(), String>)], path: &str, verbose: bool) -> Response<Body> {
+    let failed: Vec<_> = checks.iter().filter(|(_, r)| r.is_err()).collect();
+    let endpoint = path.trim_start_matches('/');
+    if failed.is_empty() && !verbose {
+        return text(StatusCode::OK, "ok");
+    }
+    let mut body = String::new();
+    for (name, result) in checks {
+        match result {
+            Ok(()) => body.push_str(&format!("[+]{name} ok\n")),
+            Err(_) => body.push_str(&format!("[-]{name} failed: reason withheld\n")),
+        }
+    }
+    if failed.is_empty() {
+        body.push_str(&format!("{endpoint} check passed\n"));
+        text(StatusCode::OK, body)
+    } else {
+        for (name, result) in &failed {
+            if let Err(err) = result {
+                tracing::warn!(check = name, %err, "{endpoint} check failed");
+            }
+        }
+        body.push_str(&format!("{endpoint} check failed\n"));
+        text(StatusCode::INTERNAL_SERVER_ERROR, body)
+    }
+}

@@ -1,0 +1,167 @@
+//! `rkube server`: the control plane. So far: the datastore and the API server.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use rkube_pki::{Ca, Kubeconfig, TokenFile};
+use rkube_store::{CompactionPolicy, Datastore, OpenOptions};
+
+/// The first address of the default service CIDR (10.43.0.0/16): the `kubernetes` service.
+const KUBERNETES_SERVICE_IP: [u8; 4] = [10, 43, 0, 1];
+
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    /// Folder for all state (the SQLite datastore is server/db/state.db under it).
+    #[arg(long, default_value = "/var/lib/rkube", value_name = "DIR")]
+    data_dir: PathBuf,
+
+    /// Where state lives: empty for embedded SQLite, sqlite://PATH, or a comma-separated
+    /// list of etcd endpoints (http://host:2379,...).
+    #[arg(long, value_name = "URL")]
+    datastore_endpoint: Option<String>,
+
+    /// Keep at least this many seconds of history when compacting.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    datastore_retention: u64,
+
+    /// HTTPS port of the API server (0: any free port, written into the kubeconfig).
+    #[arg(long, default_value_t = 6443, value_name = "PORT")]
+    https_listen_port: u16,
+
+    /// Address the API server listens on.
+    #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
+    bind_address: IpAddr,
+
+    /// Write the admin kubeconfig here (mode 0600).
+    #[arg(long, default_value = "/etc/rkube/rkube.yaml", value_name = "FILE")]
+    write_kubeconfig: PathBuf,
+
+    /// Static bearer tokens (kube-apiserver's format: token,user,uid,"group1,group2").
+    #[arg(long, value_name = "FILE")]
+    token_auth_file: Option<PathBuf>,
+
+    /// This node's addresses, added to the serving certificate.
+    #[arg(long = "node-ip", value_name = "IP")]
+    node_ips: Vec<IpAddr>,
+
+    /// Extra host names or addresses for the serving certificate.
+    #[arg(long = "tls-san", value_name = "NAME")]
+    tls_sans: Vec<String>,
+
+    /// Run without the node agent on this machine (there is no agent yet).
+    #[arg(long)]
+    disable_agent: bool,
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let sqlite_path = args.data_dir.join("server/db/state.db");
+    let datastore =
+        Datastore::from_endpoint(args.datastore_endpoint.as_deref(), &sqlite_path).context("--datastore-endpoint")?;
+    let tokens = match &args.token_auth_file {
+        Some(path) => TokenFile::load(path).context("--token-auth-file")?,
+        None => TokenFile::default(),
+    };
+
+    let tls_dir = args.data_dir.join("server/tls");
+    let ca = Ca::load_or_create(&tls_dir).context("the cluster CA")?;
+    let (dns_names, ips) = serving_names(&args);
+    let serving = ca
+        .issue_serving("kube-apiserver", &dns_names, &ips)
+        .context("--tls-san")?;
+    rkube_pki::write_cert_key(&tls_dir, "serving-kube-apiserver", &serving)?;
+    let admin = ca.issue_client("system:admin", &["system:masters"])?;
+    rkube_pki::write_cert_key(&tls_dir, "client-admin", &admin)?;
+
+    let options = OpenOptions {
+        compaction: Some(CompactionPolicy {
+            retention: std::time::Duration::from_secs(args.datastore_retention),
+            ..CompactionPolicy::default()
+        }),
+        ..OpenOptions::default()
+    };
+    let store = rkube_store::open(&datastore, options)
+        .await
+        .with_context(|| format!("opening the datastore ({datastore:?})"))?;
+
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.bind_address, args.https_listen_port))
+        .await
+        .with_context(|| format!("listening on {}:{}", args.bind_address, args.https_listen_port))?;
+    let port = listener.local_addr()?.port();
+    let host = if args.bind_address.is_unspecified() || args.bind_address.is_loopback() {
+        "127.0.0.1".to_string()
+    } else {
+        args.bind_address.to_string()
+    };
+    let server_url = format!("https://{host}:{port}");
+    Kubeconfig {
+        name: "default",
+        server: &server_url,
+        ca_pem: &ca.cert_pem,
+        client: &admin,
+    }
+    .write(&args.write_kubeconfig)
+    .context("--write-kubeconfig")?;
+    tracing::info!(
+        server = server_url.as_str(),
+        kubeconfig = %args.write_kubeconfig.display(),
+        backend = store.backend(),
+        "rkube server is running (Ctrl-C stops it)"
+    );
+    if args.disable_agent {
+        tracing::debug!("--disable-agent: no node agent on this machine");
+    }
+
+    let config = rkube_apiserver::Config {
+        listener,
+        serving,
+        client_ca_pem: ca.cert_pem.clone(),
+        tokens,
+        store,
+    };
+    rkube_apiserver::serve(config, async {
+        if let Err(err) = crate::shutdown_signal().await {
+            tracing::error!(%err, "waiting for a signal");
+        }
+    })
+    .await?;
+    tracing::info!("stopping");
+    Ok(())
+}
+
+/// Names and addresses the serving certificate covers: the host, loopback, the node's
+/// addresses, the `kubernetes` service by IP and by every DNS form, and --tls-san.
+fn serving_names(args: &ServerArgs) -> (Vec<String>, Vec<IpAddr>) {
+    let mut dns: Vec<String> = vec![
+        "localhost".into(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        "kubernetes.default.svc.cluster.local".into(),
+    ];
+    if let Some(host) = hostname() {
+        dns.push(host);
+    }
+    let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from(KUBERNETES_SERVICE_IP)];
+    ips.extend(args.node_ips.iter().copied());
+    if !args.bind_address.is_unspecified() {
+        ips.push(args.bind_address);
+    }
+    for san in &args.tls_sans {
+        match san.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => dns.push(san.clone()),
+        }
+    }
+    dns.sort();
+    dns.dedup();
+    ips.sort();
+    ips.dedup();
+    (dns, ips)
+}
+
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim().to_ascii_lowercase();
+    (!name.is_empty()).then_some(name)
+}
