@@ -1,0 +1,9 @@
+//! Facts about the Kubernetes API that every part of rkube shares, with no I/O: which
+//! resources are served and how they are named, label and field selectors, and the rules
+//! for names and object metadata.
+
+pub mod catalogue;
+pub mod names;
+pub mod selector;
+
+pub use catalogue::{ResourceInfo, Scope, Subresource, find, group_versions, resources};
