@@ -1,13 +1,21 @@
 //! rkube's API server: the Kubernetes v1.33 REST API over the store, served over HTTPS to
 //! stock kubectl and every other Kubernetes client.
 //!
-//! So far: TLS with client-certificate and bearer-token authentication, `/version`, and
-//! the health endpoints. Resources, discovery and OpenAPI follow (issue 3).
+//! So far: TLS with client-certificate and bearer-token authentication, `/version`, health
+//! endpoints, discovery, and the REST verbs (with watch and Tables) for every resource in
+//! the catalogue.
 
 mod authn;
+mod discovery;
+mod object;
+mod path;
+mod query;
 mod response;
+mod rest;
 mod routes;
+mod table;
 mod tls;
+mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +32,8 @@ pub use response::ApiError;
 pub enum ServeError {
     #[error("tls configuration: {0}")]
     Tls(String),
+    #[error("starting: {0}")]
+    Startup(String),
     #[error("listening: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -52,6 +62,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         authenticator: Authenticator::new(config.tokens),
         store: config.store,
     });
+    if let Err(err) = rest::ensure_system_namespaces(&state).await {
+        return Err(ServeError::Startup(err.message));
+    }
     let local: SocketAddr = config.listener.local_addr()?;
     tracing::info!(address = %local, "API server listening");
     tokio::pin!(shutdown);

@@ -38,7 +38,8 @@ pub struct ApiError {
     pub code: StatusCode,
     pub reason: &'static str,
     pub message: String,
-    pub details: Option<StatusDetails>,
+    /// Boxed: most errors carry none, and results stay small.
+    pub details: Option<Box<StatusDetails>>,
 }
 
 impl ApiError {
@@ -75,15 +76,20 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
     }
 
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
+        self
+    }
+
     pub fn with_causes(mut self, causes: Vec<StatusCause>) -> Self {
-        self.details.get_or_insert_with(StatusDetails::default).causes = Some(causes);
+        self.details.get_or_insert_with(Box::default).causes = Some(causes);
         self
     }
 
     pub fn to_status(&self) -> Status {
         Status {
             code: Some(i32::from(self.code.as_u16())),
-            details: self.details.clone(),
+            details: self.details.as_deref().cloned(),
             message: Some(self.message.clone()),
             metadata: Default::default(),
             reason: Some(self.reason.to_string()),

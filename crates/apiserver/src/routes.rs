@@ -6,7 +6,10 @@ use k8s_openapi::apimachinery::pkg::version::Info;
 
 use crate::State;
 use crate::authn::Connection;
-use crate::response::{ApiError, Body, json, text};
+use crate::discovery;
+use crate::path::{ResourcePath, Target, parse};
+use crate::response::{ApiError, Body, full, json, text};
+use crate::rest;
 
 /// The Kubernetes version served: kubectl's dispatcher picks `kubectl.1.<minor>` from it.
 pub const KUBERNETES_MINOR: &str = "33";
@@ -40,8 +43,26 @@ async fn dispatch(
         .uri()
         .query()
         .is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
+    let accept = request
+        .headers()
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if request.method() == Method::GET
+        && let Some(response) = discovery_document(path, accept.as_deref(), request.headers())
+    {
+        return response;
+    }
+    if let Target::Resource(resource) = parse(path) {
+        // The borrow of the path ends here: the handler re-reads what it needs.
+        let owned = OwnedTarget::from(&resource);
+        return rest::handle(state, request, owned.borrow()).await;
+    }
     match (request.method(), path) {
         (&Method::GET, "/version") => Ok(json(StatusCode::OK, &version())),
+        // No schemas are published yet: an empty v2 document is what kubectl accepts as
+        // "validate nothing client-side" (v3 404 and v2 404 would make create fail).
+        (&Method::GET, "/openapi/v2") => Ok(octet_stream_empty()),
         (&Method::GET, "/healthz" | "/livez") => Ok(health(&[("ping", Ok(()))], path, verbose)),
         (&Method::GET, "/readyz") => {
             let store = state
@@ -54,6 +75,87 @@ async fn dispatch(
         }
         (&Method::GET, _) => Err(ApiError::not_found_path(request.uri().path())),
         (method, _) => Err(ApiError::method_not_allowed(method)),
+    }
+}
+
+/// Discovery documents for GET on an API root or group-version, if the path names one.
+fn discovery_document(
+    path: &str,
+    accept: Option<&str>,
+    headers: &http::HeaderMap,
+) -> Option<Result<Response<Body>, ApiError>> {
+    let aggregated = discovery::wants_aggregated(accept);
+    let document = match parse(path) {
+        Target::CoreRoot if aggregated => return Some(Ok(aggregated_response(discovery::aggregated_core()))),
+        Target::GroupsRoot if aggregated => return Some(Ok(aggregated_response(discovery::aggregated_groups()))),
+        Target::CoreRoot => {
+            let host = headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            discovery::api_versions(&host)
+        }
+        Target::GroupsRoot => discovery::api_group_list(),
+        Target::Group(group) => match discovery::api_group(group) {
+            Some(doc) => doc,
+            None => return Some(Err(ApiError::not_found_path(path))),
+        },
+        Target::GroupVersion(group, version) => match discovery::api_resource_list(group, version) {
+            Some(doc) => doc,
+            None => return Some(Err(ApiError::not_found_path(path))),
+        },
+        Target::Unknown if path.starts_with("/api/") || path.starts_with("/apis/") => {
+            return Some(Err(ApiError::not_found_path(path)));
+        }
+        Target::Resource(_) | Target::Unknown => return None,
+    };
+    Some(Ok(json(StatusCode::OK, &document)))
+}
+
+fn aggregated_response(document: serde_json::Value) -> Response<Body> {
+    let mut response = json(StatusCode::OK, &document);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(discovery::AGGREGATED_CONTENT_TYPE),
+    );
+    response
+}
+
+fn octet_stream_empty() -> Response<Body> {
+    let mut response = Response::new(full(bytes::Bytes::new()));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    response
+}
+
+/// A resource path detached from the request, so the request can move into the handler.
+struct OwnedTarget {
+    info: &'static rkube_api::ResourceInfo,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+impl OwnedTarget {
+    fn from(path: &ResourcePath<'_>) -> Self {
+        Self {
+            info: path.info,
+            namespace: path.namespace.map(str::to_string),
+            name: path.name.map(str::to_string),
+            subresource: path.subresource.map(str::to_string),
+        }
+    }
+
+    fn borrow(&self) -> ResourcePath<'_> {
+        ResourcePath {
+            info: self.info,
+            namespace: self.namespace.as_deref(),
+            name: self.name.as_deref(),
+            subresource: self.subresource.as_deref(),
+        }
     }
 }
 

@@ -1,0 +1,221 @@
+//! Objects as JSON values: metadata rules shared by every kind, and the mapping of store
+//! errors to Kubernetes errors.
+
+use std::collections::BTreeMap;
+
+use http::StatusCode;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{StatusCause, StatusDetails};
+use rkube_api::ResourceInfo;
+use rkube_store::{KeyValue, StoreError};
+use serde_json::{Map, Value};
+
+use crate::response::ApiError;
+
+/// Now, as Kubernetes writes timestamps (RFC 3339, whole seconds, UTC).
+pub fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let now = now.replace_nanosecond(0).unwrap_or(now);
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
+}
+
+pub fn new_uid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Upstream's generateName suffix: five characters from an alphabet without vowels and
+/// confusable digits.
+pub fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    uuid::Uuid::new_v4()
+        .as_bytes()
+        .iter()
+        .take(5)
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+pub fn metadata(object: &Value) -> Option<&Map<String, Value>> {
+    object.get("metadata")?.as_object()
+}
+
+pub fn metadata_mut(object: &mut Value) -> Option<&mut Map<String, Value>> {
+    let map = object.as_object_mut()?;
+    map.entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()
+}
+
+pub fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
+    metadata(object)?.get(field)?.as_str()
+}
+
+pub fn labels(object: &Value) -> BTreeMap<String, String> {
+    metadata(object)
+        .and_then(|m| m.get("labels"))
+        .and_then(Value::as_object)
+        .map(|l| {
+            l.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A field by dotted path (`spec.nodeName`), as text, for field selectors.
+pub fn field_text(object: &Value, path: &str) -> Option<String> {
+    let mut value = object;
+    for part in path.split('.') {
+        value = value.get(part)?;
+    }
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Decodes a stored object and stamps it with its resourceVersion (the store revision it
+/// was written at): stored bytes never carry one.
+pub fn from_store(kv: &KeyValue) -> Result<Value, ApiError> {
+    let mut object: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("stored object {} is not valid JSON: {e}", kv.key)))?;
+    set_resource_version(&mut object, kv.mod_revision);
+    Ok(object)
+}
+
+pub fn set_resource_version(object: &mut Value, revision: i64) {
+    if let Some(meta) = metadata_mut(object) {
+        meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+    }
+}
+
+/// The bytes stored for an object: without resourceVersion, which the store assigns.
+pub fn to_store(object: &Value) -> Result<Vec<u8>, ApiError> {
+    let mut stored = object.clone();
+    if let Some(meta) = metadata_mut(&mut stored) {
+        meta.remove("resourceVersion");
+        meta.remove("selfLink");
+    }
+    serde_json::to_vec(&stored).map_err(|e| ApiError::internal(format!("encoding an object: {e}")))
+}
+
+fn details(info: &ResourceInfo, name: &str) -> StatusDetails {
+    StatusDetails {
+        group: (!info.group.is_empty()).then(|| info.group.to_string()),
+        kind: Some(info.plural.to_string()),
+        name: Some(name.to_string()),
+        ..Default::default()
+    }
+}
+
+pub fn not_found(info: &ResourceInfo, name: &str) -> ApiError {
+    ApiError {
+        details: Some(Box::new(details(info, name))),
+        ..ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} \"{name}\" not found", info.qualified()),
+        )
+    }
+}
+
+pub fn already_exists(info: &ResourceInfo, name: &str) -> ApiError {
+    ApiError {
+        details: Some(Box::new(details(info, name))),
+        ..ApiError::new(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", info.qualified()),
+        )
+    }
+}
+
+pub fn conflict(info: &ResourceInfo, name: &str) -> ApiError {
+    ApiError {
+        details: Some(Box::new(details(info, name))),
+        ..ApiError::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                info.qualified()
+            ),
+        )
+    }
+}
+
+pub fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
+/// 422 Invalid with one cause per failing field, worded as upstream: `Kind "name" is
+/// invalid: field: Invalid value: "x": why`.
+pub fn invalid(info: &ResourceInfo, name: &str, causes: Vec<(String, String, String)>) -> ApiError {
+    let summary: Vec<String> = causes
+        .iter()
+        .map(|(field, reason, message)| format!("{field}: {reason}: {message}"))
+        .collect();
+    let message = if summary.len() == 1 {
+        format!("{} \"{name}\" is invalid: {}", info.kind, summary[0])
+    } else {
+        format!("{} \"{name}\" is invalid: [{}]", info.kind, summary.join(", "))
+    };
+    let causes = causes
+        .into_iter()
+        .map(|(field, reason, message)| StatusCause {
+            field: Some(field),
+            message: Some(format!("{reason}: {message}")),
+            reason: Some(
+                match reason.as_str() {
+                    "Required value" => "FieldValueRequired",
+                    "Forbidden" => "FieldValueForbidden",
+                    _ => "FieldValueInvalid",
+                }
+                .to_string(),
+            ),
+        })
+        .collect();
+    let mut details = details(info, name);
+    details.kind = Some(info.kind.to_string());
+    details.causes = Some(causes);
+    ApiError {
+        details: Some(Box::new(details)),
+        ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message)
+    }
+}
+
+/// Store errors as the API reports them, for an object of `info` named `name`.
+pub fn store_error(err: StoreError, info: &ResourceInfo, name: &str) -> ApiError {
+    match err {
+        StoreError::NotFound { .. } => not_found(info, name),
+        StoreError::AlreadyExists { .. } => already_exists(info, name),
+        StoreError::Conflict { .. } => conflict(info, name),
+        other => general_store_error(other),
+    }
+}
+
+/// Store errors not about one object.
+pub fn general_store_error(err: StoreError) -> ApiError {
+    match err {
+        StoreError::Compacted { requested, compacted } => ApiError::new(
+            StatusCode::GONE,
+            "Expired",
+            format!("too old resource version: {requested} ({compacted})"),
+        ),
+        StoreError::FutureRevision { requested, current } => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Timeout",
+            format!("Too large resource version: {requested}, current: {current}"),
+        ),
+        StoreError::InvalidContinue { reason } => bad_request(format!("invalid continue token: {reason}")),
+        StoreError::ValueTooLarge { size, limit, .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: the object is {size} bytes, the limit is {limit}"),
+        ),
+        StoreError::InvalidKey { reason, .. } => bad_request(format!("invalid name: {reason}")),
+        other => ApiError::internal(other.to_string()),
+    }
+}

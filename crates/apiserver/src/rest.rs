@@ -1,0 +1,901 @@
+//! The REST verbs over the store, the same for every resource in the catalogue: objects
+//! are JSON; metadata rules (uid, names, timestamps, generation, resourceVersion,
+//! finalizers, deletion) are upstream's. Per-kind defaulting and validation plug in later.
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use rkube_api::names::{name_rule, validate_name};
+use rkube_api::selector::{FieldSelector, LabelSelector};
+use rkube_api::{ResourceInfo, find};
+use rkube_store::{RangeRequest, StoreError};
+use serde_json::{Value, json};
+
+use crate::State;
+use crate::object::{
+    self, bad_request, conflict, from_store, general_store_error, invalid, meta_str, metadata, metadata_mut, not_found,
+    store_error, to_store,
+};
+use crate::path::ResourcePath;
+use crate::query::Query;
+use crate::response::{ApiError, Body, json as json_response};
+use crate::{table, watch};
+
+/// Largest request body accepted (upstream's limit).
+const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+/// Attempts of a read-modify-write patch before giving up on conflicts.
+const PATCH_ATTEMPTS: usize = 5;
+
+pub(crate) async fn handle(
+    state: &State,
+    request: http::Request<hyper::body::Incoming>,
+    path: ResourcePath<'_>,
+) -> Result<Response<Body>, ApiError> {
+    let query = Query::parse(request.uri().query())?;
+    let info = path.info;
+    if info.namespaced() != path.namespace.is_some() && path.name.is_some() {
+        return Err(ApiError::not_found_path(request.uri().path()));
+    }
+    let table = table::wants_table(request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let method = request.method().clone();
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+    match (path.subresource, path.name) {
+        (None | Some("status"), _) => {}
+        (Some(_), _) => return Err(ApiError::not_found_path(request.uri().path())),
+    }
+    let status_only = path.subresource == Some("status");
+    if status_only && !info.has_status() {
+        return Err(ApiError::not_found_path(request.uri().path()));
+    }
+    let ns = path.namespace;
+    match (&method, path.name) {
+        (&Method::GET, None) if query.watch => watch::serve(state, info, ns, &query, table).await,
+        (&Method::GET, None) => list(state, info, ns, &query, table).await,
+        (&Method::GET, Some(name)) => {
+            let object = get(state, info, ns, name).await?;
+            Ok(respond(StatusCode::OK, info, &object, &query, table))
+        }
+        (&Method::POST, None) if ns.is_some() || !info.namespaced() => {
+            check_json(content_type.as_deref())?;
+            let body = read_body(request).await?;
+            let (code, object) = create(state, info, ns, &body, query.dry_run).await?;
+            Ok(respond(code, info, &object, &query, false))
+        }
+        (&Method::PUT, Some(name)) => {
+            check_json(content_type.as_deref())?;
+            let body = read_body(request).await?;
+            let object = update(state, info, ns, name, &body, status_only, query.dry_run).await?;
+            Ok(respond(StatusCode::OK, info, &object, &query, false))
+        }
+        (&Method::PATCH, Some(name)) => {
+            let body = read_body(request).await?;
+            let object = patch(
+                state,
+                info,
+                ns,
+                name,
+                content_type.as_deref(),
+                &body,
+                status_only,
+                query.dry_run,
+            )
+            .await?;
+            Ok(respond(StatusCode::OK, info, &object, &query, false))
+        }
+        (&Method::DELETE, Some(name)) if !status_only => {
+            let body = read_body(request).await?;
+            let options = DeleteOptions::from(&body, &query)?;
+            delete(state, info, ns, name, &options).await
+        }
+        (&Method::DELETE, None) if info.verbs.contains(&"deletecollection") => {
+            let body = read_body(request).await?;
+            let options = DeleteOptions::from(&body, &query)?;
+            delete_collection(state, info, ns, &query, &options).await
+        }
+        (method, _) => Err(ApiError::method_not_allowed(method)),
+    }
+}
+
+fn check_json(content_type: Option<&str>) -> Result<(), ApiError> {
+    match content_type {
+        None | Some("application/json" | "") => Ok(()),
+        Some(other) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format ({other}) - accepted media types include: application/json"
+            ),
+        )),
+    }
+}
+
+async fn read_body(request: http::Request<hyper::body::Incoming>) -> Result<Bytes, ApiError> {
+    let limited = http_body_util::Limited::new(request.into_body(), MAX_BODY_BYTES);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {MAX_BODY_BYTES}"),
+        )),
+        Err(err) => Err(bad_request(format!("reading the request body: {err}"))),
+    }
+}
+
+fn respond(code: StatusCode, info: &ResourceInfo, object: &Value, query: &Query, table: bool) -> Response<Body> {
+    if table {
+        let resource_version = meta_str(object, "resourceVersion").unwrap_or_default().to_string();
+        return json_response(
+            code,
+            &table::table(info, std::slice::from_ref(object), &resource_version, None, query, true),
+        );
+    }
+    json_response(code, object)
+}
+
+fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| bad_request(format!("couldn't get version/kind; json parse error: {e}")))?;
+    if !value.is_object() {
+        return Err(bad_request(
+            "couldn't get version/kind; json parse error: the body is not a JSON object",
+        ));
+    }
+    Ok(value)
+}
+
+/// The body's kind and apiVersion must be the resource's.
+fn check_kind(info: &ResourceInfo, object: &Value, body: &[u8]) -> Result<(), ApiError> {
+    let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    if kind.is_empty() {
+        let shown = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        return Err(bad_request(format!("Object 'Kind' is missing in '{shown}'")));
+    }
+    if kind != info.kind || api_version != info.api_version() {
+        return Err(bad_request(format!(
+            "the object provided is unrecognized (must be of type {}): kind {kind:?}, apiVersion {api_version:?} (expected {:?})",
+            info.kind,
+            info.api_version()
+        )));
+    }
+    Ok(())
+}
+
+/// Namespaced objects name the request's namespace (or none, which is filled in).
+fn check_namespace(info: &ResourceInfo, object: &mut Value, ns: Option<&str>) -> Result<(), ApiError> {
+    let meta = metadata_mut(object).ok_or_else(|| bad_request("metadata must be an object"))?;
+    match (info.namespaced(), ns) {
+        (true, Some(ns)) => match meta.get("namespace").and_then(Value::as_str) {
+            Some(given) if !given.is_empty() && given != ns => Err(bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            )),
+            _ => {
+                meta.insert("namespace".into(), json!(ns));
+                Ok(())
+            }
+        },
+        _ => {
+            meta.remove("namespace");
+            Ok(())
+        }
+    }
+}
+
+async fn get(state: &State, info: &ResourceInfo, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    let (_, kv) = state
+        .store
+        .get(&info.key(ns, name))
+        .await
+        .map_err(|e| store_error(e, info, name))?;
+    from_store(&kv.ok_or_else(|| not_found(info, name))?)
+}
+
+fn namespaces() -> &'static ResourceInfo {
+    // The catalogue always serves namespaces; a missing entry is a build-time mistake the
+    // catalogue's own tests catch.
+    find("", "v1", "namespaces").unwrap_or(&rkube_api::resources()[0])
+}
+
+/// New objects need a namespace that exists and is not being deleted.
+async fn check_namespace_open(state: &State, ns: &str) -> Result<(), ApiError> {
+    let namespace = get(state, namespaces(), None, ns).await?;
+    let terminating = namespace.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating")
+        || meta_str(&namespace, "deletionTimestamp").is_some();
+    if terminating {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("unable to create new content in namespace {ns} because it is being terminated"),
+        ));
+    }
+    Ok(())
+}
+
+/// Defaults every kind gets from its registry strategy today.
+fn default_kind(info: &ResourceInfo, object: &mut Value) {
+    if (info.group, info.plural) == ("", "namespaces") {
+        if object.pointer("/spec/finalizers").is_none() {
+            object["spec"] = json!({"finalizers": ["kubernetes"]});
+        }
+        object["status"] = json!({"phase": "Active"});
+    }
+}
+
+pub(crate) async fn create(
+    state: &State,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    body: &[u8],
+    dry_run: bool,
+) -> Result<(StatusCode, Value), ApiError> {
+    let mut object = parse_object(body)?;
+    check_kind(info, &object, body)?;
+    check_namespace(info, &mut object, ns)?;
+    let meta = metadata_mut(&mut object).ok_or_else(|| bad_request("metadata must be an object"))?;
+    let name = match meta.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        Some(name) => name.to_string(),
+        None => match meta
+            .get("generateName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            Some(prefix) => format!("{prefix}{}", object::random_suffix()),
+            None => {
+                return Err(invalid(
+                    info,
+                    "",
+                    vec![(
+                        "metadata.name".into(),
+                        "Required value".into(),
+                        "name or generateName is required".into(),
+                    )],
+                ));
+            }
+        },
+    };
+    let problems = validate_name(name_rule(info), &name);
+    if !problems.is_empty() {
+        let causes = problems
+            .into_iter()
+            .map(|p| ("metadata.name".to_string(), format!("Invalid value: {name:?}"), p))
+            .collect();
+        return Err(invalid(info, &name, causes));
+    }
+    if let Some(ns) = ns.filter(|_| info.namespaced()) {
+        check_namespace_open(state, ns).await?;
+    }
+    meta.insert("name".into(), json!(name));
+    meta.insert("uid".into(), json!(object::new_uid()));
+    meta.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
+    for field in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+    ] {
+        meta.remove(field);
+    }
+    if object.get("spec").is_some()
+        && let Some(meta) = metadata_mut(&mut object)
+    {
+        meta.insert("generation".into(), json!(1));
+    }
+    default_kind(info, &mut object);
+    if dry_run {
+        return Ok((StatusCode::CREATED, object));
+    }
+    let revision = state
+        .store
+        .create(&info.key(ns, &name), to_store(&object)?.into())
+        .await
+        .map_err(|e| store_error(e, info, &name))?;
+    object::set_resource_version(&mut object, revision);
+    Ok((StatusCode::CREATED, object))
+}
+
+fn split_spec(object: &Value) -> Value {
+    let mut rest = object.clone();
+    if let Some(map) = rest.as_object_mut() {
+        map.remove("metadata");
+        map.remove("status");
+    }
+    rest
+}
+
+/// How a write goes: through the status subresource or the main resource, for real or
+/// as a dry run.
+#[derive(Debug, Clone, Copy)]
+struct WriteMode {
+    status_only: bool,
+    dry_run: bool,
+}
+
+/// Writes `new` over `current` (which was read at `expected`): carries over what clients
+/// may not change, applies the status rules, bumps generation on spec changes, skips
+/// no-op writes, and completes deletions whose finalizers are gone.
+async fn write_update(
+    state: &State,
+    (info, ns, name): (&ResourceInfo, Option<&str>, &str),
+    current: &Value,
+    mut new: Value,
+    expected: i64,
+    mode: WriteMode,
+) -> Result<Value, ApiError> {
+    let WriteMode { status_only, dry_run } = mode;
+    if status_only {
+        let status = new.get("status").cloned();
+        let labels = metadata(&new).and_then(|m| m.get("labels")).cloned();
+        let annotations = metadata(&new).and_then(|m| m.get("annotations")).cloned();
+        new = current.clone();
+        match status {
+            Some(status) => new["status"] = status,
+            None => {
+                if let Some(map) = new.as_object_mut() {
+                    map.remove("status");
+                }
+            }
+        }
+        if let Some(meta) = metadata_mut(&mut new) {
+            for (field, value) in [("labels", labels), ("annotations", annotations)] {
+                match value {
+                    Some(value) => meta.insert(field.into(), value),
+                    None => meta.remove(field),
+                };
+            }
+        }
+    } else if info.has_status() {
+        match current.get("status") {
+            Some(status) => new["status"] = status.clone(),
+            None => {
+                if let Some(map) = new.as_object_mut() {
+                    map.remove("status");
+                }
+            }
+        }
+    }
+    let current_meta = metadata(current).cloned().unwrap_or_default();
+    let meta = metadata_mut(&mut new).ok_or_else(|| bad_request("metadata must be an object"))?;
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "namespace",
+    ] {
+        match current_meta.get(field) {
+            Some(value) => meta.insert(field.into(), value.clone()),
+            None => meta.remove(field),
+        };
+    }
+    meta.insert("name".into(), json!(name));
+    meta.insert("resourceVersion".into(), json!(expected.to_string()));
+    if split_spec(&new) != split_spec(current) {
+        let generation = current_meta.get("generation").and_then(Value::as_i64).unwrap_or(0);
+        if let Some(meta) = metadata_mut(&mut new) {
+            meta.insert("generation".into(), json!(generation + 1));
+        }
+    }
+    if new == *current {
+        return Ok(new);
+    }
+    let finalizers_empty = metadata(&new)
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty);
+    let deleting = meta_str(&new, "deletionTimestamp").is_some();
+    if dry_run {
+        return Ok(new);
+    }
+    let key = info.key(ns, name);
+    if deleting && finalizers_empty && (info.group, info.plural) != ("", "namespaces") {
+        state
+            .store
+            .delete(&key, Some(expected))
+            .await
+            .map_err(|e| store_error(e, info, name))?;
+        return Ok(new);
+    }
+    let revision = state
+        .store
+        .update(&key, to_store(&new)?.into(), expected)
+        .await
+        .map_err(|e| store_error(e, info, name))?;
+    object::set_resource_version(&mut new, revision);
+    Ok(new)
+}
+
+/// The revision an update must compare against: the body's resourceVersion, or (when it
+/// has none) the current one, as upstream allows unconditional updates.
+fn expected_revision(info: &ResourceInfo, name: &str, object: &Value, current: i64) -> Result<i64, ApiError> {
+    match meta_str(object, "resourceVersion").filter(|rv| !rv.is_empty()) {
+        None => Ok(current),
+        Some(rv) => rv.parse::<i64>().map_err(|_| {
+            invalid(
+                info,
+                name,
+                vec![(
+                    "metadata.resourceVersion".into(),
+                    format!("Invalid value: {rv:?}"),
+                    "must be a number".into(),
+                )],
+            )
+        }),
+    }
+}
+
+async fn current_with_revision(
+    state: &State,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<(Value, i64), ApiError> {
+    let current = get(state, info, ns, name).await?;
+    let revision = meta_str(&current, "resourceVersion")
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0);
+    Ok((current, revision))
+}
+
+async fn update(
+    state: &State,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+    body: &[u8],
+    status_only: bool,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    let mut object = parse_object(body)?;
+    check_kind(info, &object, body)?;
+    check_namespace(info, &mut object, ns)?;
+    if let Some(given) = meta_str(&object, "name").filter(|n| *n != name) {
+        return Err(bad_request(format!(
+            "the name of the object ({given}) does not match the name on the URL ({name})"
+        )));
+    }
+    let (current, revision) = current_with_revision(state, info, ns, name).await?;
+    let expected = expected_revision(info, name, &object, revision)?;
+    if expected != revision {
+        return Err(conflict(info, name));
+    }
+    let mode = WriteMode { status_only, dry_run };
+    write_update(state, (info, ns, name), &current, object, expected, mode).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn patch(
+    state: &State,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+    status_only: bool,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    enum Kind {
+        Merge(Value),
+        Json(json_patch::Patch),
+    }
+    let kind = match content_type {
+        Some("application/merge-patch+json") => {
+            Kind::Merge(serde_json::from_slice(body).map_err(|e| bad_request(format!("error decoding patch: {e}")))?)
+        }
+        Some("application/json-patch+json") => {
+            Kind::Json(serde_json::from_slice(body).map_err(|e| bad_request(format!("error decoding patch: {e}")))?)
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                format!(
+                    "the body of the request was in an unknown format ({}) - accepted media types include: application/json-patch+json, application/merge-patch+json",
+                    other.unwrap_or_default()
+                ),
+            ));
+        }
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (current, revision) = current_with_revision(state, info, ns, name).await?;
+        let mut patched = current.clone();
+        match &kind {
+            Kind::Merge(patch) => json_patch::merge(&mut patched, patch),
+            Kind::Json(patch) => json_patch::patch(&mut patched, patch).map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!("the json patch does not apply: {e}"),
+                )
+            })?,
+        }
+        if !patched.is_object() || patched.get("kind") != current.get("kind") {
+            return Err(bad_request("a patch may not change the object's kind"));
+        }
+        // A resourceVersion the patch sets is a precondition; otherwise retry on conflicts.
+        let pinned = meta_str(&patched, "resourceVersion") != meta_str(&current, "resourceVersion");
+        let expected = expected_revision(info, name, &patched, revision)?;
+        if pinned && expected != revision {
+            return Err(conflict(info, name));
+        }
+        let mode = WriteMode { status_only, dry_run };
+        match write_update(state, (info, ns, name), &current, patched, expected, mode).await {
+            Err(err) if err.reason == "Conflict" && !pinned && attempt < PATCH_ATTEMPTS => continue,
+            result => return result,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct DeleteOptions {
+    propagation: Option<String>,
+    grace_period: Option<i64>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    dry_run: bool,
+}
+
+impl DeleteOptions {
+    fn from(body: &[u8], query: &Query) -> Result<Self, ApiError> {
+        let mut options = Self {
+            propagation: query.propagation_policy.clone(),
+            grace_period: query.grace_period_seconds,
+            dry_run: query.dry_run,
+            ..Self::default()
+        };
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(options);
+        }
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid DeleteOptions: {e}")))?;
+        if let Some(p) = value.get("propagationPolicy").and_then(Value::as_str) {
+            options.propagation = Some(p.to_string());
+        }
+        if let Some(g) = value.get("gracePeriodSeconds").and_then(Value::as_i64) {
+            options.grace_period = Some(g);
+        }
+        options.uid = value
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        options.resource_version = value
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if let Some(dry) = value.get("dryRun").and_then(Value::as_array) {
+            options.dry_run |= dry.iter().any(|d| d == "All");
+        }
+        match options.propagation.as_deref() {
+            None | Some("Background" | "Foreground" | "Orphan") => Ok(options),
+            Some(other) => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                format!(
+                    "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+                ),
+            )),
+        }
+    }
+}
+
+fn success_status(info: &ResourceInfo, name: &str, uid: &str) -> Value {
+    let mut details = json!({"name": name, "kind": info.plural, "uid": uid});
+    if !info.group.is_empty() {
+        details["group"] = json!(info.group);
+    }
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
+}
+
+/// Deletes one object; answers the object while something (finalizers, a node, the
+/// namespace controller) still has to finish it, or a Success Status once it is gone.
+async fn delete_one(
+    state: &State,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+    options: &DeleteOptions,
+) -> Result<(StatusCode, Value), ApiError> {
+    let (current, revision) = current_with_revision(state, info, ns, name).await?;
+    let uid = meta_str(&current, "uid").unwrap_or_default().to_string();
+    if let Some(want) = options.uid.as_deref().filter(|u| *u != uid) {
+        return Err(ApiError {
+            reason: "Conflict",
+            ..conflict(info, name)
+        }
+        .with_message(format!(
+            "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
+        )));
+    }
+    if let Some(want) = options
+        .resource_version
+        .as_deref()
+        .filter(|rv| *rv != revision.to_string())
+    {
+        return Err(conflict(info, name).with_message(format!(
+            "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {revision}"
+        )));
+    }
+    let mut marked = current.clone();
+    let meta = metadata_mut(&mut marked).ok_or_else(|| ApiError::internal("stored object without metadata"))?;
+    let mut finalizers: Vec<Value> = meta
+        .get("finalizers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let add = match options.propagation.as_deref() {
+        Some("Foreground") => Some("foregroundDeletion"),
+        Some("Orphan") => Some("orphan"),
+        _ => None,
+    };
+    if let Some(finalizer) = add
+        && !finalizers.iter().any(|f| f == finalizer)
+    {
+        finalizers.push(json!(finalizer));
+    }
+    let is_namespace = (info.group, info.plural) == ("", "namespaces");
+    // A pod on a node is finished by that node, unless the grace period is zero.
+    let pod_on_node = (info.group, info.plural) == ("", "pods")
+        && current
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty())
+        && options.grace_period != Some(0);
+    if finalizers.is_empty() && !is_namespace && !pod_on_node {
+        if !options.dry_run {
+            state
+                .store
+                .delete(&info.key(ns, name), Some(revision))
+                .await
+                .map_err(|e| store_error(e, info, name))?;
+        }
+        return Ok((StatusCode::OK, success_status(info, name, &uid)));
+    }
+    if meta.get("deletionTimestamp").is_none() {
+        meta.insert("deletionTimestamp".into(), json!(object::now_rfc3339()));
+        let grace = if pod_on_node {
+            options
+                .grace_period
+                .or_else(|| {
+                    current
+                        .pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                })
+                .unwrap_or(30)
+        } else {
+            0
+        };
+        meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+    }
+    if !finalizers.is_empty() {
+        meta.insert("finalizers".into(), Value::Array(finalizers));
+    }
+    if is_namespace {
+        marked["status"] = json!({"phase": "Terminating"});
+    }
+    if options.dry_run {
+        return Ok((StatusCode::OK, marked));
+    }
+    let new_revision = state
+        .store
+        .update(&info.key(ns, name), to_store(&marked)?.into(), revision)
+        .await
+        .map_err(|e| store_error(e, info, name))?;
+    object::set_resource_version(&mut marked, new_revision);
+    Ok((StatusCode::OK, marked))
+}
+
+async fn delete(
+    state: &State,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+    options: &DeleteOptions,
+) -> Result<Response<Body>, ApiError> {
+    let (code, body) = delete_one(state, info, ns, name, options).await?;
+    Ok(json_response(code, &body))
+}
+
+/// Lists objects matching the query's selectors, page by page, at one revision.
+pub(crate) struct Page {
+    pub items: Vec<Value>,
+    pub revision: i64,
+    pub continue_token: Option<String>,
+}
+
+pub(crate) struct Filter {
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl Filter {
+    pub fn from_query(info: &ResourceInfo, query: &Query) -> Result<Self, ApiError> {
+        let labels = LabelSelector::parse(&query.label_selector).map_err(|e| bad_request(e.to_string()))?;
+        let fields = FieldSelector::parse(&query.field_selector).map_err(|e| bad_request(e.to_string()))?;
+        if let Some(unsupported) = fields.fields().find(|f| !field_supported(info, f)) {
+            return Err(bad_request(format!("field label not supported: {unsupported}")));
+        }
+        Ok(Self { labels, fields })
+    }
+
+    pub fn matches(&self, object: &Value) -> bool {
+        (self.labels.is_empty() || self.labels.matches(&object::labels(object)))
+            && (self.fields.is_empty() || self.fields.matches(|f| object::field_text(object, f)))
+    }
+}
+
+/// Field selectors upstream supports, per resource.
+fn field_supported(info: &ResourceInfo, field: &str) -> bool {
+    if matches!(field, "metadata.name" | "metadata.namespace") {
+        return true;
+    }
+    let extra: &[&str] = match (info.group, info.plural) {
+        ("", "pods") => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        ("", "events") => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        ("", "secrets") => &["type"],
+        ("", "nodes") => &["spec.unschedulable"],
+        ("", "namespaces") => &["status.phase"],
+        ("", "replicationcontrollers") | ("apps", "replicasets") => &["status.replicas"],
+        ("batch", "jobs") => &["status.successful"],
+        _ => &[],
+    };
+    extra.contains(&field)
+}
+
+pub(crate) async fn list_page(
+    state: &State,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    query: &Query,
+    filter: &Filter,
+) -> Result<Page, ApiError> {
+    let mut request = RangeRequest::prefix(info.key_prefix(ns));
+    request.continue_token = query.continue_token.clone();
+    let mut items = Vec::new();
+    loop {
+        // Filtering may drop keys: keep reading pages until the limit is met.
+        request.limit = query.limit.map(|l| l - items.len());
+        let page = state.store.range(request.clone()).await.map_err(|e| match e {
+            StoreError::Compacted { .. } if query.continue_token.is_some() => ApiError::new(
+                StatusCode::GONE,
+                "Expired",
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+            ),
+            other => general_store_error(other),
+        })?;
+        for kv in &page.kvs {
+            let object = from_store(kv)?;
+            if filter.matches(&object) {
+                items.push(object);
+            }
+        }
+        let full = query.limit.is_some_and(|l| items.len() >= l);
+        match page.continue_token {
+            Some(token) if !full => {
+                request.continue_token = Some(token);
+                request.revision = None;
+            }
+            token => {
+                return Ok(Page {
+                    items,
+                    revision: page.revision,
+                    continue_token: token,
+                });
+            }
+        }
+    }
+}
+
+async fn list(
+    state: &State,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    query: &Query,
+    table: bool,
+) -> Result<Response<Body>, ApiError> {
+    let filter = Filter::from_query(info, query)?;
+    let page = list_page(state, info, ns, query, &filter).await?;
+    let revision = page.revision.to_string();
+    if table {
+        return Ok(json_response(
+            StatusCode::OK,
+            &table::table(
+                info,
+                &page.items,
+                &revision,
+                page.continue_token.as_deref(),
+                query,
+                true,
+            ),
+        ));
+    }
+    let mut metadata = json!({"resourceVersion": revision});
+    if let Some(token) = page.continue_token {
+        metadata["continue"] = json!(token);
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": format!("{}List", info.kind),
+            "apiVersion": info.api_version(),
+            "metadata": metadata,
+            "items": page.items,
+        }),
+    ))
+}
+
+async fn delete_collection(
+    state: &State,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    query: &Query,
+    options: &DeleteOptions,
+) -> Result<Response<Body>, ApiError> {
+    let filter = Filter::from_query(info, query)?;
+    let unpaged = Query {
+        limit: None,
+        continue_token: None,
+        ..Query::default()
+    };
+    let page = list_page(state, info, ns, &unpaged, &filter).await?;
+    let mut deleted = Vec::new();
+    for object in page.items {
+        let name = meta_str(&object, "name").unwrap_or_default().to_string();
+        let object_ns = meta_str(&object, "namespace").map(str::to_string);
+        match delete_one(state, info, object_ns.as_deref(), &name, options).await {
+            Ok(_) => deleted.push(object),
+            // Deleted by someone else meanwhile: the collection is still gone.
+            Err(err) if err.reason == "NotFound" => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": format!("{}List", info.kind),
+            "apiVersion": info.api_version(),
+            "metadata": {"resourceVersion": page.revision.to_string()},
+            "items": deleted,
+        }),
+    ))
+}
+
+/// The namespaces every cluster has from its first start.
+pub(crate) async fn ensure_system_namespaces(state: &State) -> Result<(), ApiError> {
+    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        match create(state, namespaces(), None, body.to_string().as_bytes(), false).await {
+            Ok(_) => tracing::info!(namespace = name, "created namespace"),
+            Err(err) if err.reason == "AlreadyExists" => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,340 @@
+//! Stock kubectl driving resources on a real `rkube server`: the REST verbs, selectors,
+//! watch, deletion with finalizers, namespaces, errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rkube_testkit::{Kubectl, RkubeServer};
+use serde_json::Value;
+
+fn server() -> RkubeServer {
+    RkubeServer::start(Path::new(env!("CARGO_BIN_EXE_rkube")), &[]).unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "kubectl failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(out: Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn apply_file(kubectl: &Kubectl, dir: &Path, name: &str, yaml: &str, verb: &str) -> Output {
+    let file = dir.join(name);
+    std::fs::write(&file, yaml).unwrap();
+    kubectl.run(&[verb, "-f", file.to_str().unwrap()]).unwrap()
+}
+
+const CONFIGMAP: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-config
+  labels: {app: web, tier: front}
+data:
+  key: value
+";
+
+#[test]
+fn create_get_list_patch_replace_delete() {
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    for binary in ["kubectl", "kubectl.1.27"] {
+        let k = server.kubectl_binary(binary);
+        assert_eq!(
+            ok(apply_file(&k, dir.path(), "cm.yaml", CONFIGMAP, "create")).trim(),
+            "configmap/web-config created"
+        );
+        let err = fails(apply_file(&k, dir.path(), "cm.yaml", CONFIGMAP, "create"));
+        assert!(
+            err.contains("(AlreadyExists)") && err.contains("configmaps \"web-config\" already exists"),
+            "{err}"
+        );
+
+        let object: Value =
+            serde_json::from_str(&ok(k.run(&["get", "cm", "web-config", "-o", "json"]).unwrap())).unwrap();
+        assert_eq!(object["data"]["key"], "value");
+        assert_eq!(object["metadata"]["namespace"], "default");
+        assert!(object["metadata"]["uid"].as_str().unwrap().len() == 36);
+        assert!(
+            object["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse::<i64>()
+                .unwrap()
+                > 0
+        );
+        let table = ok(k.run(&["get", "configmaps"]).unwrap());
+        assert!(table.starts_with("NAME") && table.contains("web-config"), "{table}");
+        assert_eq!(
+            ok(k.run(&["get", "cm", "-o", "name"]).unwrap()).trim(),
+            "configmap/web-config"
+        );
+
+        // Selectors.
+        assert!(
+            ok(
+                k.run(&["get", "cm", "-l", "app=web,tier in (front,back)", "-o", "name"])
+                    .unwrap()
+            )
+            .contains("web-config")
+        );
+        assert!(
+            ok(k.run(&["get", "cm", "-l", "app!=web", "-o", "name"]).unwrap())
+                .trim()
+                .is_empty()
+        );
+        assert!(
+            ok(k.run(&[
+                "get",
+                "cm",
+                "--field-selector",
+                "metadata.name=web-config",
+                "-o",
+                "name"
+            ])
+            .unwrap())
+            .contains("web-config")
+        );
+        let err = fails(k.run(&["get", "cm", "--field-selector", "data.key=value"]).unwrap());
+        assert!(err.contains("field label not supported: data.key"), "{err}");
+        let all = ok(k.run(&["get", "cm", "-A"]).unwrap());
+        assert!(all.lines().next().unwrap().starts_with("NAMESPACE"), "{all}");
+
+        // label / annotate (merge patch), patch --type merge|json.
+        ok(k.run(&["label", "cm", "web-config", "release=1"]).unwrap());
+        ok(k.run(&["annotate", "cm", "web-config", "note=hello"]).unwrap());
+        ok(k.run(&[
+            "patch",
+            "cm",
+            "web-config",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"data":{"extra":"1"}}"#,
+        ])
+        .unwrap());
+        ok(k.run(&[
+            "patch",
+            "cm",
+            "web-config",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"remove","path":"/data/key"}]"#,
+        ])
+        .unwrap());
+        let object: Value =
+            serde_json::from_str(&ok(k.run(&["get", "cm", "web-config", "-o", "json"]).unwrap())).unwrap();
+        assert_eq!(object["metadata"]["labels"]["release"], "1");
+        assert_eq!(object["metadata"]["annotations"]["note"], "hello");
+        assert_eq!(object["data"], serde_json::json!({"extra": "1"}));
+        let err = fails(
+            k.run(&[
+                "patch",
+                "cm",
+                "web-config",
+                "--type",
+                "json",
+                "-p",
+                r#"[{"op":"test","path":"/data/extra","value":"2"}]"#,
+            ])
+            .unwrap(),
+        );
+        assert!(err.contains("json patch"), "{err}");
+
+        // replace: GET then PUT with the resourceVersion.
+        let replaced = CONFIGMAP.replace("key: value", "key: replaced");
+        ok(apply_file(&k, dir.path(), "cm2.yaml", &replaced, "replace"));
+        let object: Value =
+            serde_json::from_str(&ok(k.run(&["get", "cm", "web-config", "-o", "json"]).unwrap())).unwrap();
+        assert_eq!(object["data"]["key"], "replaced");
+
+        // dry run changes nothing.
+        ok(k.run(&["delete", "cm", "web-config", "--dry-run=server"]).unwrap());
+        ok(k.run(&["get", "cm", "web-config"]).unwrap());
+
+        assert_eq!(
+            ok(k.run(&["delete", "cm", "web-config"]).unwrap()).trim(),
+            "configmap \"web-config\" deleted"
+        );
+        let err = fails(k.run(&["get", "cm", "web-config"]).unwrap());
+        assert!(
+            err.contains("(NotFound)") && err.contains("configmaps \"web-config\" not found"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn discovery_lists_what_is_served() {
+    let server = server();
+    for binary in ["kubectl", "kubectl.1.27"] {
+        let k = server.kubectl_binary(binary);
+        let resources = ok(k.run(&["api-resources"]).unwrap());
+        for expected in [
+            "deployments",
+            "deploy",
+            "apps/v1",
+            "leases",
+            "clusterroles",
+            "priorityclasses",
+        ] {
+            assert!(
+                resources.contains(expected),
+                "{binary}: {expected} missing from\n{resources}"
+            );
+        }
+        let versions = ok(k.run(&["api-versions"]).unwrap());
+        for expected in ["v1\n", "apps/v1", "batch/v1", "rbac.authorization.k8s.io/v1"] {
+            assert!(
+                versions.contains(expected),
+                "{binary}: {expected} missing from\n{versions}"
+            );
+        }
+        assert!(!versions.contains("v1beta1"), "only served versions are advertised");
+        // Short names resolve through discovery.
+        ok(k.run(&["get", "deploy,sts,ds,rs,cj,netpol,pdb,sc,pc"]).unwrap());
+    }
+}
+
+#[test]
+fn namespaces_and_bad_input() {
+    let server = server();
+    let k = server.kubectl();
+    let dir = tempfile::tempdir().unwrap();
+    let names = ok(k.run(&["get", "ns", "-o", "name"]).unwrap());
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(names.contains(&format!("namespace/{ns}")), "{names}");
+    }
+    let in_missing = CONFIGMAP.replace("name: web-config", "name: web-config\n  namespace: nowhere");
+    let err = fails(apply_file(&k, dir.path(), "missing.yaml", &in_missing, "create"));
+    assert!(err.contains("namespaces \"nowhere\" not found"), "{err}");
+
+    let bad_name = CONFIGMAP.replace("name: web-config", "name: Web_Config");
+    let err = fails(apply_file(&k, dir.path(), "bad.yaml", &bad_name, "create"));
+    assert!(
+        err.contains("ConfigMap \"Web_Config\" is invalid: metadata.name: Invalid value: \"Web_Config\": a lowercase RFC 1123 subdomain"),
+        "{err}"
+    );
+    assert!(fails(k.run(&["get", "cm", "Web_Config"]).unwrap()).contains("NotFound"));
+
+    // A namespace being deleted is Terminating and refuses new content.
+    ok(apply_file(
+        &k,
+        dir.path(),
+        "ns.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: doomed\n",
+        "create",
+    ));
+    ok(k.run(&["delete", "ns", "doomed", "--wait=false"]).unwrap());
+    let phase = ok(k
+        .run(&["get", "ns", "doomed", "-o", "jsonpath={.status.phase}"])
+        .unwrap());
+    assert_eq!(phase, "Terminating");
+    let in_doomed = CONFIGMAP.replace("name: web-config", "name: web-config\n  namespace: doomed");
+    let err = fails(apply_file(&k, dir.path(), "doomed.yaml", &in_doomed, "create"));
+    assert!(err.contains("because it is being terminated"), "{err}");
+}
+
+#[test]
+fn finalizers_hold_deletion_until_removed() {
+    let server = server();
+    let k = server.kubectl();
+    let dir = tempfile::tempdir().unwrap();
+    let held = CONFIGMAP.replace("  labels:", "  finalizers: [example.com/hold]\n  labels:");
+    ok(apply_file(&k, dir.path(), "held.yaml", &held, "create"));
+    ok(k.run(&["delete", "cm", "web-config", "--wait=false"]).unwrap());
+    let object: Value = serde_json::from_str(&ok(k.run(&["get", "cm", "web-config", "-o", "json"]).unwrap())).unwrap();
+    assert!(object["metadata"]["deletionTimestamp"].is_string(), "{object}");
+
+    // kubectl delete --wait returns once the finalizer is gone.
+    let mut waiter = std::process::Command::new(rkube_testkit::resolve_kubectl("kubectl.1.33"))
+        .arg("--kubeconfig")
+        .arg(&server.kubeconfig)
+        .args(["wait", "--for=delete", "cm/web-config", "--timeout=60s"])
+        .env("HOME", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    ok(k.run(&[
+        "patch",
+        "cm",
+        "web-config",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ])
+    .unwrap());
+    let status = waiter.wait().unwrap();
+    assert!(status.success());
+    assert!(fails(k.run(&["get", "cm", "web-config"]).unwrap()).contains("NotFound"));
+}
+
+#[test]
+fn watch_streams_changes() {
+    let server = server();
+    let k = server.kubectl();
+    let dir = tempfile::tempdir().unwrap();
+    let mut watch = std::process::Command::new(rkube_testkit::resolve_kubectl("kubectl.1.33"))
+        .arg("--kubeconfig")
+        .arg(&server.kubeconfig)
+        .args(["get", "cm", "-w", "-o", "name"])
+        .env("HOME", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    for i in 0..3 {
+        let yaml = CONFIGMAP.replace("name: web-config", &format!("name: watched-{i}"));
+        ok(apply_file(&k, dir.path(), &format!("w{i}.yaml"), &yaml, "create"));
+    }
+    ok(k.run(&["delete", "cm", "watched-0"]).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut stdout = watch.stdout.take().unwrap();
+    let mut seen = String::new();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut text = String::new();
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if text.matches("configmap/watched-").count() >= 4 {
+                break;
+            }
+        }
+        text
+    });
+    while !reader.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(watch.kill());
+    drop(watch.wait());
+    seen.push_str(&reader.join().unwrap());
+    for i in 0..3 {
+        assert!(seen.contains(&format!("configmap/watched-{i}")), "{seen}");
+    }
+    assert!(
+        seen.matches("configmap/watched-0").count() >= 2,
+        "the delete was streamed too: {seen}"
+    );
+}
