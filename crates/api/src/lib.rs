@@ -5,5 +5,6 @@
 pub mod catalogue;
 pub mod names;
 pub mod selector;
+pub mod typed;
 
 pub use catalogue::{ResourceInfo, Scope, Subresource, find, group_versions, resources};

@@ -18,6 +18,16 @@ pub struct Query {
     pub grace_period_seconds: Option<i64>,
     pub include_object: Option<String>,
     pub allow_watch_bookmarks: bool,
+    pub field_validation: FieldValidation,
+}
+
+/// What to do with unknown fields in a write (`fieldValidation`); upstream's default is Warn.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum FieldValidation {
+    Ignore,
+    #[default]
+    Warn,
+    Strict,
 }
 
 fn truthy(value: &str) -> bool {
@@ -56,6 +66,18 @@ impl Query {
                 "gracePeriodSeconds" => q.grace_period_seconds = Some(number("gracePeriodSeconds")?),
                 "includeObject" => q.include_object = Some(value.into_owned()),
                 "allowWatchBookmarks" => q.allow_watch_bookmarks = truthy(&value),
+                "fieldValidation" => {
+                    q.field_validation = match value.as_ref() {
+                        "Ignore" => FieldValidation::Ignore,
+                        "Warn" | "" => FieldValidation::Warn,
+                        "Strict" => FieldValidation::Strict,
+                        other => {
+                            return Err(bad_request(format!(
+                                "fieldValidation parameter unsupported: {other:?}: valid values are Ignore, Warn, Strict"
+                            )));
+                        }
+                    }
+                }
                 _ => {}
             }
         }

@@ -7,7 +7,7 @@ use http::{Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use rkube_api::names::{name_rule, validate_name};
 use rkube_api::selector::{FieldSelector, LabelSelector};
-use rkube_api::{ResourceInfo, find};
+use rkube_api::{ResourceInfo, find, typed};
 use rkube_store::{RangeRequest, StoreError};
 use serde_json::{Value, json};
 
@@ -17,7 +17,7 @@ use crate::object::{
     store_error, to_store,
 };
 use crate::path::ResourcePath;
-use crate::query::Query;
+use crate::query::{FieldValidation, Query};
 use crate::response::{ApiError, Body, json as json_response};
 use crate::{table, watch};
 
@@ -60,31 +60,41 @@ pub(crate) async fn handle(
             Ok(respond(StatusCode::OK, info, &object, &query, table))
         }
         (&Method::POST, None) if ns.is_some() || !info.namespaced() => {
-            check_json(content_type.as_deref())?;
             let body = read_body(request).await?;
-            let (code, object) = create(state, info, ns, &body, query.dry_run).await?;
-            Ok(respond(code, info, &object, &query, false))
+            let object = decode_body(content_type.as_deref(), &body)?;
+            let mut warnings = Vec::new();
+            let write = Write::new(&query, &mut warnings);
+            let (code, object) = create(state, info, ns, object, write).await?;
+            Ok(with_warnings(respond(code, info, &object, &query, false), &warnings))
         }
         (&Method::PUT, Some(name)) => {
-            check_json(content_type.as_deref())?;
             let body = read_body(request).await?;
-            let object = update(state, info, ns, name, &body, status_only, query.dry_run).await?;
-            Ok(respond(StatusCode::OK, info, &object, &query, false))
+            let object = decode_body(content_type.as_deref(), &body)?;
+            let mut warnings = Vec::new();
+            let write = Write::new(&query, &mut warnings);
+            let object = update(state, (info, ns, name), object, status_only, write).await?;
+            Ok(with_warnings(
+                respond(StatusCode::OK, info, &object, &query, false),
+                &warnings,
+            ))
         }
         (&Method::PATCH, Some(name)) => {
             let body = read_body(request).await?;
+            let mut warnings = Vec::new();
+            let write = Write::new(&query, &mut warnings);
             let object = patch(
                 state,
-                info,
-                ns,
-                name,
+                (info, ns, name),
                 content_type.as_deref(),
                 &body,
                 status_only,
-                query.dry_run,
+                write,
             )
             .await?;
-            Ok(respond(StatusCode::OK, info, &object, &query, false))
+            Ok(with_warnings(
+                respond(StatusCode::OK, info, &object, &query, false),
+                &warnings,
+            ))
         }
         (&Method::DELETE, Some(name)) if !status_only => {
             let body = read_body(request).await?;
@@ -100,16 +110,55 @@ pub(crate) async fn handle(
     }
 }
 
-fn check_json(content_type: Option<&str>) -> Result<(), ApiError> {
-    match content_type {
-        None | Some("application/json" | "") => Ok(()),
-        Some(other) => Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
-            format!(
-                "the body of the request was in an unknown format ({other}) - accepted media types include: application/json"
-            ),
-        )),
+/// Decodes a create or update body: JSON (also when no type is given) or YAML.
+fn decode_body(content_type: Option<&str>, body: &[u8]) -> Result<Value, ApiError> {
+    let value: Value = match content_type {
+        None | Some("application/json" | "") => serde_json::from_slice(body)
+            .map_err(|e| bad_request(format!("couldn't get version/kind; json parse error: {e}")))?,
+        Some("application/yaml") => {
+            let text = std::str::from_utf8(body).map_err(|_| bad_request("the YAML body is not UTF-8"))?;
+            serde_saphyr::from_str(text)
+                .map_err(|e| bad_request(format!("couldn't get version/kind; yaml parse error: {e}")))?
+        }
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                format!(
+                    "the body of the request was in an unknown format ({other}) - accepted media types include: application/json, application/yaml"
+                ),
+            ));
+        }
+    };
+    if !value.is_object() {
+        return Err(bad_request(
+            "couldn't get version/kind; json parse error: the body is not a JSON object",
+        ));
+    }
+    Ok(value)
+}
+
+/// Checks an object against its type: type errors are 400; unknown fields are dropped and
+/// rejected, warned about or ignored as `fieldValidation` asks.
+fn decode_typed(
+    info: &ResourceInfo,
+    object: &Value,
+    validation: FieldValidation,
+    warnings: &mut Vec<String>,
+) -> Result<Value, ApiError> {
+    let decoded = typed::roundtrip(info, object).map_err(|e| bad_request(e.to_string()))?;
+    let unknown = typed::unknown_fields(object, &decoded);
+    if unknown.is_empty() {
+        return Ok(decoded);
+    }
+    let described: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    match validation {
+        FieldValidation::Strict => Err(bad_request(format!("strict decoding error: {}", described.join(", ")))),
+        FieldValidation::Warn => {
+            warnings.extend(described);
+            Ok(decoded)
+        }
+        FieldValidation::Ignore => Ok(decoded),
     }
 }
 
@@ -126,6 +175,34 @@ async fn read_body(request: http::Request<hyper::body::Incoming>) -> Result<Byte
     }
 }
 
+/// How a client asked a write to be done.
+pub(crate) struct Write<'a> {
+    pub dry_run: bool,
+    pub validation: FieldValidation,
+    pub warnings: &'a mut Vec<String>,
+}
+
+impl<'a> Write<'a> {
+    fn new(query: &Query, warnings: &'a mut Vec<String>) -> Self {
+        Self {
+            dry_run: query.dry_run,
+            validation: query.field_validation,
+            warnings,
+        }
+    }
+}
+
+/// Adds `Warning: 299 - "..."` headers, one per warning, as upstream sends them.
+fn with_warnings(mut response: Response<Body>, warnings: &[String]) -> Response<Body> {
+    for warning in warnings {
+        let escaped = warning.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(value) = http::HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
+            response.headers_mut().append(http::header::WARNING, value);
+        }
+    }
+    response
+}
+
 fn respond(code: StatusCode, info: &ResourceInfo, object: &Value, query: &Query, table: bool) -> Response<Body> {
     if table {
         let resource_version = meta_str(object, "resourceVersion").unwrap_or_default().to_string();
@@ -137,23 +214,12 @@ fn respond(code: StatusCode, info: &ResourceInfo, object: &Value, query: &Query,
     json_response(code, object)
 }
 
-fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| bad_request(format!("couldn't get version/kind; json parse error: {e}")))?;
-    if !value.is_object() {
-        return Err(bad_request(
-            "couldn't get version/kind; json parse error: the body is not a JSON object",
-        ));
-    }
-    Ok(value)
-}
-
 /// The body's kind and apiVersion must be the resource's.
-fn check_kind(info: &ResourceInfo, object: &Value, body: &[u8]) -> Result<(), ApiError> {
+fn check_kind(info: &ResourceInfo, object: &Value) -> Result<(), ApiError> {
     let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
     let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     if kind.is_empty() {
-        let shown = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        let shown: String = object.to_string().chars().take(200).collect();
         return Err(bad_request(format!("Object 'Kind' is missing in '{shown}'")));
     }
     if kind != info.kind || api_version != info.api_version() {
@@ -230,12 +296,13 @@ pub(crate) async fn create(
     state: &State,
     info: &ResourceInfo,
     ns: Option<&str>,
-    body: &[u8],
-    dry_run: bool,
+    object: Value,
+    write: Write<'_>,
 ) -> Result<(StatusCode, Value), ApiError> {
-    let mut object = parse_object(body)?;
-    check_kind(info, &object, body)?;
+    check_kind(info, &object)?;
+    let mut object = decode_typed(info, &object, write.validation, write.warnings)?;
     check_namespace(info, &mut object, ns)?;
+    let dry_run = write.dry_run;
     let meta = metadata_mut(&mut object).ok_or_else(|| bad_request("metadata must be an object"))?;
     let name = match meta.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
         Some(name) => name.to_string(),
@@ -444,16 +511,15 @@ async fn current_with_revision(
 
 async fn update(
     state: &State,
-    info: &ResourceInfo,
-    ns: Option<&str>,
-    name: &str,
-    body: &[u8],
+    (info, ns, name): (&ResourceInfo, Option<&str>, &str),
+    object: Value,
     status_only: bool,
-    dry_run: bool,
+    write: Write<'_>,
 ) -> Result<Value, ApiError> {
-    let mut object = parse_object(body)?;
-    check_kind(info, &object, body)?;
+    check_kind(info, &object)?;
+    let mut object = decode_typed(info, &object, write.validation, write.warnings)?;
     check_namespace(info, &mut object, ns)?;
+    let dry_run = write.dry_run;
     if let Some(given) = meta_str(&object, "name").filter(|n| *n != name) {
         return Err(bad_request(format!(
             "the name of the object ({given}) does not match the name on the URL ({name})"
@@ -468,17 +534,15 @@ async fn update(
     write_update(state, (info, ns, name), &current, object, expected, mode).await
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn patch(
     state: &State,
-    info: &ResourceInfo,
-    ns: Option<&str>,
-    name: &str,
+    (info, ns, name): (&ResourceInfo, Option<&str>, &str),
     content_type: Option<&str>,
     body: &[u8],
     status_only: bool,
-    dry_run: bool,
+    write: Write<'_>,
 ) -> Result<Value, ApiError> {
+    let dry_run = write.dry_run;
     enum Kind {
         Merge(Value),
         Json(json_patch::Patch),
@@ -519,6 +583,8 @@ async fn patch(
         if !patched.is_object() || patched.get("kind") != current.get("kind") {
             return Err(bad_request("a patch may not change the object's kind"));
         }
+        let mut warnings = Vec::new();
+        let patched = decode_typed(info, &patched, write.validation, &mut warnings)?;
         // A resourceVersion the patch sets is a precondition; otherwise retry on conflicts.
         let pinned = meta_str(&patched, "resourceVersion") != meta_str(&current, "resourceVersion");
         let expected = expected_revision(info, name, &patched, revision)?;
@@ -528,7 +594,10 @@ async fn patch(
         let mode = WriteMode { status_only, dry_run };
         match write_update(state, (info, ns, name), &current, patched, expected, mode).await {
             Err(err) if err.reason == "Conflict" && !pinned && attempt < PATCH_ATTEMPTS => continue,
-            result => return result,
+            result => {
+                write.warnings.extend(warnings);
+                return result;
+            }
         }
     }
 }
@@ -890,8 +959,13 @@ async fn delete_collection(
 /// The namespaces every cluster has from its first start.
 pub(crate) async fn ensure_system_namespaces(state: &State) -> Result<(), ApiError> {
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-        match create(state, namespaces(), None, body.to_string().as_bytes(), false).await {
+        let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        let write = Write {
+            dry_run: false,
+            validation: FieldValidation::Strict,
+            warnings: &mut Vec::new(),
+        };
+        match create(state, namespaces(), None, object, write).await {
             Ok(_) => tracing::info!(namespace = name, "created namespace"),
             Err(err) if err.reason == "AlreadyExists" => {}
             Err(err) => return Err(err),

@@ -338,3 +338,169 @@ fn watch_streams_changes() {
         "the delete was streamed too: {seen}"
     );
 }
+
+const DEPLOYMENT_WITH_TYPO: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  bogusField: true
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.27
+        imagePullPolice: Always
+";
+
+#[test]
+fn field_validation_strict_warn_ignore() {
+    let server = server();
+    let k = server.kubectl();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deploy.yaml");
+    std::fs::write(&file, DEPLOYMENT_WITH_TYPO).unwrap();
+    let path = file.to_str().unwrap();
+
+    // kubectl validates strictly by default: nothing is stored.
+    let err = fails(k.run(&["create", "-f", path]).unwrap());
+    assert!(
+        err.contains(r#"strict decoding error: unknown field "spec.bogusField", unknown field "spec.template.spec.containers[0].imagePullPolice""#),
+        "{err}"
+    );
+    assert!(fails(k.run(&["get", "deploy", "web"]).unwrap()).contains("NotFound"));
+
+    // Warn: created, with a warning per dropped field.
+    let out = k.run(&["create", "-f", path, "--validate=warn"]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(ok(out).contains("deployment.apps/web created"));
+    assert!(
+        stderr.contains(r#"Warning: unknown field "spec.bogusField""#),
+        "{stderr}"
+    );
+    let object: Value = serde_json::from_str(&ok(k.run(&["get", "deploy", "web", "-o", "json"]).unwrap())).unwrap();
+    assert!(object["spec"].get("bogusField").is_none(), "unknown fields are dropped");
+    assert_eq!(object["spec"]["replicas"], 2);
+    assert_eq!(object["metadata"]["generation"], 1);
+
+    // Ignore: silently dropped.
+    ok(k.run(&["delete", "deploy", "web"]).unwrap());
+    let out = k.run(&["create", "-f", path, "--validate=false"]).unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("Warning"), "{out:?}");
+    ok(out);
+
+    // A spec change bumps generation; a label change does not.
+    ok(k.run(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"replicas":3}}"#,
+    ])
+    .unwrap());
+    ok(k.run(&["label", "deploy", "web", "x=y"]).unwrap());
+    let generation = ok(k
+        .run(&["get", "deploy", "web", "-o", "jsonpath={.metadata.generation}"])
+        .unwrap());
+    assert_eq!(generation, "2");
+
+    // Type errors name the field.
+    let wrong = DEPLOYMENT_WITH_TYPO
+        .replace("replicas: 2", "replicas: three")
+        .replace("  bogusField: true\n", "")
+        .replace("        imagePullPolice: Always\n", "")
+        .replace("name: web\nspec", "name: web2\nspec");
+    std::fs::write(&file, wrong).unwrap();
+    let err = fails(k.run(&["create", "-f", path]).unwrap());
+    assert!(
+        err.contains("Deployment in version \"v1\" cannot be handled as a Deployment: spec.replicas: invalid type"),
+        "{err}"
+    );
+}
+
+#[test]
+fn yaml_bodies_and_raw_errors() {
+    let server = server();
+    let tls = server.dir().join("data/server/tls");
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-w", "\n%{http_code}", "--cacert"])
+            .arg(tls.join("ca.crt"))
+            .arg("--cert")
+            .arg(tls.join("client-admin.crt"))
+            .arg("--key")
+            .arg(tls.join("client-admin.key"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.to_string(), body.to_string())
+    };
+    let url = format!("{}/api/v1/namespaces/default/configmaps", server.url);
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/yaml",
+        "--data-binary",
+        CONFIGMAP,
+        &url,
+    ]);
+    assert_eq!(code, "201", "{body}");
+    let created: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(created["data"]["key"], "value");
+
+    for (content_type, payload, expected_code, expected) in [
+        ("application/json", "{not json", "400", "json parse error"),
+        ("application/json", "[1,2]", "400", "not a JSON object"),
+        (
+            "application/json",
+            r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"x"}}"#,
+            "400",
+            "must be of type ConfigMap",
+        ),
+        (
+            "application/json",
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x","namespace":"other"}}"#,
+            "400",
+            "does not match the namespace",
+        ),
+        ("application/xml", "<x/>", "415", "unknown format"),
+    ] {
+        let header = format!("Content-Type: {content_type}");
+        let (code, body) = curl(&["-X", "POST", "-H", &header, "--data-binary", payload, &url]);
+        assert_eq!(code, expected_code, "{payload}: {body}");
+        let status: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status["kind"], "Status");
+        assert!(
+            status["message"].as_str().unwrap().contains(expected),
+            "{payload}: {body}"
+        );
+    }
+    let too_big = format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"big"}},"data":{{"a":"{}"}}}}"#,
+        "x".repeat(3 * 1024 * 1024 + 10)
+    );
+    let big_file = server.dir().join("big.json");
+    std::fs::write(&big_file, too_big).unwrap();
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &format!("@{}", big_file.display()),
+        &url,
+    ]);
+    assert_eq!(code, "413", "{body}");
+    let (code, _) = curl(&[&format!("{url}?labelSelector=app%3D%3D%3D")]);
+    assert_eq!(code, "400");
+}

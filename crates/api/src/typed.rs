@@ -1,0 +1,180 @@
+//! Decoding objects into their Kubernetes types: type checking with field paths, and
+//! unknown-field detection for server-side field validation.
+//!
+//! An object is decoded into its k8s-openapi type and encoded again. Decode errors are
+//! type errors at a path; fields of the input that the round trip lost are unknown fields
+//! (they are what upstream's Go decoding drops), reported as upstream words them.
+
+use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking, policy, rbac, scheduling, storage};
+use serde_json::Value;
+
+use crate::ResourceInfo;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{kind} in version \"{version}\" cannot be handled as a {kind}: {path}: {message}")]
+pub struct DecodeError {
+    pub kind: String,
+    pub version: String,
+    pub path: String,
+    pub message: String,
+}
+
+fn roundtrip_as<T>(value: &Value) -> Result<Value, (String, String)>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+{
+    let typed: T =
+        serde_path_to_error::deserialize(value).map_err(|e| (e.path().to_string(), e.inner().to_string()))?;
+    serde_json::to_value(typed).map_err(|e| (".".to_string(), e.to_string()))
+}
+
+macro_rules! typed_kinds {
+    ($( ($group:literal, $version:literal, $kind:literal) => $ty:ty ),* $(,)?) => {
+        /// Decodes and re-encodes `value` as the resource's type. Resources without a
+        /// known type pass through unchanged.
+        pub fn roundtrip(info: &ResourceInfo, value: &Value) -> Result<Value, DecodeError> {
+            let result = match (info.group, info.version, info.kind) {
+                $( ($group, $version, $kind) => roundtrip_as::<$ty>(value), )*
+                _ => Ok(value.clone()),
+            };
+            result.map_err(|(path, message)| DecodeError {
+                kind: info.kind.to_string(),
+                version: info.version.to_string(),
+                path,
+                message,
+            })
+        }
+
+        /// True when the resource has a type to check against.
+        pub fn is_typed(info: &ResourceInfo) -> bool {
+            matches!((info.group, info.version, info.kind), $( ($group, $version, $kind) )|*)
+        }
+    };
+}
+
+typed_kinds! {
+    ("", "v1", "Namespace") => core::v1::Namespace,
+    ("", "v1", "Pod") => core::v1::Pod,
+    ("", "v1", "Service") => core::v1::Service,
+    ("", "v1", "Endpoints") => core::v1::Endpoints,
+    ("", "v1", "Node") => core::v1::Node,
+    ("", "v1", "ConfigMap") => core::v1::ConfigMap,
+    ("", "v1", "Secret") => core::v1::Secret,
+    ("", "v1", "ServiceAccount") => core::v1::ServiceAccount,
+    ("", "v1", "Event") => core::v1::Event,
+    ("", "v1", "PersistentVolume") => core::v1::PersistentVolume,
+    ("", "v1", "PersistentVolumeClaim") => core::v1::PersistentVolumeClaim,
+    ("", "v1", "ResourceQuota") => core::v1::ResourceQuota,
+    ("", "v1", "LimitRange") => core::v1::LimitRange,
+    ("", "v1", "ReplicationController") => core::v1::ReplicationController,
+    ("apps", "v1", "Deployment") => apps::v1::Deployment,
+    ("apps", "v1", "ReplicaSet") => apps::v1::ReplicaSet,
+    ("apps", "v1", "StatefulSet") => apps::v1::StatefulSet,
+    ("apps", "v1", "DaemonSet") => apps::v1::DaemonSet,
+    ("apps", "v1", "ControllerRevision") => apps::v1::ControllerRevision,
+    ("batch", "v1", "Job") => batch::v1::Job,
+    ("batch", "v1", "CronJob") => batch::v1::CronJob,
+    ("networking.k8s.io", "v1", "Ingress") => networking::v1::Ingress,
+    ("networking.k8s.io", "v1", "IngressClass") => networking::v1::IngressClass,
+    ("networking.k8s.io", "v1", "NetworkPolicy") => networking::v1::NetworkPolicy,
+    ("discovery.k8s.io", "v1", "EndpointSlice") => discovery::v1::EndpointSlice,
+    ("coordination.k8s.io", "v1", "Lease") => coordination::v1::Lease,
+    ("rbac.authorization.k8s.io", "v1", "Role") => rbac::v1::Role,
+    ("rbac.authorization.k8s.io", "v1", "RoleBinding") => rbac::v1::RoleBinding,
+    ("rbac.authorization.k8s.io", "v1", "ClusterRole") => rbac::v1::ClusterRole,
+    ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding") => rbac::v1::ClusterRoleBinding,
+    ("storage.k8s.io", "v1", "StorageClass") => storage::v1::StorageClass,
+    ("policy", "v1", "PodDisruptionBudget") => policy::v1::PodDisruptionBudget,
+    ("scheduling.k8s.io", "v1", "PriorityClass") => scheduling::v1::PriorityClass,
+}
+
+/// Fields of `input` that `decoded` lost, as upstream names them (`spec.bogusField`,
+/// `spec.containers[0].bogus`), in document order.
+pub fn unknown_fields(input: &Value, decoded: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    walk(input, decoded, String::new(), &mut out);
+    out
+}
+
+fn walk(input: &Value, decoded: &Value, path: String, out: &mut Vec<String>) {
+    match (input, decoded) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match b.get(key) {
+                    Some(other) => walk(value, other, child, out),
+                    // An explicit null for an absent optional field is not unknown.
+                    None if value.is_null() => {}
+                    None => out.push(child),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                walk(x, y, format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployments() -> &'static ResourceInfo {
+        crate::find("apps", "v1", "deployments").unwrap()
+    }
+
+    #[test]
+    fn every_catalogued_resource_is_typed() {
+        for r in crate::resources() {
+            assert!(is_typed(r), "{} has no type", r.kind);
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_named_by_path() {
+        let input = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "labels": {"any": "label"}},
+            "spec": {"bogusField": 1, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}},
+                                  "spec": {"containers": [{"name": "c", "image": "nginx", "imagePullPolice": "x"}]}}}
+        });
+        let decoded = roundtrip(deployments(), &input).unwrap();
+        assert_eq!(
+            unknown_fields(&input, &decoded),
+            vec!["spec.bogusField", "spec.template.spec.containers[0].imagePullPolice"]
+        );
+    }
+
+    #[test]
+    fn type_errors_carry_the_path() {
+        let input = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+                           "spec": {"replicas": "three", "selector": {}, "template": {}}});
+        let err = roundtrip(deployments(), &input).unwrap_err();
+        assert_eq!(err.path, "spec.replicas");
+        assert!(
+            err.to_string().starts_with(
+                "Deployment in version \"v1\" cannot be handled as a Deployment: spec.replicas: invalid type"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn round_trip_keeps_known_content() {
+        let input = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                           "metadata": {"name": "c", "namespace": "d", "creationTimestamp": "2026-11-23T12:00:00Z",
+                                        "resourceVersion": "5", "uid": "u"},
+                           "data": {"k": "v"}});
+        let decoded = roundtrip(crate::find("", "v1", "configmaps").unwrap(), &input).unwrap();
+        assert_eq!(decoded, input);
+    }
+}
