@@ -214,21 +214,28 @@ fn respond(code: StatusCode, info: &ResourceInfo, object: &Value, query: &Query,
     json_response(code, object)
 }
 
-/// The body's kind and apiVersion must be the resource's.
-fn check_kind(info: &ResourceInfo, object: &Value) -> Result<(), ApiError> {
-    let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
-    let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-    if kind.is_empty() {
-        let shown: String = object.to_string().chars().take(200).collect();
-        return Err(bad_request(format!("Object 'Kind' is missing in '{shown}'")));
-    }
-    if kind != info.kind || api_version != info.api_version() {
+/// The body's kind and apiVersion must be the resource's; missing ones are taken from the
+/// URL, as upstream's decoder defaults them.
+fn check_kind(info: &ResourceInfo, object: &mut Value) -> Result<(), ApiError> {
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let api_version = object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if (!kind.is_empty() && kind != info.kind) || (!api_version.is_empty() && api_version != info.api_version()) {
         return Err(bad_request(format!(
             "the object provided is unrecognized (must be of type {}): kind {kind:?}, apiVersion {api_version:?} (expected {:?})",
             info.kind,
             info.api_version()
         )));
     }
+    object["kind"] = json!(info.kind);
+    object["apiVersion"] = json!(info.api_version());
     Ok(())
 }
 
@@ -299,7 +306,8 @@ pub(crate) async fn create(
     object: Value,
     write: Write<'_>,
 ) -> Result<(StatusCode, Value), ApiError> {
-    check_kind(info, &object)?;
+    let mut object = object;
+    check_kind(info, &mut object)?;
     let mut object = decode_typed(info, &object, write.validation, write.warnings)?;
     check_namespace(info, &mut object, ns)?;
     let dry_run = write.dry_run;
@@ -516,7 +524,8 @@ async fn update(
     status_only: bool,
     write: Write<'_>,
 ) -> Result<Value, ApiError> {
-    check_kind(info, &object)?;
+    let mut object = object;
+    check_kind(info, &mut object)?;
     let mut object = decode_typed(info, &object, write.validation, write.warnings)?;
     check_namespace(info, &mut object, ns)?;
     let dry_run = write.dry_run;
