@@ -171,6 +171,9 @@ static RESOURCES: &[ResourceInfo] = &[
         short: NONE, categories: ALL, storage: "jobs", status: true),
     resource!("batch", "v1", "CronJob", "cronjobs", "cronjob", Namespaced,
         short: &["cj"], categories: ALL, storage: "cronjobs", status: true),
+    // autoscaling/v2 (v1 shares its storage and waits for conversion)
+    resource!("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", Namespaced,
+        short: &["hpa"], categories: ALL, storage: "horizontalpodautoscalers", status: true),
     // networking.k8s.io/v1
     resource!("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", Namespaced,
         short: &["ing"], categories: NONE, storage: "ingress", status: true),

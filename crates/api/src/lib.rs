@@ -3,6 +3,7 @@
 //! for names and object metadata.
 
 pub mod catalogue;
+pub mod defaults;
 pub mod names;
 pub mod selector;
 pub mod typed;

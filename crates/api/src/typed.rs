@@ -5,7 +5,9 @@
 //! type errors at a path; fields of the input that the round trip lost are unknown fields
 //! (they are what upstream's Go decoding drops), reported as upstream words them.
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking, policy, rbac, scheduling, storage};
+use k8s_openapi::api::{
+    apps, autoscaling, batch, coordination, core, discovery, networking, policy, rbac, scheduling, storage,
+};
 use serde_json::Value;
 
 use crate::ResourceInfo;
@@ -74,6 +76,7 @@ typed_kinds! {
     ("apps", "v1", "ControllerRevision") => apps::v1::ControllerRevision,
     ("batch", "v1", "Job") => batch::v1::Job,
     ("batch", "v1", "CronJob") => batch::v1::CronJob,
+    ("autoscaling", "v2", "HorizontalPodAutoscaler") => autoscaling::v2::HorizontalPodAutoscaler,
     ("networking.k8s.io", "v1", "Ingress") => networking::v1::Ingress,
     ("networking.k8s.io", "v1", "IngressClass") => networking::v1::IngressClass,
     ("networking.k8s.io", "v1", "NetworkPolicy") => networking::v1::NetworkPolicy,

@@ -7,7 +7,7 @@ use http::{Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use rkube_api::names::{name_rule, validate_name};
 use rkube_api::selector::{FieldSelector, LabelSelector};
-use rkube_api::{ResourceInfo, find, typed};
+use rkube_api::{ResourceInfo, defaults, find, typed};
 use rkube_store::{RangeRequest, StoreError};
 use serde_json::{Value, json};
 
@@ -146,7 +146,8 @@ fn decode_typed(
     validation: FieldValidation,
     warnings: &mut Vec<String>,
 ) -> Result<Value, ApiError> {
-    let decoded = typed::roundtrip(info, object).map_err(|e| bad_request(e.to_string()))?;
+    let mut decoded = typed::roundtrip(info, object).map_err(|e| bad_request(e.to_string()))?;
+    defaults::apply(info, &mut decoded);
     let unknown = typed::unknown_fields(object, &decoded);
     if unknown.is_empty() {
         return Ok(decoded);
@@ -361,6 +362,9 @@ pub(crate) async fn create(
         meta.insert("generation".into(), json!(1));
     }
     default_kind(info, &mut object);
+    if (info.group, info.kind) == ("batch", "Job") {
+        defaults::job_selector(&mut object);
+    }
     if dry_run {
         return Ok((StatusCode::CREATED, object));
     }

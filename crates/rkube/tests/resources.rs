@@ -504,3 +504,63 @@ fn yaml_bodies_and_raw_errors() {
     let (code, _) = curl(&[&format!("{url}?labelSelector=app%3D%3D%3D")]);
     assert_eq!(code, "400");
 }
+
+/// The manifests users copy (shared/examples/seed) are accepted unchanged and defaulted as
+/// upstream defaults them. 04 and 14 use removed API versions (served with the legacy
+/// versions work); reaching their running state needs the controllers and node agent.
+#[test]
+fn seed_manifests_are_accepted_and_defaulted() {
+    let server = server();
+    let k = server.kubectl();
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seed");
+    let mut files: Vec<_> = std::fs::read_dir(&seed)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 20, "seed manifests missing from {}", seed.display());
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("04-") || name.starts_with("14-") {
+            continue;
+        }
+        ok(k.run(&["create", "-f", file.to_str().unwrap()]).unwrap());
+    }
+    let get = |args: &[&str]| ok(k.run(args).unwrap());
+    assert_eq!(
+        get(&["get", "pod", "nginx-test", "-o", "jsonpath={.spec.restartPolicy}"]),
+        "Always"
+    );
+    assert_eq!(
+        get(&["get", "pod", "nginx-test", "-o", "jsonpath={.spec.serviceAccountName}"]),
+        "default"
+    );
+    assert_eq!(
+        get(&["get", "pod", "nginx-test", "-o", "jsonpath={.status.phase}"]),
+        "Pending"
+    );
+    let strategy = get(&[
+        "get",
+        "deploy",
+        "wordpress-deployment",
+        "-o",
+        "jsonpath={.spec.strategy.rollingUpdate.maxSurge}",
+    ]);
+    assert_eq!(strategy, "25%");
+    let uid = get(&["get", "job", "once", "-o", "jsonpath={.metadata.uid}"]);
+    let selector = get(&[
+        "get",
+        "job",
+        "once",
+        "-o",
+        "jsonpath={.spec.selector.matchLabels.batch\\.kubernetes\\.io/controller-uid}",
+    ]);
+    assert_eq!(selector, uid);
+    assert_eq!(
+        get(&["get", "svc", "my-service", "-o", "jsonpath={.spec.type}"]),
+        "ClusterIP"
+    );
+    assert!(get(&["get", "hpa", "-o", "name"]).contains("horizontalpodautoscaler.autoscaling/web"));
+}
