@@ -5,6 +5,7 @@
 pub mod catalogue;
 pub mod defaults;
 pub mod names;
+pub mod printers;
 pub mod selector;
 pub mod typed;
 

@@ -1,7 +1,7 @@
 //! `meta.k8s.io/v1` Tables, what `kubectl get` prints. Every kind has upstream's default
 //! columns for now (Name, Created At); per-kind printer columns come with each kind.
 
-use rkube_api::ResourceInfo;
+use rkube_api::{ResourceInfo, printers};
 use serde_json::{Value, json};
 
 use crate::object::metadata;
@@ -15,20 +15,27 @@ pub fn wants_table(accept: Option<&str>) -> bool {
     })
 }
 
-fn columns() -> Value {
-    json!([
-        {"name": "Name", "type": "string", "format": "name", "priority": 0,
-         "description": "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names"},
-        {"name": "Created At", "type": "date", "format": "", "priority": 0,
-         "description": "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.\n\nPopulated by the system. Read-only. Null for lists. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"}
-    ])
+fn columns(info: &ResourceInfo) -> Value {
+    printers::columns(info)
+        .iter()
+        .map(|c| {
+            json!({"name": c.name, "type": c.kind, "format": c.format, "description": c.description, "priority": c.priority})
+        })
+        .collect()
 }
 
-fn row(object: &Value, include: &str) -> Value {
+/// Ages as upstream's server renders them: relative to now, human-readable.
+fn age(timestamp: &str) -> String {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    match printers::epoch_seconds(timestamp) {
+        Some(then) => printers::human_duration(now - then),
+        None => "<unknown>".to_string(),
+    }
+}
+
+fn row(info: &ResourceInfo, object: &Value, include: &str) -> Value {
     let meta = metadata(object).cloned().unwrap_or_default();
-    let name = meta.get("name").cloned().unwrap_or(Value::Null);
-    let created = meta.get("creationTimestamp").cloned().unwrap_or(Value::Null);
-    let mut row = json!({"cells": [name, created]});
+    let mut row = json!({"cells": printers::cells(info, object, &age)});
     match include {
         "None" => {}
         "Object" => row["object"] = object.clone(),
@@ -44,7 +51,7 @@ fn row(object: &Value, include: &str) -> Value {
 }
 
 pub fn table(
-    _info: &ResourceInfo,
+    info: &ResourceInfo,
     items: &[Value],
     resource_version: &str,
     continue_token: Option<&str>,
@@ -60,10 +67,10 @@ pub fn table(
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": metadata,
-        "rows": items.iter().map(|o| row(o, include)).collect::<Vec<_>>(),
+        "rows": items.iter().map(|o| row(info, o, include)).collect::<Vec<_>>(),
     });
     if with_columns {
-        table["columnDefinitions"] = columns();
+        table["columnDefinitions"] = columns(info);
     }
     table
 }
@@ -86,7 +93,8 @@ mod tests {
         let info = rkube_api::find("", "v1", "configmaps").unwrap();
         let object = json!({"metadata": {"name": "a", "namespace": "n", "creationTimestamp": "2026-01-01T00:00:00Z"}});
         let t = table(info, std::slice::from_ref(&object), "7", None, &Query::default(), true);
-        assert_eq!(t["rows"][0]["cells"], json!(["a", "2026-01-01T00:00:00Z"]));
+        assert_eq!(t["rows"][0]["cells"][0], "a");
+        assert_eq!(t["columnDefinitions"][1]["name"], "Data");
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
         assert_eq!(t["rows"][0]["object"]["metadata"]["namespace"], "n");
         let query = Query {

@@ -563,4 +563,32 @@ fn seed_manifests_are_accepted_and_defaulted() {
         "ClusterIP"
     );
     assert!(get(&["get", "hpa", "-o", "name"]).contains("horizontalpodautoscaler.autoscaling/web"));
+
+    // Upstream's printer columns, wide ones with -o wide.
+    let header = |args: &[&str]| {
+        get(args)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(header(&["get", "pods"]), "NAME READY STATUS RESTARTS AGE");
+    assert_eq!(
+        header(&["get", "pods", "-o", "wide"]),
+        "NAME READY STATUS RESTARTS AGE IP NODE NOMINATED NODE READINESS GATES"
+    );
+    assert_eq!(
+        header(&["get", "deploy", "-o", "wide"]),
+        "NAME READY UP-TO-DATE AVAILABLE AGE CONTAINERS IMAGES SELECTOR"
+    );
+    assert_eq!(header(&["get", "svc"]), "NAME TYPE CLUSTER-IP EXTERNAL-IP PORT(S) AGE");
+    assert_eq!(header(&["get", "cm"]), "NAME DATA AGE");
+    assert_eq!(header(&["get", "jobs"]), "NAME STATUS COMPLETIONS DURATION AGE");
+    let pod_row = get(&["get", "pod", "rss-site", "--no-headers"]);
+    let cells: Vec<&str> = pod_row.split_whitespace().collect();
+    assert_eq!(cells[..4], ["rss-site", "0/2", "Pending", "0"], "{pod_row}");
+    let svc_row = get(&["get", "svc", "my-multiport-service", "--no-headers"]);
+    assert!(svc_row.contains("80/TCP,443/TCP"), "{svc_row}");
 }
