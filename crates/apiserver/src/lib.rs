@@ -13,6 +13,7 @@ mod query;
 mod response;
 mod rest;
 mod routes;
+mod services;
 mod table;
 mod tls;
 mod watch;
@@ -27,6 +28,7 @@ use tokio::net::TcpListener;
 
 pub use authn::Authenticator;
 pub use response::ApiError;
+pub use services::ServiceNetwork;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -47,12 +49,16 @@ pub struct Config {
     pub client_ca_pem: String,
     pub tokens: TokenFile,
     pub store: Arc<dyn Store>,
+    pub services: ServiceNetwork,
+    /// Where pods reach this API server: the `kubernetes` service's endpoint.
+    pub advertise: SocketAddr,
 }
 
 /// Shared by every request.
 pub(crate) struct State {
     pub authenticator: Authenticator,
     pub store: Arc<dyn Store>,
+    pub services: ServiceNetwork,
 }
 
 /// Serves until `shutdown` completes. Connections already open are dropped then.
@@ -61,8 +67,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let state = Arc::new(State {
         authenticator: Authenticator::new(config.tokens),
         store: config.store,
+        services: config.services,
     });
     if let Err(err) = rest::ensure_system_namespaces(&state).await {
+        return Err(ServeError::Startup(err.message));
+    }
+    if let Err(err) = rest::ensure_kubernetes_service(&state, config.advertise).await {
         return Err(ServeError::Startup(err.message));
     }
     let local: SocketAddr = config.listener.local_addr()?;

@@ -19,7 +19,7 @@ use crate::object::{
 use crate::path::ResourcePath;
 use crate::query::{FieldValidation, Query};
 use crate::response::{ApiError, Body, json as json_response};
-use crate::{table, watch};
+use crate::{services, table, watch};
 
 /// Largest request body accepted (upstream's limit).
 const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -184,6 +184,15 @@ pub(crate) struct Write<'a> {
 }
 
 impl<'a> Write<'a> {
+    /// The server's own writes: strict, for real.
+    fn system(warnings: &'a mut Vec<String>) -> Self {
+        Self {
+            dry_run: false,
+            validation: FieldValidation::Strict,
+            warnings,
+        }
+    }
+
     fn new(query: &Query, warnings: &'a mut Vec<String>) -> Self {
         Self {
             dry_run: query.dry_run,
@@ -368,11 +377,22 @@ pub(crate) async fn create(
     if dry_run {
         return Ok((StatusCode::CREATED, object));
     }
-    let revision = state
+    let claimed = if is_service(info) {
+        services::allocate(state, info, (ns.unwrap_or_default(), &name), &mut object, None).await?
+    } else {
+        Vec::new()
+    };
+    let created = state
         .store
         .create(&info.key(ns, &name), to_store(&object)?.into())
-        .await
-        .map_err(|e| store_error(e, info, &name))?;
+        .await;
+    let revision = match created {
+        Ok(revision) => revision,
+        Err(err) => {
+            services::release(state, claimed).await;
+            return Err(store_error(err, info, &name));
+        }
+    };
     object::set_resource_version(&mut object, revision);
     Ok((StatusCode::CREATED, object))
 }
@@ -478,13 +498,32 @@ async fn write_update(
             .delete(&key, Some(expected))
             .await
             .map_err(|e| store_error(e, info, name))?;
+        if is_service(info) {
+            services::release(state, services::keys_of(current)).await;
+        }
         return Ok(new);
     }
-    let revision = state
-        .store
-        .update(&key, to_store(&new)?.into(), expected)
-        .await
-        .map_err(|e| store_error(e, info, name))?;
+    let claimed = if is_service(info) {
+        services::allocate(state, info, (ns.unwrap_or_default(), name), &mut new, Some(current)).await?
+    } else {
+        Vec::new()
+    };
+    let updated = state.store.update(&key, to_store(&new)?.into(), expected).await;
+    let revision = match updated {
+        Ok(revision) => revision,
+        Err(err) => {
+            services::release(state, claimed).await;
+            return Err(store_error(err, info, name));
+        }
+    };
+    if is_service(info) {
+        let kept = services::keys_of(&new);
+        services::release(
+            state,
+            services::keys_of(current).into_iter().filter(|k| !kept.contains(k)),
+        )
+        .await;
+    }
     object::set_resource_version(&mut new, revision);
     Ok(new)
 }
@@ -736,6 +775,9 @@ async fn delete_one(
                 .delete(&info.key(ns, name), Some(revision))
                 .await
                 .map_err(|e| store_error(e, info, name))?;
+            if is_service(info) {
+                services::release(state, services::keys_of(&current)).await;
+            }
         }
         return Ok((StatusCode::OK, success_status(info, name, &uid)));
     }
@@ -969,16 +1011,76 @@ async fn delete_collection(
     ))
 }
 
+fn is_service(info: &ResourceInfo) -> bool {
+    (info.group, info.plural) == ("", "services")
+}
+
+/// The `kubernetes` service (the first service address, port 443) and its endpoints, which
+/// point at this API server; the endpoints follow the server's address at every start.
+pub(crate) async fn ensure_kubernetes_service(state: &State, advertise: std::net::SocketAddr) -> Result<(), ApiError> {
+    let service_info = find("", "v1", "services").unwrap_or(namespaces());
+    let endpoints_info = find("", "v1", "endpoints").unwrap_or(namespaces());
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"clusterIP": state.services.first().to_string(),
+                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": advertise.port()}]}
+    });
+    let mut warnings = Vec::new();
+    match create(
+        state,
+        service_info,
+        Some("default"),
+        service,
+        Write::system(&mut warnings),
+    )
+    .await
+    {
+        Ok(_) => tracing::info!(ip = %state.services.first(), "created the kubernetes service"),
+        Err(err) if err.reason == "AlreadyExists" => {}
+        Err(err) => return Err(err),
+    }
+    let endpoints = json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": advertise.ip().to_string()}],
+                     "ports": [{"name": "https", "port": advertise.port(), "protocol": "TCP"}]}]
+    });
+    match create(
+        state,
+        endpoints_info,
+        Some("default"),
+        endpoints.clone(),
+        Write::system(&mut warnings),
+    )
+    .await
+    {
+        Ok(_) => Ok(()),
+        Err(err) if err.reason == "AlreadyExists" => {
+            let mut patch_warnings = Vec::new();
+            let body = serde_json::to_vec(&json!({"subsets": endpoints["subsets"]})).unwrap_or_default();
+            patch(
+                state,
+                (endpoints_info, Some("default"), "kubernetes"),
+                Some("application/merge-patch+json"),
+                &body,
+                false,
+                Write::system(&mut patch_warnings),
+            )
+            .await
+            .map(|_| ())
+        }
+        Err(err) => Err(err),
+    }
+}
+
 /// The namespaces every cluster has from its first start.
 pub(crate) async fn ensure_system_namespaces(state: &State) -> Result<(), ApiError> {
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-        let write = Write {
-            dry_run: false,
-            validation: FieldValidation::Strict,
-            warnings: &mut Vec::new(),
-        };
-        match create(state, namespaces(), None, object, write).await {
+        match create(state, namespaces(), None, object, Write::system(&mut Vec::new())).await {
             Ok(_) => tracing::info!(namespace = name, "created namespace"),
             Err(err) if err.reason == "AlreadyExists" => {}
             Err(err) => return Err(err),

@@ -1,14 +1,11 @@
 //! `rkube server`: the control plane. So far: the datastore and the API server.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::Context;
 use rkube_pki::{Ca, Kubeconfig, TokenFile};
 use rkube_store::{CompactionPolicy, Datastore, OpenOptions};
-
-/// The first address of the default service CIDR (10.43.0.0/16): the `kubernetes` service.
-const KUBERNETES_SERVICE_IP: [u8; 4] = [10, 43, 0, 1];
 
 #[derive(clap::Args, Debug)]
 pub struct ServerArgs {
@@ -52,6 +49,45 @@ pub struct ServerArgs {
     /// Run without the node agent on this machine (there is no agent yet).
     #[arg(long)]
     disable_agent: bool,
+
+    /// Addresses for services (IPv4 CIDR); its first address is the `kubernetes` service.
+    #[arg(long, default_value = "10.43.0.0/16", value_parser = parse_cidr, value_name = "CIDR")]
+    service_cidr: (Ipv4Addr, u8),
+
+    /// Ports for NodePort services.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range, value_name = "LOW-HIGH")]
+    service_node_port_range: (u16, u16),
+}
+
+fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (ip, prefix) = text
+        .split_once('/')
+        .ok_or("expected an IPv4 CIDR such as 10.43.0.0/16")?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .map_err(|_| format!("{prefix:?} is not a prefix length"))?;
+    if !(8..=28).contains(&prefix) {
+        return Err("the prefix length must be between 8 and 28".into());
+    }
+    let mask = u32::MAX << (32 - u32::from(prefix));
+    if u32::from(ip) & !mask != 0 {
+        return Err(format!(
+            "{text} has host bits set; did you mean {}/{prefix}?",
+            Ipv4Addr::from(u32::from(ip) & mask)
+        ));
+    }
+    Ok((ip, prefix))
+}
+
+fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let (low, high) = text.split_once('-').ok_or("expected LOW-HIGH, such as 30000-32767")?;
+    let low: u16 = low.trim().parse().map_err(|_| format!("{low:?} is not a port"))?;
+    let high: u16 = high.trim().parse().map_err(|_| format!("{high:?} is not a port"))?;
+    if low == 0 || low > high {
+        return Err("the range must be LOW-HIGH with 0 < LOW <= HIGH".into());
+    }
+    Ok((low, high))
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -112,12 +148,25 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tracing::debug!("--disable-agent: no node agent on this machine");
     }
 
+    let services = rkube_apiserver::ServiceNetwork {
+        base: args.service_cidr.0,
+        prefix: args.service_cidr.1,
+        node_ports: args.service_node_port_range.0..=args.service_node_port_range.1,
+    };
+    // Pods reach the API through the `kubernetes` service, whose endpoint is this address.
+    let advertise_ip = if args.bind_address.is_unspecified() {
+        args.node_ips.first().copied().unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    } else {
+        args.bind_address
+    };
     let config = rkube_apiserver::Config {
         listener,
         serving,
         client_ca_pem: ca.cert_pem.clone(),
         tokens,
         store,
+        advertise: SocketAddr::new(advertise_ip, port),
+        services,
     };
     rkube_apiserver::serve(config, async {
         if let Err(err) = crate::shutdown_signal().await {
@@ -142,7 +191,8 @@ fn serving_names(args: &ServerArgs) -> (Vec<String>, Vec<IpAddr>) {
     if let Some(host) = hostname() {
         dns.push(host);
     }
-    let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from(KUBERNETES_SERVICE_IP)];
+    let kubernetes_service = Ipv4Addr::from(u32::from(args.service_cidr.0) + 1);
+    let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1]), IpAddr::V4(kubernetes_service)];
     ips.extend(args.node_ips.iter().copied());
     if !args.bind_address.is_unspecified() {
         ips.push(args.bind_address);
@@ -164,4 +214,23 @@ fn hostname() -> Option<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let name = name.trim().to_ascii_lowercase();
     (!name.is_empty()).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_parsers() {
+        assert_eq!(parse_cidr("10.43.0.0/16"), Ok((Ipv4Addr::new(10, 43, 0, 0), 16)));
+        assert!(
+            parse_cidr("10.43.0.1/16")
+                .unwrap_err()
+                .contains("did you mean 10.43.0.0/16")
+        );
+        assert!(parse_cidr("10.43.0.0").is_err());
+        assert!(parse_cidr("10.43.0.0/30").is_err());
+        assert_eq!(parse_port_range("30000-32767"), Ok((30000, 32767)));
+        assert!(parse_port_range("32767-30000").is_err());
+    }
 }
