@@ -95,6 +95,29 @@ const NONE: &[&str] = &[];
 
 macro_rules! resource {
     ($group:literal, $version:literal, $kind:literal, $plural:literal, $singular:literal, $scope:ident,
+     short: $short:expr, categories: $cat:expr, storage: $storage:literal, status: $status:literal, scale) => {
+        ResourceInfo {
+            subresources: &[
+                Subresource {
+                    name: "scale",
+                    group: "autoscaling",
+                    version: "v1",
+                    kind: "Scale",
+                    verbs: &["get", "patch", "update"],
+                },
+                Subresource {
+                    name: "status",
+                    group: $group,
+                    version: $version,
+                    kind: $kind,
+                    verbs: &["get", "patch", "update"],
+                },
+            ],
+            ..resource!($group, $version, $kind, $plural, $singular, $scope,
+                short: $short, categories: $cat, storage: $storage, status: $status)
+        }
+    };
+    ($group:literal, $version:literal, $kind:literal, $plural:literal, $singular:literal, $scope:ident,
      short: $short:expr, categories: $cat:expr, storage: $storage:literal, status: $status:literal) => {
         ResourceInfo {
             group: $group,
@@ -154,14 +177,14 @@ static RESOURCES: &[ResourceInfo] = &[
     resource!("", "v1", "LimitRange", "limitranges", "limitrange", Namespaced,
         short: &["limits"], categories: NONE, storage: "limitranges", status: false),
     resource!("", "v1", "ReplicationController", "replicationcontrollers", "replicationcontroller", Namespaced,
-        short: &["rc"], categories: ALL, storage: "controllers", status: true),
+        short: &["rc"], categories: ALL, storage: "controllers", status: true, scale),
     // apps/v1
     resource!("apps", "v1", "Deployment", "deployments", "deployment", Namespaced,
-        short: &["deploy"], categories: ALL, storage: "deployments", status: true),
+        short: &["deploy"], categories: ALL, storage: "deployments", status: true, scale),
     resource!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", Namespaced,
-        short: &["rs"], categories: ALL, storage: "replicasets", status: true),
+        short: &["rs"], categories: ALL, storage: "replicasets", status: true, scale),
     resource!("apps", "v1", "StatefulSet", "statefulsets", "statefulset", Namespaced,
-        short: &["sts"], categories: ALL, storage: "statefulsets", status: true),
+        short: &["sts"], categories: ALL, storage: "statefulsets", status: true, scale),
     resource!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", Namespaced,
         short: &["ds"], categories: ALL, storage: "daemonsets", status: true),
     resource!("apps", "v1", "ControllerRevision", "controllerrevisions", "controllerrevision", Namespaced,
@@ -257,6 +280,8 @@ mod tests {
         assert_eq!(deploy.qualified(), "deployments.apps");
         assert_eq!(deploy.key(Some("default"), "web"), "/registry/deployments/default/web");
         assert!(deploy.has_status());
+        assert_eq!(deploy.subresource("scale").unwrap().kind, "Scale");
+        assert!(find("apps", "v1", "daemonsets").unwrap().subresource("scale").is_none());
         let ns = find("", "v1", "namespaces").unwrap();
         assert_eq!(
             ns.key(Some("ignored"), "kube-system"),

@@ -218,7 +218,14 @@ mod tests {
             json!({"group":"apps","version":"v1","kind":"Deployment"})
         );
         assert_eq!(deploy["shortNames"], json!(["deploy"]));
-        assert_eq!(deploy["subresources"][0]["subresource"], "status");
+        let subresources: Vec<&str> = deploy["subresources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["subresource"].as_str().unwrap())
+            .collect();
+        assert_eq!(subresources, vec!["scale", "status"]);
+        assert_eq!(deploy["subresources"][0]["responseKind"]["group"], "autoscaling");
         let core = aggregated_core();
         assert_eq!(core["items"][0]["metadata"]["name"], "");
         assert!(wants_aggregated(Some(

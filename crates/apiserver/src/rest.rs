@@ -45,6 +45,18 @@ pub(crate) async fn handle(
         .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
     match (path.subresource, path.name) {
         (None | Some("status"), _) => {}
+        (Some("scale"), Some(name)) if info.subresource("scale").is_some() => {
+            let body = read_body_if_any(request, &method).await?;
+            return scale(
+                state,
+                (info, path.namespace, name),
+                &method,
+                content_type.as_deref(),
+                &body,
+                &query,
+            )
+            .await;
+        }
         (Some(_), _) => return Err(ApiError::not_found_path(request.uri().path())),
     }
     let status_only = path.subresource == Some("status");
@@ -160,6 +172,132 @@ fn decode_typed(
             Ok(decoded)
         }
         FieldValidation::Ignore => Ok(decoded),
+    }
+}
+
+async fn read_body_if_any(request: http::Request<hyper::body::Incoming>, method: &Method) -> Result<Bytes, ApiError> {
+    if method == Method::GET {
+        return Ok(Bytes::new());
+    }
+    read_body(request).await
+}
+
+/// The `autoscaling/v1` Scale of an object with replicas.
+fn scale_of(object: &Value) -> Value {
+    let selector = object.pointer("/spec/selector");
+    let labels = selector.and_then(|s| s.get("matchLabels")).or(selector);
+    let mut parts: Vec<String> = labels
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
+        .collect();
+    parts.sort();
+    let meta = metadata(object).cloned().unwrap_or_default();
+    let pick = |field: &str| meta.get(field).cloned().unwrap_or(Value::Null);
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": pick("name"), "namespace": pick("namespace"), "uid": pick("uid"),
+            "resourceVersion": pick("resourceVersion"), "creationTimestamp": pick("creationTimestamp"),
+        },
+        "spec": {"replicas": object.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
+        "status": {
+            "replicas": object.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "selector": parts.join(","),
+        },
+    })
+}
+
+/// GET, PUT and PATCH on `.../scale`: reads and sets `spec.replicas` through a Scale.
+async fn scale(
+    state: &State,
+    (info, ns, name): (&ResourceInfo, Option<&str>, &str),
+    method: &Method,
+    content_type: Option<&str>,
+    body: &[u8],
+    query: &Query,
+) -> Result<Response<Body>, ApiError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (current, revision) = current_with_revision(state, info, ns, name).await?;
+        let current_scale = scale_of(&current);
+        let requested = match *method {
+            Method::GET => return Ok(json_response(StatusCode::OK, &current_scale)),
+            Method::PUT => decode_body(content_type, body)?,
+            Method::PATCH => {
+                let mut patched = current_scale.clone();
+                match content_type {
+                    Some("application/merge-patch+json") => {
+                        let patch: Value = serde_json::from_slice(body)
+                            .map_err(|e| bad_request(format!("error decoding patch: {e}")))?;
+                        json_patch::merge(&mut patched, &patch);
+                    }
+                    Some("application/json-patch+json") => {
+                        let patch: json_patch::Patch = serde_json::from_slice(body)
+                            .map_err(|e| bad_request(format!("error decoding patch: {e}")))?;
+                        json_patch::patch(&mut patched, &patch).map_err(|e| {
+                            ApiError::new(
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                "Invalid",
+                                format!("the json patch does not apply: {e}"),
+                            )
+                        })?;
+                    }
+                    other => {
+                        return Err(ApiError::new(
+                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                            "UnsupportedMediaType",
+                            format!(
+                                "the body of the request was in an unknown format ({}) - accepted media types include: application/json-patch+json, application/merge-patch+json",
+                                other.unwrap_or_default()
+                            ),
+                        ));
+                    }
+                }
+                patched
+            }
+            ref other => return Err(ApiError::method_not_allowed(other)),
+        };
+        let replicas = match requested.pointer("/spec/replicas") {
+            Some(Value::Number(n)) if n.as_i64().is_some_and(|r| r >= 0 && r <= i64::from(i32::MAX)) => {
+                n.as_i64().unwrap_or(0)
+            }
+            Some(other) => {
+                return Err(invalid(
+                    info,
+                    name,
+                    vec![(
+                        "spec.replicas".into(),
+                        format!("Invalid value: {other}"),
+                        "must be greater than or equal to 0".into(),
+                    )],
+                ));
+            }
+            None => 0,
+        };
+        // A resourceVersion in the Scale is a precondition on the object.
+        let pinned = meta_str(&requested, "resourceVersion").filter(|rv| !rv.is_empty());
+        let expected = match pinned {
+            Some(rv) => rv.parse::<i64>().map_err(|_| conflict(info, name))?,
+            None => revision,
+        };
+        if expected != revision {
+            return Err(conflict(info, name));
+        }
+        let mut new = current.clone();
+        new["spec"]["replicas"] = json!(replicas);
+        let mode = WriteMode {
+            status_only: false,
+            dry_run: query.dry_run,
+        };
+        match write_update(state, (info, ns, name), &current, new, expected, mode).await {
+            Ok(updated) => return Ok(json_response(StatusCode::OK, &scale_of(&updated))),
+            Err(err) if err.reason == "Conflict" && pinned.is_none() && attempt < PATCH_ATTEMPTS => continue,
+            Err(err) => return Err(err),
+        }
     }
 }
 

@@ -592,3 +592,45 @@ fn seed_manifests_are_accepted_and_defaulted() {
     let svc_row = get(&["get", "svc", "my-multiport-service", "--no-headers"]);
     assert!(svc_row.contains("80/TCP,443/TCP"), "{svc_row}");
 }
+
+#[test]
+fn scale_subresource() {
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    let deployment = DEPLOYMENT_WITH_TYPO
+        .replace("  bogusField: true\n", "")
+        .replace("        imagePullPolice: Always\n", "");
+    for binary in ["kubectl", "kubectl.1.27"] {
+        let k = server.kubectl_binary(binary);
+        ok(apply_file(&k, dir.path(), "d.yaml", &deployment, "create"));
+        assert!(ok(k.run(&["scale", "deploy", "web", "--replicas=5"]).unwrap()).contains("scaled"));
+        assert_eq!(
+            ok(k.run(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"])
+                .unwrap()),
+            "5"
+        );
+        // --current-replicas: GET the Scale, then PUT it back (without Content-Type).
+        ok(
+            k.run(&["scale", "deploy", "web", "--current-replicas=5", "--replicas=1"])
+                .unwrap(),
+        );
+        let err = fails(
+            k.run(&["scale", "deploy", "web", "--current-replicas=5", "--replicas=2"])
+                .unwrap(),
+        );
+        assert!(err.contains("Expected replicas to be 5, was 1"), "{err}");
+        let scale: Value = serde_json::from_str(&ok(k
+            .run(&["get", "--raw", "/apis/apps/v1/namespaces/default/deployments/web/scale"])
+            .unwrap()))
+        .unwrap();
+        assert_eq!(scale["kind"], "Scale");
+        assert_eq!(scale["spec"]["replicas"], 1);
+        assert_eq!(scale["status"]["selector"], "app=web");
+        let err = fails(k.run(&["scale", "deploy", "web", "--replicas=-1"]).unwrap());
+        assert!(err.contains("replicas") || err.contains("Invalid"), "{err}");
+        assert!(
+            fails(k.run(&["scale", "deploy", "nope", "--replicas=1"]).unwrap()).contains("no objects passed to scale")
+        );
+        ok(k.run(&["delete", "deploy", "web"]).unwrap());
+    }
+}
