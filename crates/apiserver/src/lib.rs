@@ -7,6 +7,7 @@
 
 mod authn;
 mod discovery;
+mod metrics;
 mod object;
 mod path;
 mod query;
@@ -57,16 +58,23 @@ pub struct Config {
 /// Shared by every request.
 pub(crate) struct State {
     pub authenticator: Authenticator,
+    /// The datastore, timed for `/metrics`.
     pub store: Arc<dyn Store>,
+    pub metrics: Arc<metrics::Metrics>,
     pub services: ServiceNetwork,
 }
 
 /// Serves until `shutdown` completes. Connections already open are dropped then.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let acceptor = tls::acceptor(&config.serving, &config.client_ca_pem)?;
+    let metrics = Arc::new(metrics::Metrics::new());
     let state = Arc::new(State {
         authenticator: Authenticator::new(config.tokens),
-        store: config.store,
+        store: Arc::new(metrics::MeteredStore {
+            inner: config.store,
+            metrics: Arc::clone(&metrics),
+        }),
+        metrics,
         services: config.services,
     });
     if let Err(err) = rest::ensure_system_namespaces(&state).await {

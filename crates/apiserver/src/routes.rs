@@ -21,10 +21,16 @@ pub(crate) async fn handle(
 ) -> Response<Body> {
     let started = std::time::Instant::now();
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let (verb, resource) = verb_and_resource(&method, &path, request.uri().query());
     let response = dispatch(state, connection, request)
         .await
         .unwrap_or_else(ApiError::into_response);
-    tracing::debug!(%method, path, status = response.status().as_u16(), elapsed = ?started.elapsed(), "request");
+    let code = response.status().as_u16();
+    // A watch's latency is its lifetime; upstream leaves watches out of these series too.
+    if verb != "WATCH" {
+        state.metrics.observe_request(verb, &resource, code, started);
+    }
+    tracing::debug!(%method, path, status = code, elapsed = ?started.elapsed(), "request");
     response
 }
 
@@ -63,6 +69,14 @@ async fn dispatch(
         // No schemas are published yet: an empty v2 document is what kubectl accepts as
         // "validate nothing client-side" (v3 404 and v2 404 would make create fail).
         (&Method::GET, "/openapi/v2") => Ok(octet_stream_empty()),
+        (&Method::GET, "/metrics") => {
+            let mut response = text(StatusCode::OK, state.metrics.render());
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            Ok(response)
+        }
         (&Method::GET, "/healthz" | "/livez") => Ok(health(&[("ping", Ok(()))], path, verbose)),
         (&Method::GET, "/readyz") => {
             let store = state
@@ -157,6 +171,33 @@ impl OwnedTarget {
             subresource: self.subresource.as_deref(),
         }
     }
+}
+
+/// Upstream's verb label (GET, LIST, WATCH, POST, ...) and the resource, for metrics.
+fn verb_and_resource(method: &Method, path: &str, query: Option<&str>) -> (&'static str, String) {
+    let (named, resource) = match parse(path) {
+        Target::Resource(r) => (
+            r.name.is_some(),
+            match r.subresource {
+                Some(sub) => format!("{}/{sub}", r.info.plural),
+                None => r.info.plural.to_string(),
+            },
+        ),
+        _ => (true, String::new()),
+    };
+    let watch = query.is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+    let verb = match (method.as_str(), named, watch) {
+        ("GET", _, true) => "WATCH",
+        ("GET", true, _) => "GET",
+        ("GET", false, _) => "LIST",
+        ("POST", ..) => "POST",
+        ("PUT", ..) => "PUT",
+        ("PATCH", ..) => "PATCH",
+        ("DELETE", true, _) => "DELETE",
+        ("DELETE", false, _) => "DELETECOLLECTION",
+        _ => "OTHER",
+    };
+    (verb, resource)
 }
 
 fn version() -> Info {

@@ -128,7 +128,9 @@ pub(crate) async fn serve(
     };
     let timeout = query.timeout_seconds.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
     if let Some(mut watcher) = watcher {
+        let open_watch = state.metrics.watch_started(info.plural);
         tokio::spawn(async move {
+            let _open_watch = open_watch;
             let deadline = tokio::time::Instant::now() + timeout;
             for object in &initial {
                 if sender.send(encoder.event("ADDED", object)).await.is_err() {

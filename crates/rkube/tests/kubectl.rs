@@ -98,3 +98,39 @@ fn kubeconfig_is_private_and_the_server_stops_cleanly() {
     let status = server.stop().unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn metrics_count_requests_watches_and_datastore_latency() {
+    let server = server(&[]);
+    let kubectl = server.kubectl();
+    stdout(&kubectl.run(&["get", "namespaces"]).unwrap());
+    stdout(&kubectl.run(&["get", "ns", "default"]).unwrap());
+    // A watch that ends by itself after a second.
+    stdout(
+        &kubectl
+            .run(&["get", "--raw", "/api/v1/namespaces?watch=true&timeoutSeconds=1"])
+            .unwrap(),
+    );
+    let metrics = stdout(&kubectl.run(&["get", "--raw", "/metrics"]).unwrap());
+    assert!(
+        metrics.contains(r#"apiserver_request_total{verb="LIST",resource="namespaces",code="200"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"apiserver_request_total{verb="GET",resource="namespaces",code="200"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"apiserver_request_duration_seconds_bucket{le="#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"etcd_request_duration_seconds_count{operation="range"}"#),
+        "{metrics}"
+    );
+    // The watch was counted while open and is gone now.
+    assert!(
+        metrics.contains(r#"apiserver_longrunning_requests{verb="WATCH",resource="namespaces"} 0"#),
+        "{metrics}"
+    );
+}
