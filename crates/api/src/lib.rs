@@ -8,5 +8,6 @@ pub mod names;
 pub mod printers;
 pub mod selector;
 pub mod typed;
+pub mod validation;
 
 pub use catalogue::{ResourceInfo, Scope, Subresource, find, group_versions, resources};

@@ -150,31 +150,48 @@ pub fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", message)
 }
 
-/// 422 Invalid with one cause per failing field, worded as upstream: `Kind "name" is
-/// invalid: field: Invalid value: "x": why`.
+/// 422 Invalid with one cause per failing field, worded as upstream: `Kind.group "name" is
+/// invalid: field: Invalid value: "x": why`. Causes are (field, reason, detail).
 pub fn invalid(info: &ResourceInfo, name: &str, causes: Vec<(String, String, String)>) -> ApiError {
-    let summary: Vec<String> = causes
-        .iter()
-        .map(|(field, reason, message)| format!("{field}: {reason}: {message}"))
-        .collect();
-    let message = if summary.len() == 1 {
-        format!("{} \"{name}\" is invalid: {}", info.kind, summary[0])
+    let line = |(field, reason, detail): &(String, String, String)| {
+        if detail.is_empty() {
+            format!("{field}: {reason}")
+        } else {
+            format!("{field}: {reason}: {detail}")
+        }
+    };
+    let summary: Vec<String> = causes.iter().map(line).collect();
+    let kind = if info.group.is_empty() {
+        info.kind.to_string()
     } else {
-        format!("{} \"{name}\" is invalid: [{}]", info.kind, summary.join(", "))
+        format!("{}.{}", info.kind, info.group)
+    };
+    let message = if summary.len() == 1 {
+        format!("{kind} \"{name}\" is invalid: {}", summary[0])
+    } else {
+        format!("{kind} \"{name}\" is invalid: [{}]", summary.join(", "))
     };
     let causes = causes
-        .into_iter()
-        .map(|(field, reason, message)| StatusCause {
-            field: Some(field),
-            message: Some(format!("{reason}: {message}")),
-            reason: Some(
-                match reason.as_str() {
-                    "Required value" => "FieldValueRequired",
-                    "Forbidden" => "FieldValueForbidden",
-                    _ => "FieldValueInvalid",
-                }
-                .to_string(),
-            ),
+        .iter()
+        .map(|cause| {
+            let (field, reason, _) = cause;
+            let kind = if reason.starts_with("Required value") {
+                "FieldValueRequired"
+            } else if reason.starts_with("Duplicate value") {
+                "FieldValueDuplicate"
+            } else if reason.starts_with("Forbidden") {
+                "FieldValueForbidden"
+            } else if reason.starts_with("Unsupported value") {
+                "FieldValueNotSupported"
+            } else {
+                "FieldValueInvalid"
+            };
+            let full = line(cause);
+            StatusCause {
+                field: Some(field.clone()),
+                message: Some(full[field.len() + 2..].to_string()),
+                reason: Some(kind.to_string()),
+            }
         })
         .collect();
     let mut details = details(info, name);
@@ -184,6 +201,25 @@ pub fn invalid(info: &ResourceInfo, name: &str, causes: Vec<(String, String, Str
         details: Some(Box::new(details)),
         ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message)
     }
+}
+
+/// Validation problems as a 422, or Ok when there are none.
+pub fn check(
+    info: &ResourceInfo,
+    name: &str,
+    problems: Vec<rkube_api::validation::FieldError>,
+) -> Result<(), ApiError> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let causes = problems
+        .into_iter()
+        .map(|p| {
+            let (reason, detail) = p.reason_and_detail();
+            (p.field, reason, detail)
+        })
+        .collect();
+    Err(invalid(info, name, causes))
 }
 
 /// Store errors as the API reports them, for an object of `info` named `name`.

@@ -7,7 +7,7 @@ use http::{Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use rkube_api::names::{name_rule, validate_name};
 use rkube_api::selector::{FieldSelector, LabelSelector};
-use rkube_api::{ResourceInfo, defaults, find, typed};
+use rkube_api::{ResourceInfo, defaults, find, typed, validation};
 use rkube_store::{RangeRequest, StoreError};
 use serde_json::{Value, json};
 
@@ -481,17 +481,21 @@ pub(crate) async fn create(
             }
         },
     };
-    let problems = validate_name(name_rule(info), &name);
-    if !problems.is_empty() {
-        let causes = problems
-            .into_iter()
-            .map(|p| ("metadata.name".to_string(), format!("Invalid value: {name:?}"), p))
-            .collect();
+    let mut causes: Vec<(String, String, String)> = validate_name(name_rule(info), &name)
+        .into_iter()
+        .map(|p| ("metadata.name".to_string(), format!("Invalid value: {name:?}"), p))
+        .collect();
+    causes.extend(validation::validate(info, &object).into_iter().map(|p| {
+        let (reason, detail) = p.reason_and_detail();
+        (p.field, reason, detail)
+    }));
+    if !causes.is_empty() {
         return Err(invalid(info, &name, causes));
     }
     if let Some(ns) = ns.filter(|_| info.namespaced()) {
         check_namespace_open(state, ns).await?;
     }
+    let meta = metadata_mut(&mut object).ok_or_else(|| bad_request("metadata must be an object"))?;
     meta.insert("name".into(), json!(name));
     meta.insert("uid".into(), json!(object::new_uid()));
     meta.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
@@ -621,6 +625,9 @@ async fn write_update(
     if new == *current {
         return Ok(new);
     }
+    let mut problems = validation::validate(info, &new);
+    problems.extend(validation::validate_update(info, current, &new));
+    object::check(info, name, problems)?;
     let finalizers_empty = metadata(&new)
         .and_then(|m| m.get("finalizers"))
         .and_then(Value::as_array)

@@ -634,3 +634,50 @@ fn scale_subresource() {
         ok(k.run(&["delete", "deploy", "web"]).unwrap());
     }
 }
+
+#[test]
+fn validation_errors_name_each_field() {
+    let server = server();
+    let k = server.kubectl();
+    let dir = tempfile::tempdir().unwrap();
+    let good = DEPLOYMENT_WITH_TYPO
+        .replace("  bogusField: true\n", "")
+        .replace("        imagePullPolice: Always\n", "");
+    let mismatch = good.replace(
+        "      labels: {app: web}\n    spec:",
+        "      labels: {app: db}\n    spec:",
+    );
+    let err = fails(apply_file(&k, dir.path(), "mismatch.yaml", &mismatch, "create"));
+    assert!(
+        err.contains(r#"The Deployment "web" is invalid: spec.template.metadata.labels: Invalid value: map[string]string{"app":"db"}: `selector` does not match template `labels`"#),
+        "{err}"
+    );
+    let two = good.replace(
+        "      - name: web\n        image: nginx:1.27\n",
+        "      - name: web\n        image: nginx:1.27\n      - name: web\n",
+    );
+    let err = fails(apply_file(&k, dir.path(), "two.yaml", &two, "create"));
+    assert!(
+        err.contains(r#"spec.template.spec.containers[1].name: Duplicate value: "web""#),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.template.spec.containers[1].image: Required value"),
+        "{err}"
+    );
+    assert!(
+        fails(k.run(&["get", "deploy", "web"]).unwrap()).contains("NotFound"),
+        "nothing stored"
+    );
+
+    ok(apply_file(&k, dir.path(), "good.yaml", &good, "create"));
+    let err = fails(k.run(&["patch", "deploy", "web", "--type", "merge", "-p", r#"{"spec":{"selector":{"matchLabels":{"app":"other"}},"template":{"metadata":{"labels":{"app":"other"}}}}}"#]).unwrap());
+    assert!(
+        err.contains("spec.selector: Invalid value:") && err.contains("field is immutable"),
+        "{err}"
+    );
+    let generation = ok(k
+        .run(&["get", "deploy", "web", "-o", "jsonpath={.metadata.generation}"])
+        .unwrap());
+    assert_eq!(generation, "1", "a refused update changes nothing");
+}

@@ -1,0 +1,616 @@
+//! Validation of objects as upstream's `Validate*` functions do it, for the mistakes users
+//! make most. Each problem is a [`FieldError`] whose text is upstream's.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::ResourceInfo;
+use crate::selector::LabelSelector;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// `Invalid value: <value>: <detail>`
+    Invalid(String, String),
+    /// `Required value[: <detail>]`
+    Required(String),
+    /// `Duplicate value: <value>`
+    Duplicate(String),
+    /// `Forbidden: <detail>`
+    Forbidden(String),
+    /// `Unsupported value: <value>: supported values: <list>`
+    NotSupported(String, Vec<&'static str>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub problem: Problem,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, problem: Problem) -> Self {
+        Self {
+            field: field.into(),
+            problem,
+        }
+    }
+
+    /// Upstream's reason word and the rest of the message.
+    pub fn reason_and_detail(&self) -> (String, String) {
+        match &self.problem {
+            Problem::Invalid(value, detail) => (format!("Invalid value: {value}"), detail.clone()),
+            Problem::Required(detail) => ("Required value".into(), detail.clone()),
+            Problem::Duplicate(value) => (format!("Duplicate value: {value}"), String::new()),
+            Problem::Forbidden(detail) => ("Forbidden".into(), detail.clone()),
+            Problem::NotSupported(value, supported) => {
+                let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+                (
+                    format!("Unsupported value: {value}"),
+                    format!("supported values: {}", list.join(", ")),
+                )
+            }
+        }
+    }
+}
+
+fn quoted(s: &str) -> String {
+    format!("{s:?}")
+}
+
+/// Go's `%#v` of a string map, which upstream prints for labels.
+fn go_map(map: &BTreeMap<String, String>) -> String {
+    let parts: Vec<String> = map.iter().map(|(k, v)| format!("{k:?}:{v:?}")).collect();
+    format!("map[string]string{{{}}}", parts.join(", "))
+}
+
+fn string_map(value: Option<&Value>) -> BTreeMap<String, String> {
+    value
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const QUALIFIED_NAME_MSG: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+const LABEL_VALUE_MSG: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
+const DNS_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+
+fn name_part_ok(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c))
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+fn qualified_name_ok(key: &str) -> bool {
+    match key.split_once('/') {
+        Some((prefix, name)) => {
+            !prefix.is_empty()
+                && prefix.len() <= 253
+                && prefix
+                    .split('.')
+                    .all(|l| crate::names::validate_name(crate::names::NameRule::Label, l).is_empty())
+                && name_part_ok(name)
+        }
+        None => name_part_ok(key),
+    }
+}
+
+fn label_value_ok(value: &str) -> bool {
+    value.is_empty() || name_part_ok(value)
+}
+
+fn dns_label_ok(s: &str) -> bool {
+    crate::names::validate_name(crate::names::NameRule::Label, s).is_empty()
+}
+
+fn metadata(object: &Value, errors: &mut Vec<FieldError>) {
+    for (key, value) in string_map(object.pointer("/metadata/labels")) {
+        if !qualified_name_ok(&key) {
+            errors.push(FieldError::new(
+                "metadata.labels",
+                Problem::Invalid(quoted(&key), QUALIFIED_NAME_MSG.into()),
+            ));
+        }
+        if !label_value_ok(&value) {
+            errors.push(FieldError::new(
+                "metadata.labels",
+                Problem::Invalid(quoted(&value), LABEL_VALUE_MSG.into()),
+            ));
+        }
+    }
+    if let Some(annotations) = object.pointer("/metadata/annotations").and_then(Value::as_object) {
+        let mut total = 0;
+        for (key, value) in annotations {
+            total += key.len() + value.as_str().map_or(0, str::len);
+            if !qualified_name_ok(key) {
+                errors.push(FieldError::new(
+                    "metadata.annotations",
+                    Problem::Invalid(quoted(key), QUALIFIED_NAME_MSG.into()),
+                ));
+            }
+        }
+        if total > 256 * 1024 {
+            errors.push(FieldError::new(
+                "metadata.annotations",
+                Problem::Invalid("\"\"".into(), "Too long: must have at most 262144 bytes".into()),
+            ));
+        }
+    }
+}
+
+fn containers(spec: &Value, path: &str, list: &str, required: bool, errors: &mut Vec<FieldError>) {
+    let items = spec.get(list).and_then(Value::as_array);
+    if required && items.is_none_or(Vec::is_empty) {
+        errors.push(FieldError::new(
+            format!("{path}.{list}"),
+            Problem::Required(String::new()),
+        ));
+        return;
+    }
+    let mut seen = Vec::new();
+    for (i, c) in items.into_iter().flatten().enumerate() {
+        let here = format!("{path}.{list}[{i}]");
+        let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+        if name.is_empty() {
+            errors.push(FieldError::new(
+                format!("{here}.name"),
+                Problem::Required(String::new()),
+            ));
+        } else if !dns_label_ok(name) {
+            errors.push(FieldError::new(
+                format!("{here}.name"),
+                Problem::Invalid(quoted(name), DNS_LABEL_MSG.into()),
+            ));
+        } else if seen.contains(&name) {
+            errors.push(FieldError::new(
+                format!("{here}.name"),
+                Problem::Duplicate(quoted(name)),
+            ));
+        }
+        seen.push(name);
+        if c.get("image")
+            .and_then(Value::as_str)
+            .is_none_or(|i| i.trim().is_empty())
+        {
+            errors.push(FieldError::new(
+                format!("{here}.image"),
+                Problem::Required(String::new()),
+            ));
+        }
+        for (j, port) in c
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let number = port.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
+            if !(1..=65535).contains(&number) {
+                errors.push(FieldError::new(
+                    format!("{here}.ports[{j}].containerPort"),
+                    Problem::Invalid(number.to_string(), "must be between 1 and 65535, inclusive".into()),
+                ));
+            }
+            if let Some(protocol) = port.get("protocol").and_then(Value::as_str)
+                && !matches!(protocol, "TCP" | "UDP" | "SCTP")
+            {
+                errors.push(FieldError::new(
+                    format!("{here}.ports[{j}].protocol"),
+                    Problem::NotSupported(quoted(protocol), vec!["SCTP", "TCP", "UDP"]),
+                ));
+            }
+        }
+    }
+}
+
+/// A pod spec at `path`; `restart` lists the restart policies allowed there.
+fn pod_spec(spec: Option<&Value>, path: &str, restart: &[&'static str], errors: &mut Vec<FieldError>) {
+    let Some(spec) = spec else {
+        errors.push(FieldError::new(path, Problem::Required(String::new())));
+        return;
+    };
+    containers(spec, path, "containers", true, errors);
+    containers(spec, path, "initContainers", false, errors);
+    match spec.get("restartPolicy").and_then(Value::as_str) {
+        Some(policy) if !restart.contains(&policy) => errors.push(FieldError::new(
+            format!("{path}.restartPolicy"),
+            Problem::NotSupported(quoted(policy), restart.to_vec()),
+        )),
+        None if restart.len() == 2 => errors.push(FieldError::new(
+            format!("{path}.restartPolicy"),
+            Problem::Required(format!(
+                "valid values: {}",
+                restart.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join(", ")
+            )),
+        )),
+        _ => {}
+    }
+    if let Some(dns) = spec.get("dnsPolicy").and_then(Value::as_str)
+        && !matches!(dns, "ClusterFirst" | "ClusterFirstWithHostNet" | "Default" | "None")
+    {
+        errors.push(FieldError::new(
+            format!("{path}.dnsPolicy"),
+            Problem::NotSupported(
+                quoted(dns),
+                vec!["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"],
+            ),
+        ));
+    }
+}
+
+/// A workload's selector must exist and select its template's labels.
+fn selector_and_template(object: &Value, restart: &[&'static str], errors: &mut Vec<FieldError>) {
+    let selector = object.pointer("/spec/selector");
+    let labels = string_map(object.pointer("/spec/template/metadata/labels"));
+    match selector {
+        None | Some(Value::Null) => errors.push(FieldError::new("spec.selector", Problem::Required(String::new()))),
+        Some(selector) => {
+            let empty = selector
+                .get("matchLabels")
+                .and_then(Value::as_object)
+                .is_none_or(|m| m.is_empty())
+                && selector
+                    .get("matchExpressions")
+                    .and_then(Value::as_array)
+                    .is_none_or(Vec::is_empty);
+            if empty {
+                errors.push(FieldError::new(
+                    "spec.selector",
+                    Problem::Invalid("v1.LabelSelector{MatchLabels:map[string]string(nil), MatchExpressions:[]v1.LabelSelectorRequirement(nil)}".into(), "empty selector is invalid for deployment".into()),
+                ));
+            } else if !selector_matches(selector, &labels) {
+                errors.push(FieldError::new(
+                    "spec.template.metadata.labels",
+                    Problem::Invalid(go_map(&labels), "`selector` does not match template `labels`".into()),
+                ));
+            }
+        }
+    }
+    if object
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .is_some_and(|r| r < 0)
+    {
+        errors.push(FieldError::new(
+            "spec.replicas",
+            Problem::Invalid(
+                object
+                    .pointer("/spec/replicas")
+                    .map(Value::to_string)
+                    .unwrap_or_default(),
+                "must be greater than or equal to 0".into(),
+            ),
+        ));
+    }
+    pod_spec(
+        object.pointer("/spec/template/spec"),
+        "spec.template.spec",
+        restart,
+        errors,
+    );
+}
+
+fn selector_matches(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
+    let mut text: Vec<String> = string_map(selector.get("matchLabels"))
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for expr in selector
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = expr.get("key").and_then(Value::as_str).unwrap_or_default();
+        let values: Vec<&str> = expr
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        match expr.get("operator").and_then(Value::as_str).unwrap_or_default() {
+            "In" => text.push(format!("{key} in ({})", values.join(","))),
+            "NotIn" => text.push(format!("{key} notin ({})", values.join(","))),
+            "Exists" => text.push(key.to_string()),
+            "DoesNotExist" => text.push(format!("!{key}")),
+            _ => return false,
+        }
+    }
+    LabelSelector::parse(&text.join(",")).is_ok_and(|s| s.matches(labels))
+}
+
+fn service(object: &Value, errors: &mut Vec<FieldError>) {
+    let kind = object
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
+    if !matches!(kind, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
+        errors.push(FieldError::new(
+            "spec.type",
+            Problem::NotSupported(
+                quoted(kind),
+                vec!["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+            ),
+        ));
+    }
+    let headless = object.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None");
+    let ports = object.pointer("/spec/ports").and_then(Value::as_array);
+    if kind != "ExternalName" && !headless && ports.is_none_or(Vec::is_empty) {
+        errors.push(FieldError::new("spec.ports", Problem::Required(String::new())));
+    }
+    if kind == "ExternalName"
+        && object
+            .pointer("/spec/externalName")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+    {
+        errors.push(FieldError::new("spec.externalName", Problem::Required(String::new())));
+    }
+    let several = ports.is_some_and(|p| p.len() > 1);
+    let mut names = Vec::new();
+    for (i, port) in ports.into_iter().flatten().enumerate() {
+        let number = port.get("port").and_then(Value::as_i64).unwrap_or(0);
+        if !(1..=65535).contains(&number) {
+            errors.push(FieldError::new(
+                format!("spec.ports[{i}].port"),
+                Problem::Invalid(number.to_string(), "must be between 1 and 65535, inclusive".into()),
+            ));
+        }
+        let name = port.get("name").and_then(Value::as_str).unwrap_or_default();
+        if several && name.is_empty() {
+            errors.push(FieldError::new(
+                format!("spec.ports[{i}].name"),
+                Problem::Required(String::new()),
+            ));
+        } else if !name.is_empty() && names.contains(&name) {
+            errors.push(FieldError::new(
+                format!("spec.ports[{i}].name"),
+                Problem::Duplicate(quoted(name)),
+            ));
+        }
+        names.push(name);
+    }
+}
+
+/// Problems with `object` as a new (or replacing) object of `info`'s kind.
+pub fn validate(info: &ResourceInfo, object: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    metadata(object, &mut errors);
+    const ALWAYS: &[&str] = &["Always"];
+    const JOB: &[&str] = &["OnFailure", "Never"];
+    match (info.group, info.kind) {
+        ("", "Pod") => pod_spec(
+            object.get("spec"),
+            "spec",
+            &["Always", "OnFailure", "Never"],
+            &mut errors,
+        ),
+        ("", "Service") => service(object, &mut errors),
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
+            selector_and_template(object, ALWAYS, &mut errors)
+        }
+        ("batch", "Job") => pod_spec(
+            object.pointer("/spec/template/spec"),
+            "spec.template.spec",
+            JOB,
+            &mut errors,
+        ),
+        ("batch", "CronJob") => pod_spec(
+            object.pointer("/spec/jobTemplate/spec/template/spec"),
+            "spec.jobTemplate.spec.template.spec",
+            JOB,
+            &mut errors,
+        ),
+        _ => {}
+    }
+    errors
+}
+
+/// Problems with changing `old` into `new` that `validate` cannot see: immutable fields.
+pub fn validate_update(info: &ResourceInfo, old: &Value, new: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let changed = |pointer: &str| old.pointer(pointer) != new.pointer(pointer);
+    match (info.group, info.kind) {
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") | ("batch", "Job")
+            if changed("/spec/selector") =>
+        {
+            errors.push(FieldError::new(
+                "spec.selector",
+                Problem::Invalid(
+                    new.pointer("/spec/selector").map(Value::to_string).unwrap_or_default(),
+                    "field is immutable".into(),
+                ),
+            ));
+        }
+        ("batch", "Job") if changed("/spec/template") => {
+            errors.push(FieldError::new(
+                "spec.template",
+                Problem::Invalid(
+                    new.pointer("/spec/template").map(Value::to_string).unwrap_or_default(),
+                    "field is immutable".into(),
+                ),
+            ));
+        }
+        ("", "Pod") => {
+            // Only images, activeDeadlineSeconds and added tolerations may change.
+            let strip = |pod: &Value| {
+                let mut spec = pod.get("spec").cloned().unwrap_or(Value::Null);
+                for list in ["containers", "initContainers"] {
+                    for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+                        if let Some(c) = c.as_object_mut() {
+                            c.remove("image");
+                        }
+                    }
+                }
+                if let Some(s) = spec.as_object_mut() {
+                    for field in [
+                        "activeDeadlineSeconds",
+                        "tolerations",
+                        "terminationGracePeriodSeconds",
+                        "nodeName",
+                    ] {
+                        s.remove(field);
+                    }
+                }
+                spec
+            };
+            if strip(old) != strip(new) {
+                errors.push(FieldError::new(
+                    "spec",
+                    Problem::Forbidden("pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into()),
+                ));
+            }
+        }
+        _ => {}
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::find;
+    use serde_json::json;
+
+    fn texts(errors: &[FieldError]) -> Vec<String> {
+        errors
+            .iter()
+            .map(|e| {
+                let (reason, detail) = e.reason_and_detail();
+                if detail.is_empty() {
+                    format!("{}: {reason}", e.field)
+                } else {
+                    format!("{}: {reason}: {detail}", e.field)
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pods() {
+        let pods = find("", "v1", "pods").unwrap();
+        let ok = json!({"metadata": {"labels": {"app": "web", "example.com/tier": "front"}},
+                        "spec": {"restartPolicy": "Always", "containers": [{"name": "web", "image": "nginx", "ports": [{"containerPort": 80}]}]}});
+        assert!(validate(pods, &ok).is_empty(), "{:?}", validate(pods, &ok));
+        let bad = json!({"metadata": {"labels": {"bad key!": "x", "app": "bad value!"}},
+                         "spec": {"restartPolicy": "Sometimes",
+                                  "containers": [{"name": "web", "image": "nginx", "ports": [{"containerPort": 70000}]},
+                                                 {"name": "web", "image": ""}, {"name": "Bad_Name", "image": "x"}]}});
+        let got = texts(&validate(pods, &bad));
+        for expected in [
+            "metadata.labels: Invalid value: \"bad key!\": name part must consist of",
+            "metadata.labels: Invalid value: \"bad value!\": a valid label must be an empty string",
+            "spec.containers[0].ports[0].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive",
+            "spec.containers[1].name: Duplicate value: \"web\"",
+            "spec.containers[1].image: Required value",
+            "spec.containers[2].name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 label",
+            "spec.restartPolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\"",
+        ] {
+            assert!(
+                got.iter().any(|g| g.starts_with(expected)),
+                "{expected}\nnot in {got:#?}"
+            );
+        }
+        let none = texts(&validate(pods, &json!({"spec": {}})));
+        assert_eq!(none, vec!["spec.containers: Required value"]);
+    }
+
+    #[test]
+    fn workloads() {
+        let deploy = find("apps", "v1", "deployments").unwrap();
+        let make = |selector: Value, labels: Value| {
+            json!({"spec": {"selector": selector, "template": {"metadata": {"labels": labels},
+                   "spec": {"restartPolicy": "Always", "containers": [{"name": "c", "image": "x"}]}}}})
+        };
+        assert!(
+            validate(
+                deploy,
+                &make(json!({"matchLabels": {"app": "web"}}), json!({"app": "web", "x": "y"}))
+            )
+            .is_empty()
+        );
+        let got = texts(&validate(
+            deploy,
+            &make(json!({"matchLabels": {"app": "web"}}), json!({"app": "db"})),
+        ));
+        assert_eq!(
+            got,
+            vec![
+                "spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"db\"}: `selector` does not match template `labels`"
+            ]
+        );
+        let got = texts(&validate(
+            deploy,
+            &json!({"spec": {"template": {"spec": {"restartPolicy": "Always", "containers": [{"name": "c", "image": "x"}]}}}}),
+        ));
+        assert_eq!(got, vec!["spec.selector: Required value"]);
+        let never = make(
+            json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]}]}),
+            json!({"app": "web"}),
+        );
+        let mut never = never;
+        never["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
+        assert_eq!(
+            texts(&validate(deploy, &never)),
+            vec!["spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\""]
+        );
+
+        let job = find("batch", "v1", "jobs").unwrap();
+        let got = texts(&validate(
+            job,
+            &json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}}}),
+        ));
+        assert_eq!(
+            got,
+            vec!["spec.template.spec.restartPolicy: Required value: valid values: \"OnFailure\", \"Never\""]
+        );
+
+        let old = make(json!({"matchLabels": {"app": "web"}}), json!({"app": "web"}));
+        let new = make(json!({"matchLabels": {"app": "other"}}), json!({"app": "other"}));
+        assert_eq!(validate_update(deploy, &old, &new)[0].field, "spec.selector");
+        assert!(validate_update(deploy, &old, &old).is_empty());
+    }
+
+    #[test]
+    fn pod_updates() {
+        let pods = find("", "v1", "pods").unwrap();
+        let old = json!({"spec": {"containers": [{"name": "c", "image": "a:1"}]}});
+        let image = json!({"spec": {"containers": [{"name": "c", "image": "a:2"}]}});
+        let rename = json!({"spec": {"containers": [{"name": "d", "image": "a:1"}]}});
+        assert!(validate_update(pods, &old, &image).is_empty());
+        let got = validate_update(pods, &old, &rename);
+        assert_eq!(got.len(), 1);
+        assert!(texts(&got)[0].starts_with("spec: Forbidden: pod updates may not change fields other than"));
+    }
+
+    #[test]
+    fn services() {
+        let svc = find("", "v1", "services").unwrap();
+        let got = texts(&validate(
+            svc,
+            &json!({"spec": {"type": "Bogus", "ports": [{"port": 80}, {"port": 0}]}}),
+        ));
+        assert!(got.contains(&"spec.type: Unsupported value: \"Bogus\": supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\"".to_string()), "{got:?}");
+        assert!(
+            got.contains(&"spec.ports[0].name: Required value".to_string()),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&"spec.ports[1].port: Invalid value: 0: must be between 1 and 65535, inclusive".to_string()),
+            "{got:?}"
+        );
+        assert_eq!(
+            texts(&validate(svc, &json!({"spec": {}}))),
+            vec!["spec.ports: Required value"]
+        );
+        assert!(validate(svc, &json!({"spec": {"clusterIP": "None"}})).is_empty());
+    }
+}
