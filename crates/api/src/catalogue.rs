@@ -152,8 +152,61 @@ static RESOURCES: &[ResourceInfo] = &[
         ..resource!("", "v1", "Namespace", "namespaces", "namespace", Cluster,
             short: &["ns"], categories: NONE, storage: "namespaces", status: true)
     },
-    resource!("", "v1", "Pod", "pods", "pod", Namespaced,
-        short: &["po"], categories: ALL, storage: "pods", status: true),
+    ResourceInfo {
+        subresources: &[
+            Subresource {
+                name: "attach",
+                group: "",
+                version: "v1",
+                kind: "PodAttachOptions",
+                verbs: &["create", "get"],
+            },
+            Subresource {
+                name: "binding",
+                group: "",
+                version: "v1",
+                kind: "Binding",
+                verbs: &["create"],
+            },
+            Subresource {
+                name: "eviction",
+                group: "policy",
+                version: "v1",
+                kind: "Eviction",
+                verbs: &["create"],
+            },
+            Subresource {
+                name: "exec",
+                group: "",
+                version: "v1",
+                kind: "PodExecOptions",
+                verbs: &["create", "get"],
+            },
+            Subresource {
+                name: "log",
+                group: "",
+                version: "v1",
+                kind: "Pod",
+                verbs: &["get"],
+            },
+            Subresource {
+                name: "portforward",
+                group: "",
+                version: "v1",
+                kind: "PodPortForwardOptions",
+                verbs: &["create", "get"],
+            },
+            Subresource {
+                name: "status",
+                group: "",
+                version: "v1",
+                kind: "Pod",
+                verbs: &["get", "patch", "update"],
+            },
+        ],
+        ..resource!("", "v1", "Pod", "pods", "pod", Namespaced,
+            short: &["po"], categories: ALL, storage: "pods", status: true)
+    },
     resource!("", "v1", "Service", "services", "service", Namespaced,
         short: &["svc"], categories: ALL, storage: "services/specs", status: true),
     resource!("", "v1", "Endpoints", "endpoints", "endpoints", Namespaced,

@@ -264,41 +264,7 @@ fn template_columns(object: &Value, template: &str) -> (String, String) {
 
 /// `matchLabels` (and expressions) as kubectl writes selectors: `a=b,c in (d)`.
 fn selector_text(selector: Option<&Value>) -> String {
-    let Some(selector) = selector else {
-        return "<none>".into();
-    };
-    let mut parts: Vec<String> = Vec::new();
-    let labels = selector.get("matchLabels").unwrap_or(selector);
-    if let Some(map) = labels.as_object() {
-        for (k, v) in map {
-            if let Some(v) = v.as_str() {
-                parts.push(format!("{k}={v}"));
-            }
-        }
-    }
-    for expr in selector
-        .get("matchExpressions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let key = text(expr, "/key");
-        let values: Vec<&str> = expr
-            .get("values")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        match text(expr, "/operator") {
-            "In" => parts.push(format!("{key} in ({})", values.join(","))),
-            "NotIn" => parts.push(format!("{key} notin ({})", values.join(","))),
-            "Exists" => parts.push(key.to_string()),
-            "DoesNotExist" => parts.push(format!("!{key}")),
-            _ => {}
-        }
-    }
-    or_none(parts.join(","))
+    or_none(selector.map(crate::selector::label_selector_text).unwrap_or_default())
 }
 
 fn pod_status(pod: &Value) -> String {

@@ -119,6 +119,48 @@ fn set(
     inner.split(',').map(|v| value_ok(v.trim())).collect()
 }
 
+/// A `metav1.LabelSelector` (JSON: `matchLabels`, `matchExpressions`) in selector syntax
+/// (`a=b,c in (d,e)`); a bare label map (ReplicationController selectors) works too.
+/// Unknown operators make the selector match nothing, as upstream treats them as errors.
+pub fn label_selector_text(selector: &serde_json::Value) -> String {
+    let labels = selector.get("matchLabels").unwrap_or(selector);
+    let mut parts: Vec<String> = labels
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != "matchExpressions")
+        .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
+        .collect();
+    for expr in selector
+        .get("matchExpressions")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = expr.get("key").and_then(serde_json::Value::as_str).unwrap_or_default();
+        let values: Vec<&str> = expr
+            .get("values")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_str)
+            .collect();
+        match expr
+            .get("operator")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+        {
+            "In" => parts.push(format!("{key} in ({})", values.join(","))),
+            "NotIn" => parts.push(format!("{key} notin ({})", values.join(","))),
+            "Exists" => parts.push(key.to_string()),
+            "DoesNotExist" => parts.push(format!("!{key}")),
+            // Not a selector of ours: a requirement nothing satisfies.
+            _ => parts.push(format!("!{key},{key}")),
+        }
+    }
+    parts.join(",")
+}
+
 /// A parsed field selector: `field=value`, `field==value`, `field!=value`, comma-joined.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldSelector {
@@ -198,6 +240,17 @@ mod tests {
         for bad in ["app=we b", "=x", "app in web", "a/", "app=-x"] {
             assert!(LabelSelector::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn json_selectors() {
+        let selector = serde_json::json!({"matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}, {"key": "x", "operator": "DoesNotExist"}]});
+        assert_eq!(label_selector_text(&selector), "app=web,tier in (a,b),!x");
+        assert_eq!(label_selector_text(&serde_json::json!({"app": "web"})), "app=web");
+        let bogus = serde_json::json!({"matchExpressions": [{"key": "k", "operator": "Bogus"}]});
+        let parsed = LabelSelector::parse(&label_selector_text(&bogus)).unwrap();
+        assert!(!parsed.matches(&labels(&[("k", "v")])) && !parsed.matches(&labels(&[])));
     }
 
     #[test]

@@ -298,33 +298,7 @@ fn selector_and_template(object: &Value, restart: &[&'static str], errors: &mut 
 }
 
 fn selector_matches(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
-    let mut text: Vec<String> = string_map(selector.get("matchLabels"))
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for expr in selector
-        .get("matchExpressions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let key = expr.get("key").and_then(Value::as_str).unwrap_or_default();
-        let values: Vec<&str> = expr
-            .get("values")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        match expr.get("operator").and_then(Value::as_str).unwrap_or_default() {
-            "In" => text.push(format!("{key} in ({})", values.join(","))),
-            "NotIn" => text.push(format!("{key} notin ({})", values.join(","))),
-            "Exists" => text.push(key.to_string()),
-            "DoesNotExist" => text.push(format!("!{key}")),
-            _ => return false,
-        }
-    }
-    LabelSelector::parse(&text.join(",")).is_ok_and(|s| s.matches(labels))
+    LabelSelector::parse(&crate::selector::label_selector_text(selector)).is_ok_and(|s| s.matches(labels))
 }
 
 fn service(object: &Value, errors: &mut Vec<FieldError>) {

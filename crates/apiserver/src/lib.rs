@@ -10,6 +10,7 @@ mod discovery;
 mod metrics;
 mod object;
 mod path;
+mod pods;
 mod query;
 mod response;
 mod rest;

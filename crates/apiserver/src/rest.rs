@@ -19,7 +19,7 @@ use crate::object::{
 use crate::path::ResourcePath;
 use crate::query::{FieldValidation, Query};
 use crate::response::{ApiError, Body, json as json_response};
-use crate::{services, table, watch};
+use crate::{pods, services, table, watch};
 
 /// Largest request body accepted (upstream's limit).
 const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -45,6 +45,13 @@ pub(crate) async fn handle(
         .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
     match (path.subresource, path.name) {
         (None | Some("status"), _) => {}
+        (Some(sub @ ("binding" | "eviction" | "log" | "exec" | "attach" | "portforward")), Some(name))
+            if (info.group, info.plural) == ("", "pods") =>
+        {
+            let ns = path.namespace.unwrap_or_default();
+            let body = read_body_if_any(request, &method).await?;
+            return pods::handle(state, (info, ns, name), sub, &method, &body, &query).await;
+        }
         (Some("scale"), Some(name)) if info.subresource("scale").is_some() => {
             let body = read_body_if_any(request, &method).await?;
             return scale(
@@ -805,22 +812,30 @@ pub(crate) struct DeleteOptions {
     grace_period: Option<i64>,
     uid: Option<String>,
     resource_version: Option<String>,
-    dry_run: bool,
+    pub dry_run: bool,
 }
 
 impl DeleteOptions {
     fn from(body: &[u8], query: &Query) -> Result<Self, ApiError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Self::from_value(None, query);
+        }
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid DeleteOptions: {e}")))?;
+        Self::from_value(Some(&value), query)
+    }
+
+    /// Options from a DeleteOptions object (if any) and the query.
+    pub(crate) fn from_value(value: Option<&Value>, query: &Query) -> Result<Self, ApiError> {
         let mut options = Self {
             propagation: query.propagation_policy.clone(),
             grace_period: query.grace_period_seconds,
             dry_run: query.dry_run,
             ..Self::default()
         };
-        if body.iter().all(u8::is_ascii_whitespace) {
+        let Some(value) = value.filter(|v| v.is_object()) else {
             return Ok(options);
-        }
-        let value: Value =
-            serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid DeleteOptions: {e}")))?;
+        };
         if let Some(p) = value.get("propagationPolicy").and_then(Value::as_str) {
             options.propagation = Some(p.to_string());
         }
@@ -1219,6 +1234,58 @@ pub(crate) async fn ensure_kubernetes_service(state: &State, advertise: std::net
         }
         Err(err) => Err(err),
     }
+}
+
+/// One object, with its resourceVersion.
+pub(crate) async fn get_object(
+    state: &State,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Value, ApiError> {
+    get(state, info, ns, name).await
+}
+
+/// One object and the revision it was read at.
+pub(crate) async fn get_with_revision(
+    state: &State,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<(Value, i64), ApiError> {
+    current_with_revision(state, info, ns, name).await
+}
+
+/// Writes `object` if it is still at `expected`; for the server's own edits (bindings),
+/// which bypass the client update rules.
+pub(crate) async fn store_update(
+    state: &State,
+    (info, ns, name): (&ResourceInfo, Option<&str>, &str),
+    object: &Value,
+    expected: i64,
+) -> Result<i64, ApiError> {
+    state
+        .store
+        .update(&info.key(ns, name), to_store(object)?.into(), expected)
+        .await
+        .map_err(|e| store_error(e, info, name))
+}
+
+/// Every object of a resource (in a namespace).
+pub(crate) async fn list_all(state: &State, info: &ResourceInfo, ns: Option<&str>) -> Result<Vec<Value>, ApiError> {
+    let everything = Filter::from_query(info, &Query::default())?;
+    Ok(list_page(state, info, ns, &Query::default(), &everything).await?.items)
+}
+
+/// Deletes one object as `DELETE` does.
+pub(crate) async fn delete_object(
+    state: &State,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+    options: &DeleteOptions,
+) -> Result<Value, ApiError> {
+    delete_one(state, info, ns, name, options).await.map(|(_, body)| body)
 }
 
 /// The namespaces every cluster has from its first start.

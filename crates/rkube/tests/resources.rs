@@ -681,3 +681,93 @@ fn validation_errors_name_each_field() {
         .unwrap());
     assert_eq!(generation, "1", "a refused update changes nothing");
 }
+
+#[test]
+fn pod_binding_eviction_and_streams() {
+    let server = server();
+    let k = server.kubectl();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = server.dir().join("data/server/tls");
+    let post = |path: &str, body: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-w", "\n%{http_code}", "--cacert"])
+            .arg(tls.join("ca.crt"))
+            .arg("--cert")
+            .arg(tls.join("client-admin.crt"))
+            .arg("--key")
+            .arg(tls.join("client-admin.key"))
+            .args([
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+            ])
+            .arg(format!("{}{path}", server.url))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.to_string(), body.to_string())
+    };
+    let pod = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: web}}\nspec:\n  containers:\n  - name: c\n    image: nginx:1.27\n"
+        )
+    };
+    ok(apply_file(&k, dir.path(), "p1.yaml", &pod("p1"), "create"));
+    ok(apply_file(&k, dir.path(), "p2.yaml", &pod("p2"), "create"));
+
+    // Binding: once.
+    let binding = r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"p1"},"target":{"apiVersion":"v1","kind":"Node","name":"node-1"}}"#;
+    let (code, body) = post("/api/v1/namespaces/default/pods/p1/binding", binding);
+    assert_eq!(code, "201", "{body}");
+    assert_eq!(
+        ok(k.run(&["get", "pod", "p1", "-o", "jsonpath={.spec.nodeName}"]).unwrap()),
+        "node-1"
+    );
+    let (code, body) = post(
+        "/api/v1/namespaces/default/pods/p1/binding",
+        &binding.replace("node-1", "node-2"),
+    );
+    assert_eq!(code, "409", "{body}");
+    assert!(
+        body.contains(r#"pod p1 is already assigned to node \"node-1\""#),
+        "{body}"
+    );
+
+    // Streams need a node agent: a clear error, not a hang.
+    let err = fails(k.run(&["logs", "p1"]).unwrap());
+    assert!(err.contains("needs the node agent on node \"node-1\""), "{err}");
+    let err = fails(k.run(&["logs", "p2"]).unwrap());
+    assert!(err.contains("does not have a host assigned"), "{err}");
+
+    // Eviction respects disruption budgets (429), then deletes.
+    let pdb = "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata:\n  name: web\nspec:\n  minAvailable: 2\n  selector:\n    matchLabels: {app: web}\n";
+    ok(apply_file(&k, dir.path(), "pdb.yaml", pdb, "create"));
+    let eviction = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{name}","namespace":"default"}}}}"#
+        )
+    };
+    let (code, body) = post("/api/v1/namespaces/default/pods/p2/eviction", &eviction("p2"));
+    assert_eq!(code, "429", "{body}");
+    assert!(
+        body.contains("Cannot evict pod as it would violate the pod's disruption budget."),
+        "{body}"
+    );
+    ok(k.run(&["delete", "pdb", "web"]).unwrap());
+    let (code, body) = post("/api/v1/namespaces/default/pods/p2/eviction", &eviction("p2"));
+    assert_eq!(code, "201", "{body}");
+    assert!(
+        fails(k.run(&["get", "pod", "p2"]).unwrap()).contains("NotFound"),
+        "an unbound pod goes at once"
+    );
+    let (code, _) = post("/api/v1/namespaces/default/pods/p1/eviction", &eviction("p1"));
+    assert_eq!(code, "201");
+    let deleting = ok(k
+        .run(&["get", "pod", "p1", "-o", "jsonpath={.metadata.deletionTimestamp}"])
+        .unwrap());
+    assert!(!deleting.is_empty(), "a bound pod waits for its node to finish it");
+}
