@@ -1288,8 +1288,37 @@ pub(crate) async fn delete_object(
     delete_one(state, info, ns, name, options).await.map(|(_, body)| body)
 }
 
-/// The namespaces every cluster has from its first start.
+/// The two system PriorityClasses upstream creates at start.
+async fn ensure_system_priority_classes(state: &State) -> Result<(), ApiError> {
+    let Some(info) = find("scheduling.k8s.io", "v1", "priorityclasses") else {
+        return Ok(());
+    };
+    for (name, value, description) in [
+        (
+            "system-node-critical",
+            2_000_001_000,
+            "Used for system critical pods that must not be moved from their current node.",
+        ),
+        (
+            "system-cluster-critical",
+            2_000_000_000,
+            "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+        ),
+    ] {
+        let object = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                            "metadata": {"name": name}, "value": value, "description": description});
+        match create(state, info, None, object, Write::system(&mut Vec::new())).await {
+            Ok(_) => tracing::info!(priority_class = name, "created priority class"),
+            Err(err) if err.reason == "AlreadyExists" => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// The namespaces every cluster has from its first start (and the system priority classes).
 pub(crate) async fn ensure_system_namespaces(state: &State) -> Result<(), ApiError> {
+    ensure_system_priority_classes(state).await?;
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
         match create(state, namespaces(), None, object, Write::system(&mut Vec::new())).await {

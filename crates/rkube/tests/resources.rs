@@ -771,3 +771,102 @@ fn pod_binding_eviction_and_streams() {
         .unwrap());
     assert!(!deleting.is_empty(), "a bound pod waits for its node to finish it");
 }
+
+#[test]
+fn run_describe_expose_wait_and_propagation() {
+    let server = server();
+    for binary in ["kubectl", "kubectl.1.27"] {
+        let k = server.kubectl_binary(binary);
+        let pcs = ok(k.run(&["get", "priorityclasses", "-o", "name"]).unwrap());
+        assert!(
+            pcs.contains("system-cluster-critical") && pcs.contains("system-node-critical"),
+            "{pcs}"
+        );
+
+        ok(k.run(&["run", "web", "--image=nginx:1.27", "--labels=app=web"])
+            .unwrap());
+        let described = ok(k.run(&["describe", "pod", "web"]).unwrap());
+        for expected in [
+            "Service Account:  default",
+            "QoS Class:        BestEffort",
+            "node.kubernetes.io/unreachable:NoExecute op=Exists for 300s",
+        ] {
+            assert!(described.contains(expected), "{expected} missing from\n{described}");
+        }
+        ok(k.run(&["expose", "pod", "web", "--port", "80"]).unwrap());
+        let ip = ok(k
+            .run(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])
+            .unwrap());
+        assert!(ip.starts_with("10.43."), "{ip}");
+
+        // Status through its subresource; wait reads the condition.
+        ok(k.run(&[
+            "patch",
+            "pod",
+            "web",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"conditions":[{"type":"Ready","status":"True"}]}}"#,
+        ])
+        .unwrap());
+        assert!(
+            ok(k.run(&["wait", "--for=condition=Ready", "pod/web", "--timeout=20s"])
+                .unwrap())
+            .contains("condition met")
+        );
+        // A status write through the main resource is ignored, as upstream does.
+        ok(k.run(&[
+            "patch",
+            "pod",
+            "web",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Running"}}"#,
+        ])
+        .unwrap());
+        assert_eq!(
+            ok(k.run(&["get", "pod", "web", "-o", "jsonpath={.status.phase}"]).unwrap()),
+            "Pending"
+        );
+
+        // Propagation policies: foreground and orphan leave the owner to the garbage
+        // collector with its finalizer; background deletes at once.
+        for (cascade, finalizer) in [("foreground", "foregroundDeletion"), ("orphan", "orphan")] {
+            let name = format!("cm-{cascade}");
+            let yaml = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n");
+            let file = server.dir().join(format!("{name}-{binary}.yaml"));
+            std::fs::write(&file, yaml).unwrap();
+            ok(k.run(&["create", "-f", file.to_str().unwrap()]).unwrap());
+            ok(k.run(&[
+                "delete",
+                "configmap",
+                &name,
+                &format!("--cascade={cascade}"),
+                "--wait=false",
+            ])
+            .unwrap());
+            let object: Value =
+                serde_json::from_str(&ok(k.run(&["get", "configmap", &name, "-o", "json"]).unwrap())).unwrap();
+            assert_eq!(
+                object["metadata"]["finalizers"],
+                serde_json::json!([finalizer]),
+                "{cascade}"
+            );
+            assert!(object["metadata"]["deletionTimestamp"].is_string());
+            ok(k.run(&[
+                "patch",
+                "configmap",
+                &name,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ])
+            .unwrap());
+            assert!(fails(k.run(&["get", "configmap", &name]).unwrap()).contains("NotFound"));
+        }
+        ok(k.run(&["delete", "svc", "web"]).unwrap());
+        ok(k.run(&["delete", "pod", "web", "--cascade=background"]).unwrap());
+        assert!(fails(k.run(&["get", "pod", "web"]).unwrap()).contains("NotFound"));
+    }
+}
