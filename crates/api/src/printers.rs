@@ -371,7 +371,9 @@ pub fn cells(info: &ResourceInfo, object: &Value, age: &dyn Fn(&str) -> String) 
             let statuses = list(object, "/status/containerStatuses");
             let total = list(object, "/spec/containers").len();
             let ready = statuses.iter().filter(|s| s.get("ready") == Some(&json!(true))).count();
-            let restarts: i64 = statuses.iter().map(|s| int(s, "/restartCount")).sum();
+            let restarts = statuses
+                .iter()
+                .fold(0i64, |sum, s| sum.saturating_add(int(s, "/restartCount")));
             let gates = list(object, "/spec/readinessGates").len();
             vec![
                 name,
@@ -758,7 +760,7 @@ pub fn cells(info: &ResourceInfo, object: &Value, age: &dyn Fn(&str) -> String) 
 
 /// Whole seconds between two RFC 3339 UTC timestamps (`2026-11-23T12:00:00Z`).
 pub fn elapsed(from: &str, to: &str) -> Option<i64> {
-    Some(epoch_seconds(to)? - epoch_seconds(from)?)
+    epoch_seconds(to)?.checked_sub(epoch_seconds(from)?)
 }
 
 /// Seconds since the Unix epoch of an RFC 3339 timestamp in UTC (fractions ignored).
@@ -769,7 +771,16 @@ pub fn epoch_seconds(timestamp: &str) -> Option<i64> {
     let time = time.split(['.', '+']).next()?;
     let mut t = time.split(':').map(|p| p.parse::<i64>().ok());
     let (hour, minute, second) = (t.next()??, t.next()??, t.next()??);
-    // Days from civil (Howard Hinnant's algorithm).
+    let in_range = (0..=9999).contains(&year)
+        && (1..=12).contains(&month)
+        && (1..=31).contains(&day)
+        && (0..=23).contains(&hour)
+        && (0..=59).contains(&minute)
+        && (0..=60).contains(&second);
+    if !in_range {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm); the ranges above keep it in bounds.
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
@@ -843,6 +854,8 @@ mod tests {
         assert_eq!(elapsed("2026-11-23T12:00:00Z", "2026-11-23T12:05:30Z"), Some(330));
         assert_eq!(epoch_seconds("1970-01-02T00:00:00Z"), Some(86_400));
         assert_eq!(epoch_seconds("2000-03-01T00:00:00Z"), Some(951_868_800));
+        assert_eq!(epoch_seconds("99999999999999-01-01T00:00:00Z"), None);
+        assert_eq!(epoch_seconds("2026-13-01T00:00:00Z"), None);
     }
 
     #[test]

@@ -1329,3 +1329,81 @@ pub(crate) async fn ensure_system_namespaces(state: &State) -> Result<(), ApiErr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod robustness {
+    //! Mutated paths, queries and bodies never panic the request parsers (see
+    //! crates/api/tests/robustness.rs for why this is not cargo-fuzz).
+    use super::*;
+
+    fn mutations(seed: &str, rounds: usize) -> Vec<Vec<u8>> {
+        let mut state: u64 = 0x5eed_0004;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let specials: &[&[u8]] = &[
+            b"",
+            b"%",
+            b"&",
+            b"=",
+            b"/",
+            b"\xff",
+            b"\x00",
+            b"{",
+            b"}",
+            b"[",
+            b"\"",
+            b":",
+            b"- ",
+            b"\n",
+            b"&&watch=true",
+            b"?",
+        ];
+        (0..rounds)
+            .map(|_| {
+                let mut bytes = seed.as_bytes().to_vec();
+                for _ in 0..=next() % 4 {
+                    let at = (next() as usize) % (bytes.len() + 1);
+                    match next() % 3 {
+                        0 => bytes
+                            .splice(at..at, specials[(next() as usize) % specials.len()].iter().copied())
+                            .for_each(drop),
+                        1 => bytes.truncate(at),
+                        _ => {
+                            let end = (at + (next() as usize) % 5).min(bytes.len());
+                            bytes.drain(at..end);
+                        }
+                    }
+                }
+                bytes
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parsers_never_panic() {
+        for input in mutations("/apis/apps/v1/namespaces/default/deployments/web/scale", 5_000) {
+            let _ = crate::path::parse(&String::from_utf8_lossy(&input));
+        }
+        for input in mutations(
+            "watch=true&labelSelector=app%3Dweb&limit=500&resourceVersion=0&dryRun=All&fieldValidation=Strict",
+            5_000,
+        ) {
+            if let Ok(query) = Query::parse(Some(&String::from_utf8_lossy(&input))) {
+                drop(query.watch_from());
+            }
+        }
+        let json_body = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a"},"data":{"k":"v"}}"#;
+        let yaml_body = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  k: v\n";
+        for input in mutations(json_body, 5_000) {
+            drop(decode_body(Some("application/json"), &input));
+            drop(DeleteOptions::from(&input, &Query::default()));
+        }
+        for input in mutations(yaml_body, 3_000) {
+            drop(decode_body(Some("application/yaml"), &input));
+        }
+    }
+}
