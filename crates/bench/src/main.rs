@@ -1,6 +1,7 @@
 //! `rkube-bench <bench>`: measures a component and prints its figures. Benchmarks measure;
 //! tests assert behaviour.
 
+mod api;
 mod report;
 mod store;
 
@@ -21,6 +22,8 @@ struct Cli {
 enum Bench {
     /// The datastore: SQLite and etcd side by side.
     Store(store::StoreArgs),
+    /// The API server over HTTPS with kube-rs clients (runs a real rkube server).
+    Api(api::ApiArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +39,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.bench {
             Bench::Store(args) => store::run(args, cli.json).await,
+            Bench::Api(args) => api::run(args, cli.json).await,
         }
     })
 }

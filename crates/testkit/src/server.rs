@@ -81,6 +81,11 @@ impl RkubeServer {
         }
     }
 
+    /// The server's process id, for measuring its memory.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
