@@ -189,6 +189,48 @@ async fn read_body_if_any(request: http::Request<hyper::body::Incoming>, method:
     read_body(request).await
 }
 
+/// A merge or JSON patch body (strategic merge and apply patches come with issue 4).
+enum PatchBody {
+    Merge(Value),
+    Json(json_patch::Patch),
+}
+
+impl PatchBody {
+    fn decode(content_type: Option<&str>, body: &[u8]) -> Result<Self, ApiError> {
+        let decode_error = |e: serde_json::Error| bad_request(format!("error decoding patch: {e}"));
+        match content_type {
+            Some("application/merge-patch+json") => {
+                Ok(Self::Merge(serde_json::from_slice(body).map_err(decode_error)?))
+            }
+            Some("application/json-patch+json") => Ok(Self::Json(serde_json::from_slice(body).map_err(decode_error)?)),
+            other => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                format!(
+                    "the body of the request was in an unknown format ({}) - accepted media types include: application/json-patch+json, application/merge-patch+json",
+                    other.unwrap_or_default()
+                ),
+            )),
+        }
+    }
+
+    fn apply(&self, target: &mut Value) -> Result<(), ApiError> {
+        match self {
+            Self::Merge(patch) => {
+                json_patch::merge(target, patch);
+                Ok(())
+            }
+            Self::Json(patch) => json_patch::patch(target, patch).map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!("the json patch does not apply: {e}"),
+                )
+            }),
+        }
+    }
+}
+
 /// The `autoscaling/v1` Scale of an object with replicas.
 fn scale_of(object: &Value) -> Value {
     let selector = object.pointer("/spec/selector");
@@ -236,34 +278,7 @@ async fn scale(
             Method::PUT => decode_body(content_type, body)?,
             Method::PATCH => {
                 let mut patched = current_scale.clone();
-                match content_type {
-                    Some("application/merge-patch+json") => {
-                        let patch: Value = serde_json::from_slice(body)
-                            .map_err(|e| bad_request(format!("error decoding patch: {e}")))?;
-                        json_patch::merge(&mut patched, &patch);
-                    }
-                    Some("application/json-patch+json") => {
-                        let patch: json_patch::Patch = serde_json::from_slice(body)
-                            .map_err(|e| bad_request(format!("error decoding patch: {e}")))?;
-                        json_patch::patch(&mut patched, &patch).map_err(|e| {
-                            ApiError::new(
-                                StatusCode::UNPROCESSABLE_ENTITY,
-                                "Invalid",
-                                format!("the json patch does not apply: {e}"),
-                            )
-                        })?;
-                    }
-                    other => {
-                        return Err(ApiError::new(
-                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                            "UnsupportedMediaType",
-                            format!(
-                                "the body of the request was in an unknown format ({}) - accepted media types include: application/json-patch+json, application/merge-patch+json",
-                                other.unwrap_or_default()
-                            ),
-                        ));
-                    }
-                }
+                PatchBody::decode(content_type, body)?.apply(&mut patched)?;
                 patched
             }
             ref other => return Err(ApiError::method_not_allowed(other)),
@@ -747,43 +762,13 @@ async fn patch(
     write: Write<'_>,
 ) -> Result<Value, ApiError> {
     let dry_run = write.dry_run;
-    enum Kind {
-        Merge(Value),
-        Json(json_patch::Patch),
-    }
-    let kind = match content_type {
-        Some("application/merge-patch+json") => {
-            Kind::Merge(serde_json::from_slice(body).map_err(|e| bad_request(format!("error decoding patch: {e}")))?)
-        }
-        Some("application/json-patch+json") => {
-            Kind::Json(serde_json::from_slice(body).map_err(|e| bad_request(format!("error decoding patch: {e}")))?)
-        }
-        other => {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "UnsupportedMediaType",
-                format!(
-                    "the body of the request was in an unknown format ({}) - accepted media types include: application/json-patch+json, application/merge-patch+json",
-                    other.unwrap_or_default()
-                ),
-            ));
-        }
-    };
+    let patch = PatchBody::decode(content_type, body)?;
     let mut attempt = 0;
     loop {
         attempt += 1;
         let (current, revision) = current_with_revision(state, info, ns, name).await?;
         let mut patched = current.clone();
-        match &kind {
-            Kind::Merge(patch) => json_patch::merge(&mut patched, patch),
-            Kind::Json(patch) => json_patch::patch(&mut patched, patch).map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Invalid",
-                    format!("the json patch does not apply: {e}"),
-                )
-            })?,
-        }
+        patch.apply(&mut patched)?;
         if !patched.is_object() || patched.get("kind") != current.get("kind") {
             return Err(bad_request("a patch may not change the object's kind"));
         }

@@ -1,23 +1,16 @@
 //! Stock kubectl against a real `rkube server`: serving, identity, version, health.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::process::Command;
 
-use rkube_testkit::RkubeServer;
 
-fn server(extra: &[&str]) -> RkubeServer {
-    RkubeServer::start(Path::new(env!("CARGO_BIN_EXE_rkube")), extra).unwrap()
-}
+mod common;
 
+use common::server;
+
+/// kubectl's stdout after checking it succeeded.
 fn stdout(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "kubectl failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::ok(out.clone())
 }
 
 #[test]

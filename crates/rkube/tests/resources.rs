@@ -4,39 +4,18 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rkube_testkit::{Kubectl, RkubeServer};
+use rkube_testkit::RkubeServer;
 use serde_json::Value;
 
+mod common;
+
+use common::{apply_file, fails, ok};
+
 fn server() -> RkubeServer {
-    RkubeServer::start(Path::new(env!("CARGO_BIN_EXE_rkube")), &[]).unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "kubectl failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(out: Output) -> String {
-    assert!(
-        !out.status.success(),
-        "expected failure: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn apply_file(kubectl: &Kubectl, dir: &Path, name: &str, yaml: &str, verb: &str) -> Output {
-    let file = dir.join(name);
-    std::fs::write(&file, yaml).unwrap();
-    kubectl.run(&[verb, "-f", file.to_str().unwrap()]).unwrap()
+    common::server(&[])
 }
 
 const CONFIGMAP: &str = "apiVersion: v1

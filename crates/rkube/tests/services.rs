@@ -5,27 +5,12 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::process::Output;
 
-use rkube_testkit::{Kubectl, RkubeServer};
+use rkube_testkit::Kubectl;
 use serde_json::Value;
 
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "kubectl failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod common;
 
-fn fails(out: Output) -> String {
-    assert!(
-        !out.status.success(),
-        "expected failure: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use common::{apply_file, fails, ok};
 
 fn service(name: &str, extra_spec: &str) -> String {
     format!(
@@ -34,9 +19,7 @@ fn service(name: &str, extra_spec: &str) -> String {
 }
 
 fn create(k: &Kubectl, dir: &Path, name: &str, yaml: &str) -> Output {
-    let file = dir.join(format!("{name}.yaml"));
-    std::fs::write(&file, yaml).unwrap();
-    k.run(&["create", "-f", file.to_str().unwrap()]).unwrap()
+    apply_file(k, dir, &format!("{name}.yaml"), yaml, "create")
 }
 
 fn get_json(k: &Kubectl, args: &[&str]) -> Value {
@@ -47,7 +30,7 @@ fn get_json(k: &Kubectl, args: &[&str]) -> Value {
 
 #[test]
 fn cluster_ips_and_node_ports() {
-    let server = RkubeServer::start(Path::new(env!("CARGO_BIN_EXE_rkube")), &[]).unwrap();
+    let server = common::server(&[]);
     let k = server.kubectl();
     let dir = tempfile::tempdir().unwrap();
 

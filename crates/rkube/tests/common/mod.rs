@@ -1,0 +1,39 @@
+//! Helpers shared by the end-to-end tests of this crate.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Output;
+
+use rkube_testkit::{Kubectl, RkubeServer};
+
+pub fn server(extra: &[&str]) -> RkubeServer {
+    RkubeServer::start(Path::new(env!("CARGO_BIN_EXE_rkube")), extra).unwrap()
+}
+
+/// The command's stdout; fails the test (with both streams) if it failed.
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "kubectl failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The command's stderr; fails the test if it succeeded.
+pub fn fails(out: Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Writes `yaml` to `dir/name` and runs `kubectl <verb> -f` on it.
+pub fn apply_file(kubectl: &Kubectl, dir: &Path, name: &str, yaml: &str, verb: &str) -> Output {
+    let file = dir.join(name);
+    std::fs::write(&file, yaml).unwrap();
+    kubectl.run(&[verb, "-f", file.to_str().unwrap()]).unwrap()
+}
