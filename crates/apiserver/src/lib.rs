@@ -7,6 +7,7 @@
 
 mod authn;
 mod discovery;
+mod fanout;
 mod metrics;
 mod object;
 mod path;
@@ -62,6 +63,8 @@ pub(crate) struct State {
     /// The datastore, timed for `/metrics`.
     pub store: Arc<dyn Store>,
     pub metrics: Arc<metrics::Metrics>,
+    /// Shared watch feeds, one per resource.
+    pub feeds: fanout::Feeds,
     pub services: ServiceNetwork,
 }
 
@@ -69,12 +72,14 @@ pub(crate) struct State {
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let acceptor = tls::acceptor(&config.serving, &config.client_ca_pem)?;
     let metrics = Arc::new(metrics::Metrics::new());
+    let store: Arc<dyn Store> = Arc::new(metrics::MeteredStore {
+        inner: config.store,
+        metrics: Arc::clone(&metrics),
+    });
     let state = Arc::new(State {
         authenticator: Authenticator::new(config.tokens),
-        store: Arc::new(metrics::MeteredStore {
-            inner: config.store,
-            metrics: Arc::clone(&metrics),
-        }),
+        feeds: fanout::Feeds::new(Arc::clone(&store)),
+        store,
         metrics,
         services: config.services,
     });

@@ -9,12 +9,15 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use rkube_api::ResourceInfo;
-use rkube_store::{EventKind, StoreError};
+use rkube_store::StoreError;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc};
 
 use crate::State;
-use crate::object::{from_store, general_store_error, set_resource_version};
+use crate::fanout::Decoded;
+use crate::object::general_store_error;
 use crate::query::Query;
 use crate::response::{ApiError, Body};
 use crate::rest::{Filter, list_page};
@@ -70,18 +73,14 @@ impl Encoder {
         } else {
             object.clone()
         };
-        let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
-        line.push(b'\n');
-        Bytes::from(line)
+        crate::fanout::encode_line(kind, &object)
     }
 
     fn error(&mut self, err: &ApiError) -> Bytes {
         let mut status = serde_json::to_value(err.to_status()).unwrap_or_default();
         status["kind"] = json!("Status");
         status["apiVersion"] = json!("v1");
-        let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": status})).unwrap_or_default();
-        line.push(b'\n');
-        Bytes::from(line)
+        crate::fanout::encode_line("ERROR", &status)
     }
 }
 
@@ -101,7 +100,8 @@ pub(crate) async fn serve(
         include_object: query.include_object.clone(),
         columns_sent: false,
     };
-    let (sender, receiver) = mpsc::channel::<Bytes>(64);
+    // Subscribe before listing, so every change after the list's revision is received.
+    let (feed, published) = state.feeds.subscribe(&info.key_prefix(None)).await?;
     let mut initial = Vec::new();
     let after = match from {
         Some(revision) => revision,
@@ -117,17 +117,34 @@ pub(crate) async fn serve(
             page.revision
         }
     };
-    let watcher = match state.store.watch(&prefix, after).await {
-        Ok(watcher) => Some(watcher),
-        Err(err @ StoreError::Compacted { .. }) => {
-            // Upstream answers 200 and an ERROR event; clients then re-list.
-            drop(sender.try_send(encoder.error(&general_store_error(err))));
-            None
+    let (sender, receiver) = mpsc::channel::<Bytes>(64);
+    let source = if after >= published {
+        if after > published {
+            // A revision the feed has not reached must at least exist.
+            let current = state.store.current_revision().await.map_err(general_store_error)?;
+            if after > current {
+                return Err(general_store_error(StoreError::FutureRevision {
+                    requested: after,
+                    current,
+                }));
+            }
         }
-        Err(err) => return Err(general_store_error(err)),
+        Some(Source::Feed(feed))
+    } else {
+        // Older than the shared feed: this watch replays history from the store itself.
+        drop(feed);
+        match state.store.watch(&prefix, after).await {
+            Ok(watcher) => Some(Source::Store(watcher)),
+            Err(err @ StoreError::Compacted { .. }) => {
+                // Upstream answers 200 and an ERROR event; clients then re-list.
+                drop(sender.try_send(encoder.error(&general_store_error(err))));
+                None
+            }
+            Err(err) => return Err(general_store_error(err)),
+        }
     };
     let timeout = query.timeout_seconds.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
-    if let Some(mut watcher) = watcher {
+    if let Some(mut source) = source {
         let open_watch = state.metrics.watch_started(info.plural);
         tokio::spawn(async move {
             let _open_watch = open_watch;
@@ -138,35 +155,31 @@ pub(crate) async fn serve(
                 }
             }
             loop {
-                let event = tokio::select! {
-                    event = watcher.next() => event,
+                let next = tokio::select! {
+                    next = source.next(after) => next,
                     () = tokio::time::sleep_until(deadline) => return,
                     () = sender.closed() => return,
                 };
-                let line = match event {
+                let decoded = match next {
                     None => return,
                     Some(Err(err)) => {
-                        let err = match err {
-                            StoreError::WatcherTooSlow { .. } => ApiError::new(
-                                StatusCode::GONE,
-                                "Expired",
-                                "the watch fell too far behind; list again and watch from its resourceVersion",
-                            ),
-                            other => general_store_error(other),
-                        };
                         drop(sender.send(encoder.error(&err)).await);
                         return;
                     }
-                    Some(Ok(event)) => match translate(&filter, &event) {
-                        Ok(Some((kind, object))) => encoder.event(kind, &object),
-                        Ok(None) => continue,
-                        Err(err) => {
-                            drop(sender.send(encoder.error(&err)).await);
-                            return;
-                        }
-                    },
+                    Some(Ok(decoded)) => decoded,
                 };
-                if sender.send(line).await.is_err() {
+                if !decoded.key.starts_with(&prefix) {
+                    continue;
+                }
+                let Some((line, object)) = decoded.classify(|o| filter.matches(o)) else {
+                    continue;
+                };
+                let bytes = if encoder.table {
+                    encoder.event(line.event_type(), object)
+                } else {
+                    decoded.line(line, object)
+                };
+                if sender.send(bytes).await.is_err() {
                     return;
                 }
             }
@@ -180,29 +193,40 @@ pub(crate) async fn serve(
     Ok(response)
 }
 
-/// A store event as the watcher sees it through its selectors: an object entering the
-/// selection is ADDED, one leaving it DELETED.
-fn translate(filter: &Filter, event: &rkube_store::Event) -> Result<Option<(&'static str, Value)>, ApiError> {
-    let previous = event.prev.as_ref().map(from_store).transpose()?;
-    let was = previous.as_ref().is_some_and(|p| filter.matches(p));
-    match event.kind {
-        EventKind::Put => {
-            let object = from_store(&event.kv)?;
-            let is = filter.matches(&object);
-            Ok(match (was, is) {
-                (_, true) if previous.is_none() => Some(("ADDED", object)),
-                (true, true) => Some(("MODIFIED", object)),
-                (false, true) => Some(("ADDED", object)),
-                (true, false) => Some(("DELETED", object)),
-                (false, false) => None,
-            })
-        }
-        EventKind::Delete => Ok(match previous {
-            Some(mut object) if was => {
-                set_resource_version(&mut object, event.revision());
-                Some(("DELETED", object))
+/// Where a watch's changes come from: the resource's shared feed, or (for watches that
+/// start before the feed) a store watch of its own.
+enum Source {
+    Feed(broadcast::Receiver<Arc<Decoded>>),
+    Store(rkube_store::Watcher),
+}
+
+impl Source {
+    /// The next change after `after`, or an error to send, or `None` at the end.
+    async fn next(&mut self, after: i64) -> Option<Result<Arc<Decoded>, ApiError>> {
+        loop {
+            match self {
+                Self::Feed(receiver) => match receiver.recv().await {
+                    Ok(decoded) if decoded.revision <= after => continue,
+                    Ok(decoded) => return Some(Ok(decoded)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => return Some(Err(too_slow())),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                Self::Store(watcher) => {
+                    return match watcher.next().await? {
+                        Ok(event) => Some(Decoded::decode(&event).map(Arc::new)),
+                        Err(StoreError::WatcherTooSlow { .. }) => Some(Err(too_slow())),
+                        Err(other) => Some(Err(general_store_error(other))),
+                    };
+                }
             }
-            _ => None,
-        }),
+        }
     }
+}
+
+fn too_slow() -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "Expired",
+        "the watch fell too far behind; list again and watch from its resourceVersion",
+    )
 }

@@ -3,7 +3,6 @@
 
 use std::process::Command;
 
-
 mod common;
 
 use common::server;
