@@ -491,9 +491,15 @@ fn yaml_bodies_and_raw_errors() {
 fn seed_manifests_are_accepted_and_defaulted() {
     let server = server();
     let k = server.kubectl();
+    // shared/ stands beside the clone (as CI checks it out).
     let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seed");
     let mut files: Vec<_> = std::fs::read_dir(&seed)
-        .unwrap()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: the seed manifests (shared/ beside the clone) are missing",
+                seed.display()
+            )
+        })
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
