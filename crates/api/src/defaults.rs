@@ -166,6 +166,24 @@ pub fn qos_class(pod: &Value) -> &'static str {
     }
 }
 
+/// A strategy field defaulted to RollingUpdate, whose `rollingUpdate` gets `defaults`
+/// when the type is RollingUpdate (Deployments, StatefulSets, DaemonSets).
+fn rolling_update<const N: usize>(spec: &mut Map<String, Value>, field: &str, defaults: [(&str, Value); N]) {
+    default(spec, field, json!({"type": "RollingUpdate"}));
+    let Some(strategy) = spec.get_mut(field).and_then(Value::as_object_mut) else {
+        return;
+    };
+    if strategy.get("type").and_then(Value::as_str) != Some("RollingUpdate") {
+        return;
+    }
+    let rolling = strategy.entry("rollingUpdate").or_insert_with(|| json!({}));
+    if let Some(rolling) = rolling.as_object_mut() {
+        for (key, value) in defaults {
+            default(rolling, key, value);
+        }
+    }
+}
+
 fn template(spec: &mut Map<String, Value>) {
     if let Some(template) = spec.get_mut("template").and_then(Value::as_object_mut)
         && let Some(pod) = template.get_mut("spec").and_then(Value::as_object_mut)
@@ -238,16 +256,11 @@ pub fn apply(info: &ResourceInfo, object: &mut Value) {
             default(spec, "replicas", json!(1));
             default(spec, "revisionHistoryLimit", json!(10));
             default(spec, "progressDeadlineSeconds", json!(600));
-            default(spec, "strategy", json!({"type": "RollingUpdate"}));
-            if let Some(strategy) = spec.get_mut("strategy").and_then(Value::as_object_mut)
-                && strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate")
-            {
-                let rolling = strategy.entry("rollingUpdate").or_insert_with(|| json!({}));
-                if let Some(rolling) = rolling.as_object_mut() {
-                    default(rolling, "maxUnavailable", json!("25%"));
-                    default(rolling, "maxSurge", json!("25%"));
-                }
-            }
+            rolling_update(
+                spec,
+                "strategy",
+                [("maxUnavailable", json!("25%")), ("maxSurge", json!("25%"))],
+            );
             template(spec);
         }
         ("apps", "ReplicaSet") => {
@@ -264,15 +277,7 @@ pub fn apply(info: &ResourceInfo, object: &mut Value) {
             default(spec, "replicas", json!(1));
             default(spec, "podManagementPolicy", json!("OrderedReady"));
             default(spec, "revisionHistoryLimit", json!(10));
-            default(spec, "updateStrategy", json!({"type": "RollingUpdate"}));
-            if let Some(strategy) = spec.get_mut("updateStrategy").and_then(Value::as_object_mut)
-                && strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate")
-            {
-                let rolling = strategy.entry("rollingUpdate").or_insert_with(|| json!({}));
-                if let Some(rolling) = rolling.as_object_mut() {
-                    default(rolling, "partition", json!(0));
-                }
-            }
+            rolling_update(spec, "updateStrategy", [("partition", json!(0))]);
             default(
                 spec,
                 "persistentVolumeClaimRetentionPolicy",
@@ -290,16 +295,11 @@ pub fn apply(info: &ResourceInfo, object: &mut Value) {
                 return;
             };
             default(spec, "revisionHistoryLimit", json!(10));
-            default(spec, "updateStrategy", json!({"type": "RollingUpdate"}));
-            if let Some(strategy) = spec.get_mut("updateStrategy").and_then(Value::as_object_mut)
-                && strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate")
-            {
-                let rolling = strategy.entry("rollingUpdate").or_insert_with(|| json!({}));
-                if let Some(rolling) = rolling.as_object_mut() {
-                    default(rolling, "maxUnavailable", json!(1));
-                    default(rolling, "maxSurge", json!(0));
-                }
-            }
+            rolling_update(
+                spec,
+                "updateStrategy",
+                [("maxUnavailable", json!(1)), ("maxSurge", json!(0))],
+            );
             template(spec);
         }
         ("batch", "Job") => {

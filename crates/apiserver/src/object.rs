@@ -146,6 +146,16 @@ pub fn conflict(info: &ResourceInfo, name: &str) -> ApiError {
     }
 }
 
+/// A body that names an object must name the one in the URL.
+pub fn check_name_matches(object: &Value, name: &str) -> Result<(), ApiError> {
+    match meta_str(object, "name").filter(|n| *n != name) {
+        Some(given) => Err(bad_request(format!(
+            "the name of the object ({given}) does not match the name on the URL ({name})"
+        ))),
+        None => Ok(()),
+    }
+}
+
 pub fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", message)
 }

@@ -7,7 +7,7 @@ use rkube_api::{ResourceInfo, find};
 use serde_json::{Value, json};
 
 use crate::State;
-use crate::object::{bad_request, conflict, labels, meta_str};
+use crate::object::{bad_request, check_name_matches, conflict, labels, meta_str};
 use crate::query::Query;
 use crate::response::{ApiError, Body, json as json_response};
 use crate::rest::{self, DeleteOptions};
@@ -51,11 +51,7 @@ async fn bind(
 ) -> Result<Response<Body>, ApiError> {
     let binding: Value =
         serde_json::from_slice(body).map_err(|e| bad_request(format!("couldn't decode the Binding: {e}")))?;
-    if let Some(given) = meta_str(&binding, "name").filter(|n| *n != name) {
-        return Err(bad_request(format!(
-            "the name of the object ({given}) does not match the name on the URL ({name})"
-        )));
-    }
+    check_name_matches(&binding, name)?;
     let node = binding
         .pointer("/target/name")
         .and_then(Value::as_str)
@@ -125,11 +121,7 @@ async fn evict(
 ) -> Result<Response<Body>, ApiError> {
     let eviction: Value =
         serde_json::from_slice(body).map_err(|e| bad_request(format!("couldn't decode the Eviction: {e}")))?;
-    if let Some(given) = meta_str(&eviction, "name").filter(|n| *n != name) {
-        return Err(bad_request(format!(
-            "the name of the object ({given}) does not match the name on the URL ({name})"
-        )));
-    }
+    check_name_matches(&eviction, name)?;
     let pod = rest::get_object(state, info, Some(ns), name).await?;
     let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default();
     // Finished or already deleting pods hold no budget.

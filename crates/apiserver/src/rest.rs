@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use crate::State;
 use crate::object::{
-    self, bad_request, conflict, from_store, general_store_error, invalid, meta_str, metadata, metadata_mut, not_found,
-    store_error, to_store,
+    self, bad_request, check_name_matches, conflict, from_store, general_store_error, invalid, meta_str, metadata,
+    metadata_mut, not_found, store_error, to_store,
 };
 use crate::path::ResourcePath;
 use crate::query::{FieldValidation, Query};
@@ -739,11 +739,7 @@ async fn update(
     let mut object = decode_typed(info, &object, write.validation, write.warnings)?;
     check_namespace(info, &mut object, ns)?;
     let dry_run = write.dry_run;
-    if let Some(given) = meta_str(&object, "name").filter(|n| *n != name) {
-        return Err(bad_request(format!(
-            "the name of the object ({given}) does not match the name on the URL ({name})"
-        )));
-    }
+    check_name_matches(&object, name)?;
     let (current, revision) = current_with_revision(state, info, ns, name).await?;
     let expected = expected_revision(info, name, &object, revision)?;
     if expected != revision {
