@@ -95,13 +95,19 @@ impl LabelSelector {
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matches_by(|key| labels.get(key).map(String::as_str))
+    }
+
+    /// Matches against labels looked up by `label`, for callers that keep labels in
+    /// another shape than a map (the watch cache).
+    pub fn matches_by<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.requirements.iter().all(|r| match r {
-            Requirement::Equals(k, v) => labels.get(k) == Some(v),
-            Requirement::NotEquals(k, v) => labels.get(k) != Some(v),
-            Requirement::In(k, vs) => labels.get(k).is_some_and(|l| vs.contains(l)),
-            Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|l| !vs.contains(l)),
-            Requirement::Exists(k) => labels.contains_key(k),
-            Requirement::DoesNotExist(k) => !labels.contains_key(k),
+            Requirement::Equals(k, v) => label(k) == Some(v.as_str()),
+            Requirement::NotEquals(k, v) => label(k) != Some(v.as_str()),
+            Requirement::In(k, vs) => label(k).is_some_and(|l| vs.iter().any(|v| v == l)),
+            Requirement::NotIn(k, vs) => label(k).is_none_or(|l| !vs.iter().any(|v| v == l)),
+            Requirement::Exists(k) => label(k).is_some(),
+            Requirement::DoesNotExist(k) => label(k).is_none(),
         })
     }
 }
@@ -200,10 +206,10 @@ impl FieldSelector {
     }
 
     /// Matches against field values looked up by `value_of` (missing fields are "").
-    pub fn matches(&self, value_of: impl Fn(&str) -> Option<String>) -> bool {
+    pub fn matches<S: AsRef<str>>(&self, value_of: impl Fn(&str) -> Option<S>) -> bool {
         self.terms.iter().all(|(field, equal, value)| {
-            let actual = value_of(field).unwrap_or_default();
-            (actual == *value) == *equal
+            let actual = value_of(field);
+            (actual.as_ref().map_or("", AsRef::as_ref) == value) == *equal
         })
     }
 }

@@ -6,8 +6,9 @@
 //! the catalogue.
 
 mod authn;
+mod cache;
 mod discovery;
-mod fanout;
+mod filter;
 mod metrics;
 mod object;
 mod path;
@@ -63,8 +64,8 @@ pub(crate) struct State {
     /// The datastore, timed for `/metrics`.
     pub store: Arc<dyn Store>,
     pub metrics: Arc<metrics::Metrics>,
-    /// Shared watch feeds, one per resource.
-    pub feeds: fanout::Feeds,
+    /// Every resource's objects in memory, for lists and watches.
+    pub cache: Arc<cache::WatchCache>,
     pub services: ServiceNetwork,
 }
 
@@ -76,9 +77,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         inner: config.store,
         metrics: Arc::clone(&metrics),
     });
+    let cache = cache::WatchCache::start(Arc::clone(&store))
+        .await
+        .map_err(|err| ServeError::Startup(err.message))?;
     let state = Arc::new(State {
         authenticator: Authenticator::new(config.tokens),
-        feeds: fanout::Feeds::new(Arc::clone(&store)),
+        cache,
         store,
         metrics,
         services: config.services,

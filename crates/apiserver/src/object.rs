@@ -163,6 +163,11 @@ pub fn bad_request(message: impl Into<String>) -> ApiError {
 /// 422 Invalid with one cause per failing field, worded as upstream: `Kind.group "name" is
 /// invalid: field: Invalid value: "x": why`. Causes are (field, reason, detail).
 pub fn invalid(info: &ResourceInfo, name: &str, causes: Vec<(String, String, String)>) -> ApiError {
+    invalid_kind(info.group, info.kind, name, causes)
+}
+
+/// 422 Invalid for a kind outside the catalogue (request options such as `ListOptions`).
+pub fn invalid_kind(group: &str, kind_name: &str, name: &str, causes: Vec<(String, String, String)>) -> ApiError {
     let line = |(field, reason, detail): &(String, String, String)| {
         if detail.is_empty() {
             format!("{field}: {reason}")
@@ -171,10 +176,10 @@ pub fn invalid(info: &ResourceInfo, name: &str, causes: Vec<(String, String, Str
         }
     };
     let summary: Vec<String> = causes.iter().map(line).collect();
-    let kind = if info.group.is_empty() {
-        info.kind.to_string()
+    let kind = if group.is_empty() {
+        kind_name.to_string()
     } else {
-        format!("{}.{}", info.kind, info.group)
+        format!("{kind_name}.{group}")
     };
     let message = if summary.len() == 1 {
         format!("{kind} \"{name}\" is invalid: {}", summary[0])
@@ -204,9 +209,13 @@ pub fn invalid(info: &ResourceInfo, name: &str, causes: Vec<(String, String, Str
             }
         })
         .collect();
-    let mut details = details(info, name);
-    details.kind = Some(info.kind.to_string());
-    details.causes = Some(causes);
+    let details = StatusDetails {
+        group: (!group.is_empty()).then(|| group.to_string()),
+        kind: Some(kind_name.to_string()),
+        name: Some(name.to_string()),
+        causes: Some(causes),
+        ..Default::default()
+    };
     ApiError {
         details: Some(Box::new(details)),
         ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message)

@@ -12,6 +12,8 @@ pub struct Query {
     pub limit: Option<usize>,
     pub continue_token: Option<String>,
     pub resource_version: Option<String>,
+    pub resource_version_match: Option<String>,
+    pub send_initial_events: Option<bool>,
     pub timeout_seconds: Option<u64>,
     pub dry_run: bool,
     pub propagation_policy: Option<String>,
@@ -31,7 +33,7 @@ pub enum FieldValidation {
 }
 
 fn truthy(value: &str) -> bool {
-    matches!(value, "true" | "1" | "True" | "TRUE")
+    matches!(value, "true" | "1" | "t" | "T" | "True" | "TRUE")
 }
 
 impl Query {
@@ -53,6 +55,8 @@ impl Query {
                 }
                 "continue" if !value.is_empty() => q.continue_token = Some(value.into_owned()),
                 "resourceVersion" if !value.is_empty() => q.resource_version = Some(value.into_owned()),
+                "resourceVersionMatch" if !value.is_empty() => q.resource_version_match = Some(value.into_owned()),
+                "sendInitialEvents" => q.send_initial_events = Some(truthy(&value)),
                 "timeoutSeconds" => q.timeout_seconds = Some(number("timeoutSeconds")?.max(0) as u64),
                 "dryRun" => {
                     if value != "All" {

@@ -19,6 +19,11 @@ pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body
     }
 }
 
+/// A body that is JSON already.
+pub fn raw_json(status: StatusCode, body: Bytes) -> Response<Body> {
+    with_type(status, "application/json", body)
+}
+
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     with_type(status, "text/plain; charset=utf-8", body)
 }

@@ -6,12 +6,11 @@ use bytes::Bytes;
 use http::{Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use rkube_api::names::{name_rule, validate_name};
-use rkube_api::selector::{FieldSelector, LabelSelector};
 use rkube_api::{ResourceInfo, defaults, find, typed, validation};
-use rkube_store::{RangeRequest, StoreError};
+use rkube_store::{ContinueToken, RangeRequest, StoreError};
 use serde_json::{Value, json};
 
-use crate::State;
+use crate::filter::Filter;
 use crate::object::{
     self, bad_request, check_name_matches, conflict, from_store, general_store_error, invalid, meta_str, metadata,
     metadata_mut, not_found, store_error, to_store,
@@ -19,6 +18,7 @@ use crate::object::{
 use crate::path::ResourcePath;
 use crate::query::{FieldValidation, Query};
 use crate::response::{ApiError, Body, json as json_response};
+use crate::{State, cache};
 use crate::{pods, services, table, watch};
 
 /// Largest request body accepted (upstream's limit).
@@ -967,71 +967,11 @@ async fn delete(
     Ok(json_response(code, &body))
 }
 
-/// Lists objects matching the query's selectors, page by page, at one revision.
+/// Objects read from the store, page by page, at one revision (what the cache cannot serve).
 pub(crate) struct Page {
     pub items: Vec<Value>,
     pub revision: i64,
     pub continue_token: Option<String>,
-}
-
-pub(crate) struct Filter {
-    labels: LabelSelector,
-    fields: FieldSelector,
-}
-
-impl Filter {
-    pub fn from_query(info: &ResourceInfo, query: &Query) -> Result<Self, ApiError> {
-        let labels = LabelSelector::parse(&query.label_selector).map_err(|e| bad_request(e.to_string()))?;
-        let fields = FieldSelector::parse(&query.field_selector).map_err(|e| bad_request(e.to_string()))?;
-        if let Some(unsupported) = fields.fields().find(|f| !field_supported(info, f)) {
-            return Err(bad_request(format!("field label not supported: {unsupported}")));
-        }
-        Ok(Self { labels, fields })
-    }
-
-    pub fn matches(&self, object: &Value) -> bool {
-        (self.labels.is_empty() || self.labels.matches(&object::labels(object)))
-            && (self.fields.is_empty() || self.fields.matches(|f| object::field_text(object, f)))
-    }
-}
-
-/// Field selectors upstream supports, per resource.
-fn field_supported(info: &ResourceInfo, field: &str) -> bool {
-    if matches!(field, "metadata.name" | "metadata.namespace") {
-        return true;
-    }
-    let extra: &[&str] = match (info.group, info.plural) {
-        ("", "pods") => &[
-            "spec.nodeName",
-            "spec.restartPolicy",
-            "spec.schedulerName",
-            "spec.serviceAccountName",
-            "spec.hostNetwork",
-            "status.phase",
-            "status.podIP",
-            "status.nominatedNodeName",
-        ],
-        ("", "events") => &[
-            "involvedObject.kind",
-            "involvedObject.namespace",
-            "involvedObject.name",
-            "involvedObject.uid",
-            "involvedObject.apiVersion",
-            "involvedObject.resourceVersion",
-            "involvedObject.fieldPath",
-            "reason",
-            "reportingComponent",
-            "source",
-            "type",
-        ],
-        ("", "secrets") => &["type"],
-        ("", "nodes") => &["spec.unschedulable"],
-        ("", "namespaces") => &["status.phase"],
-        ("", "replicationcontrollers") | ("apps", "replicasets") => &["status.replicas"],
-        ("batch", "jobs") => &["status.successful"],
-        _ => &[],
-    };
-    extra.contains(&field)
 }
 
 pub(crate) async fn list_page(
@@ -1040,19 +980,17 @@ pub(crate) async fn list_page(
     ns: Option<&str>,
     query: &Query,
     filter: &Filter,
+    revision: Option<i64>,
 ) -> Result<Page, ApiError> {
     let mut request = RangeRequest::prefix(info.key_prefix(ns));
     request.continue_token = query.continue_token.clone();
+    request.revision = revision;
     let mut items = Vec::new();
     loop {
         // Filtering may drop keys: keep reading pages until the limit is met.
         request.limit = query.limit.map(|l| l - items.len());
         let page = state.store.range(request.clone()).await.map_err(|e| match e {
-            StoreError::Compacted { .. } if query.continue_token.is_some() => ApiError::new(
-                StatusCode::GONE,
-                "Expired",
-                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
-            ),
+            StoreError::Compacted { .. } if query.continue_token.is_some() => continue_expired(),
             other => general_store_error(other),
         })?;
         for kv in &page.kvs {
@@ -1078,6 +1016,127 @@ pub(crate) async fn list_page(
     }
 }
 
+fn continue_expired() -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "Expired",
+        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+    )
+}
+
+/// Which state a list reads, by upstream's resourceVersion rules.
+#[derive(Debug, PartialEq, Eq)]
+enum ListRead {
+    /// The newest state (resourceVersion unset): a consistent read.
+    Newest,
+    /// Whatever the cache holds (resourceVersion "0").
+    Any,
+    /// At least as new as this revision.
+    NotOlderThan(i64),
+    /// Exactly this revision.
+    Exact(i64),
+    /// The next page of an earlier list.
+    Continue(String),
+}
+
+fn list_read(query: &Query) -> Result<ListRead, ApiError> {
+    let rv = query.resource_version.as_deref();
+    let mut causes = Vec::new();
+    let forbidden = |why: &str| {
+        (
+            "resourceVersionMatch".to_string(),
+            "Forbidden".to_string(),
+            why.to_string(),
+        )
+    };
+    if let Some(matching) = query.resource_version_match.as_deref() {
+        if rv.is_none() {
+            causes.push(forbidden(
+                "resourceVersionMatch is forbidden unless resourceVersion is provided",
+            ));
+        }
+        if query.continue_token.is_some() {
+            causes.push(forbidden("resourceVersionMatch is forbidden when continue is provided"));
+        }
+        if !matches!(matching, "Exact" | "NotOlderThan") {
+            causes.push((
+                "resourceVersionMatch".to_string(),
+                format!("Unsupported value: {matching:?}"),
+                r#"supported values: "Exact", "NotOlderThan", """#.to_string(),
+            ));
+        }
+        if matching == "Exact" && rv == Some("0") {
+            causes.push(forbidden(
+                "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+            ));
+        }
+    }
+    if query.send_initial_events.is_some() {
+        causes.push((
+            "sendInitialEvents".to_string(),
+            "Forbidden".to_string(),
+            "sendInitialEvents is forbidden for list".to_string(),
+        ));
+    }
+    if !causes.is_empty() {
+        return Err(object::invalid_kind("meta.k8s.io", "ListOptions", "", causes));
+    }
+    if let Some(token) = &query.continue_token {
+        if rv.is_some_and(|rv| rv != "0") {
+            return Err(bad_request(
+                "specifying resource version is not allowed when using continue",
+            ));
+        }
+        return Ok(ListRead::Continue(token.clone()));
+    }
+    let Some(rv) = rv else { return Ok(ListRead::Newest) };
+    if rv == "0" {
+        return Ok(ListRead::Any);
+    }
+    let revision = query.watch_from()?.unwrap_or_default();
+    Ok(match query.resource_version_match.as_deref() {
+        Some("Exact") => ListRead::Exact(revision),
+        Some(_) => ListRead::NotOlderThan(revision),
+        // Without a match rule, a paged list of a given revision reads exactly that one.
+        None if query.limit.is_some() => ListRead::Exact(revision),
+        None => ListRead::NotOlderThan(revision),
+    })
+}
+
+/// A list served from the watch cache, or `None` when only the store can serve it.
+async fn list_from_cache(
+    state: &State,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    query: &Query,
+    filter: &Filter,
+    read: ListRead,
+) -> Result<Option<cache::Page>, ApiError> {
+    let cache = &state.cache;
+    let page = |at: Option<i64>, after: Option<String>| cache.page(info, ns, filter, query.limit, at, after);
+    match read {
+        ListRead::Newest if cache.wait_for_current().await? => page(None, None),
+        ListRead::Newest => Ok(None),
+        ListRead::Any => page(None, None),
+        ListRead::NotOlderThan(revision) if cache.wait_for(revision).await => page(None, None),
+        ListRead::NotOlderThan(revision) => {
+            let current = state.store.current_revision().await.map_err(general_store_error)?;
+            if revision > current {
+                return Err(general_store_error(StoreError::FutureRevision {
+                    requested: revision,
+                    current,
+                }));
+            }
+            Ok(None)
+        }
+        ListRead::Exact(revision) => page(Some(revision), None),
+        ListRead::Continue(token) => {
+            let token = ContinueToken::decode(&token, &info.key_prefix(ns)).map_err(general_store_error)?;
+            page(Some(token.revision), Some(token.last_key))
+        }
+    }
+}
+
 async fn list(
     state: &State,
     info: &ResourceInfo,
@@ -1086,34 +1145,69 @@ async fn list(
     table: bool,
 ) -> Result<Response<Body>, ApiError> {
     let filter = Filter::from_query(info, query)?;
-    let page = list_page(state, info, ns, query, &filter).await?;
+    let read = list_read(query)?;
+    let exact = match read {
+        ListRead::Exact(revision) => Some(revision),
+        _ => None,
+    };
+    let page = match list_from_cache(state, info, ns, query, &filter, read).await? {
+        Some(page) => page,
+        None => {
+            let page = list_page(state, info, ns, query, &filter, exact).await?;
+            let items = page
+                .items
+                .iter()
+                .map(|object| cache::Cached::new(info, object).map(std::sync::Arc::new))
+                .collect::<Result<_, _>>()?;
+            cache::Page {
+                items,
+                revision: page.revision,
+                continue_token: page.continue_token,
+                remaining: None,
+            }
+        }
+    };
     let revision = page.revision.to_string();
     if table {
+        let items = page.items.iter().map(|o| o.value()).collect::<Result<Vec<_>, _>>()?;
         return Ok(json_response(
             StatusCode::OK,
-            &table::table(
-                info,
-                &page.items,
-                &revision,
-                page.continue_token.as_deref(),
-                query,
-                true,
-            ),
+            &table::table(info, &items, &revision, page.continue_token.as_deref(), query, true),
         ));
     }
     let mut metadata = json!({"resourceVersion": revision});
     if let Some(token) = page.continue_token {
         metadata["continue"] = json!(token);
     }
-    Ok(json_response(
+    if let Some(remaining) = page.remaining {
+        metadata["remainingItemCount"] = json!(remaining);
+    }
+    let head = json!({
+        "kind": format!("{}List", info.kind),
+        "apiVersion": info.api_version(),
+        "metadata": metadata,
+    });
+    Ok(crate::response::raw_json(
         StatusCode::OK,
-        &json!({
-            "kind": format!("{}List", info.kind),
-            "apiVersion": info.api_version(),
-            "metadata": metadata,
-            "items": page.items,
-        }),
+        splice_items(&head, page.items.iter().map(|o| &o.json[..]))?,
     ))
+}
+
+/// A list object whose items are spliced in as already encoded, rather than encoded again.
+fn splice_items<'a>(head: &Value, items: impl Iterator<Item = &'a [u8]> + Clone) -> Result<Bytes, ApiError> {
+    let mut body = serde_json::to_vec(head).map_err(|e| ApiError::internal(format!("encoding a list: {e}")))?;
+    // Reopen the head object to append the items.
+    body.pop();
+    body.reserve(items.clone().map(|i| i.len() + 1).sum::<usize>() + 12);
+    body.extend_from_slice(b",\"items\":[");
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(b"]}");
+    Ok(Bytes::from(body))
 }
 
 async fn delete_collection(
@@ -1129,7 +1223,7 @@ async fn delete_collection(
         continue_token: None,
         ..Query::default()
     };
-    let page = list_page(state, info, ns, &unpaged, &filter).await?;
+    let page = list_page(state, info, ns, &unpaged, &filter, None).await?;
     let mut deleted = Vec::new();
     for object in page.items {
         let name = meta_str(&object, "name").unwrap_or_default().to_string();
@@ -1254,8 +1348,11 @@ pub(crate) async fn store_update(
 
 /// Every object of a resource (in a namespace).
 pub(crate) async fn list_all(state: &State, info: &ResourceInfo, ns: Option<&str>) -> Result<Vec<Value>, ApiError> {
-    let everything = Filter::from_query(info, &Query::default())?;
-    Ok(list_page(state, info, ns, &Query::default(), &everything).await?.items)
+    Ok(
+        list_page(state, info, ns, &Query::default(), &Filter::everything(), None)
+            .await?
+            .items,
+    )
 }
 
 /// Deletes one object as `DELETE` does.

@@ -1,6 +1,8 @@
-//! Watches: newline-delimited JSON events streamed over a chunked response.
+//! Watches: newline-delimited JSON events streamed over a chunked response, fed by the
+//! watch cache (or, for watches that resume further back than it remembers, by the store).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -11,20 +13,20 @@ use hyper::body::Frame;
 use rkube_api::ResourceInfo;
 use rkube_store::StoreError;
 use serde_json::{Value, json};
-use std::sync::Arc;
-
 use tokio::sync::{broadcast, mpsc};
 
 use crate::State;
-use crate::fanout::Decoded;
+use crate::cache::{Cached, Decoded, Item, Start, event_line};
+use crate::filter::Filter;
 use crate::object::general_store_error;
 use crate::query::Query;
 use crate::response::{ApiError, Body};
-use crate::rest::{Filter, list_page};
 use crate::table;
 
 /// How long a watch lasts when the client does not say (upstream: 30 to 60 minutes).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+/// How often a watch that allows bookmarks gets one (upstream: about a minute).
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A response body fed by a channel; the stream ends when the sender is dropped.
 struct ChannelBody {
@@ -50,37 +52,60 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn event(&mut self, kind: &str, object: &Value) -> Bytes {
-        let object = if self.table {
-            let rv = object
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let query = Query {
-                include_object: self.include_object.clone(),
-                ..Query::default()
-            };
-            let t = table::table(
-                self.info,
-                std::slice::from_ref(object),
-                rv,
-                None,
-                &query,
-                !self.columns_sent,
-            );
-            self.columns_sent = true;
-            t
-        } else {
-            object.clone()
+    /// An event carrying an encoded object: as it is, or as a Table row.
+    fn object(&mut self, kind: &str, json: &[u8]) -> Bytes {
+        if !self.table {
+            return event_line(kind, json);
+        }
+        let object: Value = serde_json::from_slice(json).unwrap_or_default();
+        let rv = object
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let query = Query {
+            include_object: self.include_object.clone(),
+            ..Query::default()
         };
-        crate::fanout::encode_line(kind, &object)
+        let table = table::table(
+            self.info,
+            std::slice::from_ref(&object),
+            rv,
+            None,
+            &query,
+            !self.columns_sent,
+        );
+        self.columns_sent = true;
+        event_line(kind, &serde_json::to_vec(&table).unwrap_or_default())
+    }
+
+    /// The line a change makes for this watch, if it concerns it.
+    fn change(&mut self, decoded: &Decoded, prefix: &str, filter: &Filter) -> Option<Bytes> {
+        if !decoded.key.starts_with(prefix) {
+            return None;
+        }
+        let line = decoded.classify(filter)?;
+        Some(if self.table {
+            self.object(line.event_type(), decoded.object_json(line))
+        } else {
+            // Shared by every watcher that needs the same line.
+            decoded.line(line)
+        })
+    }
+
+    fn bookmark(&self, revision: i64, initial_events_end: bool) -> Bytes {
+        let mut metadata = json!({"resourceVersion": revision.to_string()});
+        if initial_events_end {
+            metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        let object = json!({"kind": self.info.kind, "apiVersion": self.info.api_version(), "metadata": metadata});
+        event_line("BOOKMARK", &serde_json::to_vec(&object).unwrap_or_default())
     }
 
     fn error(&mut self, err: &ApiError) -> Bytes {
         let mut status = serde_json::to_value(err.to_status()).unwrap_or_default();
         status["kind"] = json!("Status");
         status["apiVersion"] = json!("v1");
-        crate::fanout::encode_line("ERROR", &status)
+        event_line("ERROR", &serde_json::to_vec(&status).unwrap_or_default())
     }
 }
 
@@ -92,98 +117,94 @@ pub(crate) async fn serve(
     table: bool,
 ) -> Result<Response<Body>, ApiError> {
     let filter = Filter::from_query(info, query)?;
-    let from = query.watch_from()?;
-    let prefix = info.key_prefix(ns);
+    let plan = plan(query)?;
     let mut encoder = Encoder {
         info,
         table,
         include_object: query.include_object.clone(),
         columns_sent: false,
     };
-    // Subscribe before listing, so every change after the list's revision is received.
-    let (feed, published) = state.feeds.subscribe(&info.key_prefix(None)).await?;
-    let mut initial = Vec::new();
-    let after = match from {
-        Some(revision) => revision,
-        None => {
-            // "Now": the current state as ADDED events, then changes after it.
-            let all = Query {
-                limit: None,
-                continue_token: None,
-                ..Query::default()
-            };
-            let page = list_page(state, info, ns, &all, &filter).await?;
-            initial = page.items;
-            page.revision
-        }
-    };
     let (sender, receiver) = mpsc::channel::<Bytes>(64);
-    let source = if after >= published {
-        if after > published {
-            // A revision the feed has not reached must at least exist.
-            let current = state.store.current_revision().await.map_err(general_store_error)?;
-            if after > current {
-                return Err(general_store_error(StoreError::FutureRevision {
-                    requested: after,
-                    current,
-                }));
-            }
-        }
-        Some(Source::Feed(feed))
-    } else {
-        // Older than the shared feed: this watch replays history from the store itself.
-        drop(feed);
-        match state.store.watch(&prefix, after).await {
-            Ok(watcher) => Some(Source::Store(watcher)),
-            Err(err @ StoreError::Compacted { .. }) => {
-                // Upstream answers 200 and an ERROR event; clients then re-list.
-                drop(sender.try_send(encoder.error(&general_store_error(err))));
-                None
-            }
-            Err(err) => return Err(general_store_error(err)),
-        }
-    };
+    let opened = open(state, info, ns, &filter, &plan).await?;
     let timeout = query.timeout_seconds.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
-    if let Some(mut source) = source {
-        let open_watch = state.metrics.watch_started(info.plural);
-        tokio::spawn(async move {
-            let _open_watch = open_watch;
-            let deadline = tokio::time::Instant::now() + timeout;
-            for object in &initial {
-                if sender.send(encoder.event("ADDED", object)).await.is_err() {
-                    return;
-                }
-            }
-            loop {
-                let next = tokio::select! {
-                    next = source.next(after) => next,
-                    () = tokio::time::sleep_until(deadline) => return,
-                    () = sender.closed() => return,
-                };
-                let decoded = match next {
-                    None => return,
-                    Some(Err(err)) => {
-                        drop(sender.send(encoder.error(&err)).await);
+    let bookmarks = query.allow_watch_bookmarks;
+    let prefix = info.key_prefix(ns);
+    match opened {
+        Opened::Expired(err) => {
+            // Upstream answers 200 and an ERROR event; clients then re-list.
+            drop(sender.try_send(encoder.error(&err)));
+        }
+        Opened::Source {
+            mut source,
+            initial,
+            replay,
+            revision,
+        } => {
+            let open_watch = state.metrics.watch_started(info.plural);
+            let initial_end = plan.initial_end_bookmark && bookmarks;
+            tokio::spawn(async move {
+                let _open_watch = open_watch;
+                let started = tokio::time::Instant::now();
+                let deadline = started + timeout;
+                let mut position = revision;
+                for object in &initial {
+                    if sender.send(encoder.object("ADDED", &object.json)).await.is_err() {
                         return;
                     }
-                    Some(Ok(decoded)) => decoded,
-                };
-                if !decoded.key.starts_with(&prefix) {
-                    continue;
                 }
-                let Some((line, object)) = decoded.classify(|o| filter.matches(o)) else {
-                    continue;
-                };
-                let bytes = if encoder.table {
-                    encoder.event(line.event_type(), object)
-                } else {
-                    decoded.line(line, object)
-                };
-                if sender.send(bytes).await.is_err() {
+                if initial_end && sender.send(encoder.bookmark(position, true)).await.is_err() {
                     return;
                 }
-            }
-        });
+                for decoded in replay {
+                    if let Some(bytes) = encoder.change(&decoded, &prefix, &filter) {
+                        position = decoded.revision;
+                        if sender.send(bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                let mut next_bookmark = next_bookmark_time(started, deadline);
+                loop {
+                    let bookmark_due = async {
+                        match next_bookmark {
+                            Some(at) if bookmarks => tokio::time::sleep_until(at).await,
+                            _ => std::future::pending().await,
+                        }
+                    };
+                    let item = tokio::select! {
+                        item = source.next() => item,
+                        () = bookmark_due => {
+                            next_bookmark = next_bookmark_time(tokio::time::Instant::now(), deadline);
+                            if sender.send(encoder.bookmark(position, false)).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        () = tokio::time::sleep_until(deadline) => return,
+                        () = sender.closed() => return,
+                    };
+                    let decoded = match item {
+                        None => return,
+                        Some(Err(err)) => {
+                            drop(sender.send(encoder.error(&err)).await);
+                            return;
+                        }
+                        Some(Ok(Item::Progress(revision))) => {
+                            position = position.max(revision);
+                            continue;
+                        }
+                        Some(Ok(Item::Change(decoded))) if decoded.revision <= position => continue,
+                        Some(Ok(Item::Change(decoded))) => decoded,
+                    };
+                    position = decoded.revision;
+                    if let Some(bytes) = encoder.change(&decoded, &prefix, &filter)
+                        && sender.send(bytes).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
     }
     let mut response = Response::new(ChannelBody { receiver }.boxed());
     *response.status_mut() = StatusCode::OK;
@@ -193,32 +214,196 @@ pub(crate) async fn serve(
     Ok(response)
 }
 
-/// Where a watch's changes come from: the resource's shared feed, or (for watches that
-/// start before the feed) a store watch of its own.
+/// Upstream's bookmark rhythm: about every minute, and once just before the watch times out.
+fn next_bookmark_time(now: tokio::time::Instant, deadline: tokio::time::Instant) -> Option<tokio::time::Instant> {
+    let next = (now + BOOKMARK_INTERVAL).min(deadline.checked_sub(Duration::from_secs(2))?);
+    (next > now).then_some(next)
+}
+
+/// How a watch starts, from its options (upstream's validation and WatchList defaulting).
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    start: PlanStart,
+    /// Wait for the cache to be at least this fresh first (`Some(None)`: as fresh as the store).
+    fresh: Option<Option<i64>>,
+    initial_end_bookmark: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum PlanStart {
+    Snapshot,
+    Now,
+    After(i64),
+}
+
+fn plan(query: &Query) -> Result<Plan, ApiError> {
+    let rv = query.resource_version.as_deref();
+    let legacy_now = matches!(rv, None | Some("0"));
+    let mut matching = query.resource_version_match.as_deref();
+    let mut send_initial = query.send_initial_events;
+    if send_initial.is_none() && matching.is_none() && legacy_now {
+        // Upstream's defaulting: an old-style watch from "now" lists first.
+        send_initial = Some(true);
+        matching = Some("NotOlderThan");
+    }
+    let mut causes = Vec::new();
+    let forbidden = |why: &str| {
+        (
+            "resourceVersionMatch".to_string(),
+            "Forbidden".to_string(),
+            why.to_string(),
+        )
+    };
+    if send_initial.is_some() && matching != Some("NotOlderThan") {
+        causes.push(forbidden(
+            "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+        ));
+    }
+    if let Some(matching) = matching {
+        if send_initial.is_none() {
+            causes.push(forbidden(
+                "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            ));
+        }
+        if matching != "NotOlderThan" {
+            causes.push((
+                "resourceVersionMatch".to_string(),
+                format!("Unsupported value: {matching:?}"),
+                r#"supported values: "NotOlderThan""#.to_string(),
+            ));
+        }
+        if query.continue_token.is_some() {
+            causes.push(forbidden("resourceVersionMatch is forbidden when continue is provided"));
+        }
+    }
+    if !causes.is_empty() {
+        return Err(crate::object::invalid_kind("meta.k8s.io", "ListOptions", "", causes));
+    }
+    let revision = query.watch_from()?;
+    let fresh = match rv {
+        None => Some(None),
+        Some("0") => None,
+        Some(_) => revision.map(Some),
+    };
+    Ok(match (send_initial, revision) {
+        (Some(true), _) => Plan {
+            start: PlanStart::Snapshot,
+            fresh,
+            initial_end_bookmark: true,
+        },
+        (_, Some(revision)) => Plan {
+            start: PlanStart::After(revision),
+            fresh: Some(Some(revision)),
+            initial_end_bookmark: false,
+        },
+        (_, None) => Plan {
+            start: PlanStart::Now,
+            fresh,
+            initial_end_bookmark: false,
+        },
+    })
+}
+
+enum Opened {
+    Source {
+        source: Source,
+        initial: Vec<Arc<Cached>>,
+        replay: Vec<Arc<Decoded>>,
+        revision: i64,
+    },
+    /// The watch starts before what the store still has.
+    Expired(ApiError),
+}
+
+async fn open(
+    state: &State,
+    info: &'static ResourceInfo,
+    ns: Option<&str>,
+    filter: &Filter,
+    plan: &Plan,
+) -> Result<Opened, ApiError> {
+    let cache = &state.cache;
+    let fresh = match plan.fresh {
+        None => true,
+        Some(None) => cache.wait_for_current().await?,
+        Some(Some(revision)) => cache.wait_for(revision).await,
+    };
+    if !fresh {
+        let current = state.store.current_revision().await.map_err(general_store_error)?;
+        if let Some(Some(requested)) = plan.fresh
+            && requested > current
+        {
+            return Err(general_store_error(StoreError::FutureRevision { requested, current }));
+        }
+        // The cache lags the store: a watch from a revision can still replay from the store.
+        return match plan.start {
+            PlanStart::After(after) => store_watch(state, info, ns, after).await,
+            _ => Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Timeout",
+                "the watch cache has not caught up with the datastore; try again",
+            )),
+        };
+    }
+    let start = match plan.start {
+        PlanStart::Snapshot => Start::Snapshot,
+        PlanStart::Now => Start::Now,
+        PlanStart::After(revision) => Start::After(revision),
+    };
+    if let Some(subscription) = cache.subscribe(info, ns, filter, start)? {
+        return Ok(Opened::Source {
+            source: Source::Cache(subscription.receiver),
+            initial: subscription.initial,
+            replay: subscription.replay,
+            revision: subscription.revision,
+        });
+    }
+    // Older than the cache remembers: this watch replays history from the store itself.
+    match plan.start {
+        PlanStart::After(after) => store_watch(state, info, ns, after).await,
+        _ => Err(ApiError::internal("the watch cache refused a watch from now")),
+    }
+}
+
+async fn store_watch(
+    state: &State,
+    info: &'static ResourceInfo,
+    ns: Option<&str>,
+    after: i64,
+) -> Result<Opened, ApiError> {
+    match state.store.watch(&info.key_prefix(ns), after).await {
+        Ok(watcher) => Ok(Opened::Source {
+            source: Source::Store(info, watcher),
+            initial: Vec::new(),
+            replay: Vec::new(),
+            revision: after,
+        }),
+        Err(err @ StoreError::Compacted { .. }) => Ok(Opened::Expired(general_store_error(err))),
+        Err(err) => Err(general_store_error(err)),
+    }
+}
+
+/// Where a watch's changes come from: the cache, or (for watches that start before what
+/// the cache remembers) a store watch of its own.
 enum Source {
-    Feed(broadcast::Receiver<Arc<Decoded>>),
-    Store(rkube_store::Watcher),
+    Cache(broadcast::Receiver<Item>),
+    Store(&'static ResourceInfo, rkube_store::Watcher),
 }
 
 impl Source {
-    /// The next change after `after`, or an error to send, or `None` at the end.
-    async fn next(&mut self, after: i64) -> Option<Result<Arc<Decoded>, ApiError>> {
-        loop {
-            match self {
-                Self::Feed(receiver) => match receiver.recv().await {
-                    Ok(decoded) if decoded.revision <= after => continue,
-                    Ok(decoded) => return Some(Ok(decoded)),
-                    Err(broadcast::error::RecvError::Lagged(_)) => return Some(Err(too_slow())),
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                },
-                Self::Store(watcher) => {
-                    return match watcher.next().await? {
-                        Ok(event) => Some(Decoded::decode(&event).map(Arc::new)),
-                        Err(StoreError::WatcherTooSlow { .. }) => Some(Err(too_slow())),
-                        Err(other) => Some(Err(general_store_error(other))),
-                    };
-                }
-            }
+    /// The next change or progress mark, or an error to send, or `None` at the end.
+    async fn next(&mut self) -> Option<Result<Item, ApiError>> {
+        match self {
+            Self::Cache(receiver) => match receiver.recv().await {
+                Ok(item) => Some(Ok(item)),
+                Err(broadcast::error::RecvError::Lagged(_)) => Some(Err(too_slow())),
+                Err(broadcast::error::RecvError::Closed) => None,
+            },
+            Self::Store(info, watcher) => match watcher.next().await? {
+                Ok(event) => Some(Decoded::from_event(info, &event).map(|d| Item::Change(Arc::new(d)))),
+                Err(StoreError::WatcherTooSlow { .. }) => Some(Err(too_slow())),
+                Err(other) => Some(Err(general_store_error(other))),
+            },
         }
     }
 }
