@@ -1263,18 +1263,28 @@ pub(crate) async fn ensure_kubernetes_service(state: &State, advertise: std::net
                  "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": advertise.port()}]}
     });
     let mut warnings = Vec::new();
-    match create(
-        state,
-        service_info,
-        Some("default"),
-        service,
-        Write::system(&mut warnings),
-    )
-    .await
-    {
-        Ok(_) => tracing::info!(ip = %state.services.first(), "created the kubernetes service"),
-        Err(err) if err.reason == "AlreadyExists" => {}
+    // Looked up first: creating it again would fail on its address (allocated already)
+    // before it could fail on its name, at every restart and on every further API server.
+    let exists = match get(state, service_info, Some("default"), "kubernetes").await {
+        Ok(_) => true,
+        Err(err) if err.reason == "NotFound" => false,
         Err(err) => return Err(err),
+    };
+    if !exists {
+        match create(
+            state,
+            service_info,
+            Some("default"),
+            service,
+            Write::system(&mut warnings),
+        )
+        .await
+        {
+            Ok(_) => tracing::info!(ip = %state.services.first(), "created the kubernetes service"),
+            // Another API server created it meanwhile.
+            Err(_) if get(state, service_info, Some("default"), "kubernetes").await.is_ok() => {}
+            Err(err) => return Err(err),
+        }
     }
     let endpoints = json!({
         "apiVersion": "v1", "kind": "Endpoints",

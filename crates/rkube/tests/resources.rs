@@ -407,22 +407,7 @@ fn field_validation_strict_warn_ignore() {
 #[test]
 fn yaml_bodies_and_raw_errors() {
     let server = server();
-    let tls = server.dir().join("data/server/tls");
-    let curl = |args: &[&str]| {
-        let out = std::process::Command::new("curl")
-            .args(["-sS", "-w", "\n%{http_code}", "--cacert"])
-            .arg(tls.join("ca.crt"))
-            .arg("--cert")
-            .arg(tls.join("client-admin.crt"))
-            .arg("--key")
-            .arg(tls.join("client-admin.key"))
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap();
-        (code.to_string(), body.to_string())
-    };
+    let curl = |args: &[&str]| common::curl(&server, args);
     let url = format!("{}/api/v1/namespaces/default/configmaps", server.url);
     let (code, body) = curl(&[
         "-X",
@@ -672,29 +657,20 @@ fn pod_binding_eviction_and_streams() {
     let server = server();
     let k = server.kubectl();
     let dir = tempfile::tempdir().unwrap();
-    let tls = server.dir().join("data/server/tls");
     let post = |path: &str, body: &str| {
-        let out = std::process::Command::new("curl")
-            .args(["-sS", "-w", "\n%{http_code}", "--cacert"])
-            .arg(tls.join("ca.crt"))
-            .arg("--cert")
-            .arg(tls.join("client-admin.crt"))
-            .arg("--key")
-            .arg(tls.join("client-admin.key"))
-            .args([
+        let url = format!("{}{path}", server.url);
+        common::curl(
+            &server,
+            &[
                 "-X",
                 "POST",
                 "-H",
                 "Content-Type: application/json",
                 "--data-binary",
                 body,
-            ])
-            .arg(format!("{}{path}", server.url))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap();
-        (code.to_string(), body.to_string())
+                &url,
+            ],
+        )
     };
     let pod = |name: &str| {
         format!(

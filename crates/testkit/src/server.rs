@@ -26,26 +26,7 @@ impl RkubeServer {
     pub fn start(binary: &Path, extra_args: &[&str]) -> Result<Self, ServerError> {
         let dir = tempfile::Builder::new().prefix("rkube-server-").tempdir()?;
         let kubeconfig = dir.path().join("kubeconfig.yaml");
-        let log = std::fs::File::create(dir.path().join("server.log"))?;
-        let child = Command::new(binary)
-            .arg("server")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--write-kubeconfig")
-            .arg(&kubeconfig)
-            .args([
-                "--https-listen-port",
-                "0",
-                "--bind-address",
-                "127.0.0.1",
-                "--disable-agent",
-            ])
-            .args(extra_args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
+        let child = spawn(binary, dir.path(), extra_args)?;
         let mut server = Self {
             child,
             dir,
@@ -54,6 +35,17 @@ impl RkubeServer {
         };
         server.wait_ready(Duration::from_secs(60))?;
         Ok(server)
+    }
+
+    /// Stops the server (SIGTERM) and starts it again on the same data dir, as an operator
+    /// restarting it would; the port is new.
+    pub fn restart(&mut self, binary: &Path, extra_args: &[&str]) -> Result<(), ServerError> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        self.child.wait()?;
+        std::fs::remove_file(&self.kubeconfig)?;
+        self.child = spawn(binary, self.dir.path(), extra_args)?;
+        self.wait_ready(Duration::from_secs(60))
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<(), ServerError> {
@@ -118,6 +110,32 @@ impl RkubeServer {
         Command::new("kill").args(["-TERM", &pid]).status()?;
         self.child.wait()
     }
+}
+
+fn spawn(binary: &Path, dir: &Path, extra_args: &[&str]) -> std::io::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))?;
+    Command::new(binary)
+        .arg("server")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--write-kubeconfig")
+        .arg(dir.join("kubeconfig.yaml"))
+        .args([
+            "--https-listen-port",
+            "0",
+            "--bind-address",
+            "127.0.0.1",
+            "--disable-agent",
+        ])
+        .args(extra_args)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
 }
 
 impl Drop for RkubeServer {

@@ -37,3 +37,21 @@ pub fn apply_file(kubectl: &Kubectl, dir: &Path, name: &str, yaml: &str, verb: &
     std::fs::write(&file, yaml).unwrap();
     kubectl.run(&[verb, "-f", file.to_str().unwrap()]).unwrap()
 }
+
+/// `curl` as the cluster admin (client certificate): (HTTP code, body).
+pub fn curl(server: &RkubeServer, args: &[&str]) -> (String, String) {
+    let tls = server.dir().join("data/server/tls");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}", "--cacert"])
+        .arg(tls.join("ca.crt"))
+        .arg("--cert")
+        .arg(tls.join("client-admin.crt"))
+        .arg("--key")
+        .arg(tls.join("client-admin.key"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.to_string(), body.to_string())
+}
