@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::{StreamExt, TryStreamExt};
+use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use rkube_testkit::RkubeServer;
 
@@ -28,13 +28,21 @@ pub struct ApiArgs {
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
 
-    /// Pods stored for the list case and the loaded memory figure.
+    /// Pods stored for the list case.
     #[arg(long, default_value_t = 10_000)]
     pods: usize,
+
+    /// Pods stored for the loaded memory figure.
+    #[arg(long, default_value_t = 100_000)]
+    pods_memory: usize,
 
     /// Concurrent watchers in the fan-out case.
     #[arg(long, default_value_t = 1000)]
     watchers: usize,
+
+    /// Pods created per second while the watchers watch (each reaches every watcher).
+    #[arg(long, default_value_t = 50.0)]
+    watch_rate: f64,
 
     /// A short run for smoke-testing the benchmark itself.
     #[arg(long)]
@@ -65,6 +73,7 @@ pub async fn run(mut args: ApiArgs, json: bool) -> anyhow::Result<()> {
     if args.quick {
         args.seconds = args.seconds.min(1.0);
         args.pods = args.pods.min(500);
+        args.pods_memory = args.pods_memory.min(1000);
         args.watchers = args.watchers.min(20);
         args.clients = args.clients.min(8);
     }
@@ -86,7 +95,8 @@ pub async fn run(mut args: ApiArgs, json: bool) -> anyhow::Result<()> {
     let mut report = Report::new("api", json);
     let peer = "sqlite";
     tokio::time::sleep(Duration::from_secs(1)).await;
-    if let Some(rss) = rss_mib(server.pid()) {
+    let idle_rss = rss_mib(server.pid());
+    if let Some(rss) = idle_rss {
         report.add(peer, "server", "rss_idle", "MiB", rss);
     }
 
@@ -156,61 +166,50 @@ pub async fn run(mut args: ApiArgs, json: bool) -> anyhow::Result<()> {
     report.add(peer, "get", "p50", "ms", percentile(&gets, 50.0));
     report.add(peer, "get", "p99", "ms", percentile(&gets, 99.0));
 
-    // Fill to the stored count, then list.
-    let stored = pods.list_metadata(&ListParams::default()).await?.items.len();
-    let missing = args.pods.saturating_sub(stored);
-    progress(&format!("storing {missing} more pods ({} in all)", args.pods));
-    let next = Arc::new(AtomicUsize::new(0));
-    let fillers: Vec<_> = (0..args.clients)
-        .map(|_| {
-            let (pods, next) = (pods.clone(), Arc::clone(&next));
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= missing {
-                        return anyhow::Ok(());
-                    }
-                    pods.create(&PostParams::default(), &pod(&format!("fill-{i}"), 0))
-                        .await?;
-                    if i % 5000 == 0 && i > 0 {
-                        progress(&format!("stored {i} of {missing}"));
-                    }
-                }
-            })
-        })
-        .collect();
-    for filler in fillers {
-        filler.await??;
-    }
+    // Fill to the stored count, then list: the whole list as raw bytes (what the server
+    // and the wire cost, without the client's decoding), and a first page of 500.
+    fill(&pods, args.pods, args.clients).await?;
     let mut lists = Vec::new();
     let mut pages = Vec::new();
-    let mut count = 0;
+    let mut bytes = 0;
     for _ in 0..5 {
         let t = Instant::now();
-        count = pods.list(&ListParams::default()).await?.items.len();
+        bytes = raw_get(&client, "/api/v1/namespaces/default/pods").await?.len();
         lists.push(t.elapsed().as_secs_f64() * 1000.0);
         let t = Instant::now();
-        pods.list(&ListParams::default().limit(500)).await?;
+        raw_get(&client, "/api/v1/namespaces/default/pods?limit=500").await?;
         pages.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     lists.sort_by(f64::total_cmp);
     pages.sort_by(f64::total_cmp);
+    let count = pods.list_metadata(&ListParams::default()).await?.items.len();
     let case = format!("list {count} pods");
     report.add(peer, &case, "p50", "ms", percentile(&lists, 50.0));
+    report.add(peer, &case, "p99", "ms", percentile(&lists, 99.0));
+    report.add(peer, &case, "body", "MiB", bytes as f64 / 1048576.0);
     report.add(peer, &case, "page_of_500_p50", "ms", percentile(&pages, 50.0));
-    if let Some(rss) = rss_mib(server.pid()) {
-        report.add(peer, &format!("server, {count} pods"), "rss", "MiB", rss);
+
+    // Memory with many pods in the cache: what each one adds over the idle server.
+    fill(&pods, args.pods_memory, args.clients).await?;
+    let count = pods.list_metadata(&ListParams::default()).await?.items.len();
+    if let (Some(rss), Some(idle)) = (rss_mib(server.pid()), idle_rss) {
+        let case = format!("server, {count} pods");
+        report.add(peer, &case, "rss", "MiB", rss);
         report.add(
             peer,
-            &format!("server, {count} pods"),
-            "kib_per_pod",
+            &case,
+            "per_pod",
             "KiB",
-            rss * 1024.0 / count.max(1) as f64,
+            (rss - idle) * 1024.0 / count.max(1) as f64,
         );
     }
 
-    // Watch fan-out: every watcher sees every new pod.
-    progress(&format!("watch fan-out: {} watchers", args.watchers));
+    // Watch fan-out: every watcher sees every new pod. The watchers read raw lines and
+    // pick out the send time, so the figure is the server's, not JSON decoding's.
+    progress(&format!(
+        "watch fan-out: {} watchers, {}/s pods",
+        args.watchers, args.watch_rate
+    ));
     let revision = pods
         .list_metadata(&ListParams::default().limit(1))
         .await?
@@ -218,38 +217,22 @@ pub async fn run(mut args: ApiArgs, json: bool) -> anyhow::Result<()> {
         .resource_version
         .unwrap_or_default();
     let epoch = Instant::now();
-    let events = if args.quick { 100 } else { 1000 };
+    let events = ((args.watch_rate * args.seconds * 2.0) as usize).max(10);
+    let path =
+        format!("/api/v1/namespaces/default/pods?watch=true&labelSelector=bench%3Dwatch&resourceVersion={revision}");
     let mut watchers = Vec::new();
     for _ in 0..args.watchers {
-        let stream = pods
-            .watch(&WatchParams::default().labels("bench=watch"), &revision)
+        let response = client
+            .send(http::Request::get(path.as_str()).body(kube::client::Body::empty())?)
             .await?;
-        watchers.push(tokio::spawn(async move {
-            let mut stream = stream.boxed();
-            let mut lags = Vec::with_capacity(events);
-            while lags.len() < events {
-                match tokio::time::timeout(Duration::from_secs(60), stream.try_next()).await {
-                    Ok(Ok(Some(WatchEvent::Added(p)))) => {
-                        let sent: u128 = p
-                            .metadata
-                            .annotations
-                            .and_then(|a| a.get("bench/sent").and_then(|s| s.parse().ok()))
-                            .unwrap_or(0);
-                        lags.push((epoch.elapsed().as_nanos().saturating_sub(sent)) as f64 / 1e6);
-                    }
-                    Ok(Ok(Some(_))) => {}
-                    _ => break,
-                }
-            }
-            lags
-        }));
+        anyhow::ensure!(response.status().is_success(), "watch: {}", response.status());
+        watchers.push(tokio::spawn(watch_lags(response.into_body(), events, epoch)));
     }
-    // Writes are spawned on schedule so a slow one never holds back the next: the offered
-    // rate stays 1,000/s whatever the watchers cost.
+    // Writes are spawned on schedule so a slow one never holds back the next.
     let started = Instant::now();
     let mut writes = Vec::with_capacity(events);
     for i in 0..events {
-        tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / 1000.0)).into()).await;
+        tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / args.watch_rate)).into()).await;
         let pods = pods.clone();
         writes.push(tokio::spawn(async move {
             let mut p = pod(&format!("w-{i}"), epoch.elapsed().as_nanos());
@@ -277,6 +260,81 @@ pub async fn run(mut args: ApiArgs, json: bool) -> anyhow::Result<()> {
     report.add(peer, &case, "lag_p50", "ms", percentile(&lags, 50.0));
     report.add(peer, &case, "lag_p99", "ms", percentile(&lags, 99.0));
     report.add(peer, &case, "events_missed", "count", missed as f64);
+    if let Some(rss) = rss_mib(server.pid()) {
+        report.add(peer, &case, "server_rss", "MiB", rss);
+    }
     report.print_table();
     Ok(())
+}
+
+/// Creates pods until `target` are stored, with `clients` concurrent clients.
+async fn fill(pods: &Api<Pod>, target: usize, clients: usize) -> anyhow::Result<()> {
+    let stored = pods.list_metadata(&ListParams::default()).await?.items.len();
+    let missing = target.saturating_sub(stored);
+    if missing == 0 {
+        return Ok(());
+    }
+    progress(&format!("storing {missing} more pods ({target} in all)"));
+    let next = Arc::new(AtomicUsize::new(0));
+    let offset = stored;
+    let fillers: Vec<_> = (0..clients)
+        .map(|_| {
+            let (pods, next) = (pods.clone(), Arc::clone(&next));
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= missing {
+                        return anyhow::Ok(());
+                    }
+                    pods.create(&PostParams::default(), &pod(&format!("fill-{}", offset + i), 0))
+                        .await?;
+                    if i % 10_000 == 0 && i > 0 {
+                        progress(&format!("stored {i} of {missing}"));
+                    }
+                }
+            })
+        })
+        .collect();
+    for filler in fillers {
+        filler.await??;
+    }
+    Ok(())
+}
+
+async fn raw_get(client: &kube::Client, path: &str) -> anyhow::Result<bytes::Bytes> {
+    let response = client
+        .send(http::Request::get(path).body(kube::client::Body::empty())?)
+        .await?;
+    anyhow::ensure!(response.status().is_success(), "GET {path}: {}", response.status());
+    Ok(response.into_body().collect().await?.to_bytes())
+}
+
+/// Reads a watch stream until `events` ADDED events arrived (or it stalls for a minute);
+/// each one's lag is now minus the send time the writer put in its annotation.
+async fn watch_lags(mut body: kube::client::Body, events: usize, epoch: Instant) -> Vec<f64> {
+    const SENT: &[u8] = b"\"bench/sent\":\"";
+    let mut lags = Vec::with_capacity(events);
+    let mut pending: Vec<u8> = Vec::new();
+    while lags.len() < events {
+        let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(60), body.frame()).await else {
+            break;
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        pending.extend_from_slice(&data);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            if !line.starts_with(b"{\"type\":\"ADDED\"") {
+                continue;
+            }
+            let sent = line
+                .windows(SENT.len())
+                .position(|w| w == SENT)
+                .map(|at| &line[at + SENT.len()..])
+                .and_then(|rest| std::str::from_utf8(&rest[..rest.iter().position(|b| *b == b'"')?]).ok())
+                .and_then(|digits| digits.parse::<u128>().ok())
+                .unwrap_or(0);
+            lags.push(epoch.elapsed().as_nanos().saturating_sub(sent) as f64 / 1e6);
+        }
+    }
+    lags
 }

@@ -54,3 +54,46 @@ fn unknown_backend_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown backend \"mysql\""), "{err}");
 }
+
+#[test]
+fn api_bench_reports_every_figure() {
+    let rkube = std::path::Path::new(env!("CARGO_BIN_EXE_rkube-bench")).with_file_name("rkube");
+    assert!(
+        rkube.exists(),
+        "{} is missing: build the workspace (cargo build --workspace)",
+        rkube.display()
+    );
+    let out = bench()
+        .args(["api", "--quick", "--json", "--watchers", "5", "--rkube"])
+        .arg(&rkube)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut seen = HashSet::new();
+    for line in stdout.lines() {
+        let figure: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(figure["bench"], "api");
+        seen.insert(format!(
+            "{} {}",
+            figure["case"].as_str().unwrap(),
+            figure["metric"].as_str().unwrap()
+        ));
+    }
+    // Pod counts in case names depend on how fast the creates went.
+    for (prefix, suffix) in [
+        ("sqlite/server rss_idle", ""),
+        ("sqlite/create, 1000/s paced p99", ""),
+        ("sqlite/get p50", ""),
+        ("sqlite/list ", " pods p50"),
+        ("sqlite/list ", " pods page_of_500_p50"),
+        ("sqlite/server, ", " pods per_pod"),
+        ("sqlite/5 watchers lag_p99", ""),
+        ("sqlite/5 watchers events_missed", ""),
+    ] {
+        assert!(
+            seen.iter().any(|f| f.starts_with(prefix) && f.ends_with(suffix)),
+            "missing {prefix}…{suffix}: {seen:?}"
+        );
+    }
+}
