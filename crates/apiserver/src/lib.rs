@@ -11,6 +11,7 @@ mod discovery;
 mod filter;
 mod metrics;
 mod object;
+mod openapi;
 mod path;
 mod pods;
 mod query;
@@ -66,6 +67,7 @@ pub(crate) struct State {
     pub metrics: Arc<metrics::Metrics>,
     /// Every resource's objects in memory, for lists and watches.
     pub cache: Arc<cache::WatchCache>,
+    pub openapi: openapi::OpenApi,
     pub services: ServiceNetwork,
 }
 
@@ -83,6 +85,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let state = Arc::new(State {
         authenticator: Authenticator::new(config.tokens),
         cache,
+        openapi: openapi::OpenApi::build().map_err(|err| ServeError::Startup(err.message))?,
         store,
         metrics,
         services: config.services,

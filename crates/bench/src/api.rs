@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use http_body_util::BodyExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use rkube_testkit::RkubeServer;
@@ -168,21 +168,26 @@ pub async fn run(mut args: ApiArgs, json: bool) -> anyhow::Result<()> {
 
     // Fill to the stored count, then list: the whole list as raw bytes (what the server
     // and the wire cost, without the client's decoding), and a first page of 500.
-    fill(&pods, args.pods, args.clients).await?;
+    // In a namespace of their own, so the list holds exactly the pods asked for.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": "bench-list"}}))?;
+    namespaces.create(&PostParams::default(), &namespace).await?;
+    let listed: Api<Pod> = Api::namespaced(client.clone(), "bench-list");
+    fill(&listed, args.pods, args.clients).await?;
     let mut lists = Vec::new();
     let mut pages = Vec::new();
     let mut bytes = 0;
     for _ in 0..5 {
         let t = Instant::now();
-        bytes = raw_get(&client, "/api/v1/namespaces/default/pods").await?.len();
+        bytes = raw_get(&client, "/api/v1/namespaces/bench-list/pods").await?.len();
         lists.push(t.elapsed().as_secs_f64() * 1000.0);
         let t = Instant::now();
-        raw_get(&client, "/api/v1/namespaces/default/pods?limit=500").await?;
+        raw_get(&client, "/api/v1/namespaces/bench-list/pods?limit=500").await?;
         pages.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     lists.sort_by(f64::total_cmp);
     pages.sort_by(f64::total_cmp);
-    let count = pods.list_metadata(&ListParams::default()).await?.items.len();
+    let count = listed.list_metadata(&ListParams::default()).await?.items.len();
     let case = format!("list {count} pods");
     report.add(peer, &case, "p50", "ms", percentile(&lists, 50.0));
     report.add(peer, &case, "p99", "ms", percentile(&lists, 99.0));
@@ -190,8 +195,12 @@ pub async fn run(mut args: ApiArgs, json: bool) -> anyhow::Result<()> {
     report.add(peer, &case, "page_of_500_p50", "ms", percentile(&pages, 50.0));
 
     // Memory with many pods in the cache: what each one adds over the idle server.
-    fill(&pods, args.pods_memory, args.clients).await?;
-    let count = pods.list_metadata(&ListParams::default()).await?.items.len();
+    fill(&listed, args.pods_memory, args.clients).await?;
+    let count = Api::<Pod>::all(client.clone())
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .len();
     if let (Some(rss), Some(idle)) = (rss_mib(server.pid()), idle_rss) {
         let case = format!("server, {count} pods");
         report.add(peer, &case, "rss", "MiB", rss);

@@ -346,10 +346,28 @@ fn field_validation_strict_warn_ignore() {
     std::fs::write(&file, DEPLOYMENT_WITH_TYPO).unwrap();
     let path = file.to_str().unwrap();
 
-    // kubectl validates strictly by default: nothing is stored.
-    let err = fails(k.run(&["create", "-f", path]).unwrap());
+    // kubectl validates strictly by default, on the server once the OpenAPI v3 document of
+    // apps/v1 shows the PATCH operation with fieldValidation (no v2 fallback): nothing is
+    // stored. kubectl 1.27 decides the same way.
+    let err = fails(k.run(&["create", "-f", path, "-v=6"]).unwrap());
     assert!(
         err.contains(r#"strict decoding error: unknown field "spec.bogusField", unknown field "spec.template.spec.containers[0].imagePullPolice""#),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.contains("/openapi/v3/apis/apps/v1?hash=") && l.contains(r#"status="200 OK""#)),
+        "{err}"
+    );
+    assert!(!err.contains("/openapi/v2"), "{err}");
+    let err = fails(
+        server
+            .kubectl_binary("kubectl.1.27")
+            .run(&["create", "-f", path])
+            .unwrap(),
+    );
+    assert!(
+        err.contains(r#"strict decoding error: unknown field "spec.bogusField""#),
         "{err}"
     );
     assert!(fails(k.run(&["get", "deploy", "web"]).unwrap()).contains("NotFound"));
