@@ -232,6 +232,19 @@ pub fn columns(info: &ResourceInfo) -> Vec<Column> {
             c("Object", "string", 0),
             c("Message", "string", 0),
         ],
+        ("", "resourcequotas") => vec![NAME, AGE, c("Request", "string", 0), c("Limit", "string", 0)],
+        ("apps", "controllerrevisions") => vec![NAME, c("Controller", "string", 0), c("Revision", "integer", 0), AGE],
+        ("networking.k8s.io", "ingressclasses") => {
+            vec![NAME, c("Controller", "string", 0), c("Parameters", "string", 0), AGE]
+        }
+        ("networking.k8s.io", "networkpolicies") => vec![NAME, c("Pod-Selector", "string", 0), AGE],
+        ("discovery.k8s.io", "endpointslices") => vec![
+            NAME,
+            c("AddressType", "string", 0),
+            c("Ports", "string", 0),
+            c("Endpoints", "string", 0),
+            AGE,
+        ],
         _ => vec![NAME, CREATED_AT],
     }
 }
@@ -754,7 +767,106 @@ pub fn cells(info: &ResourceInfo, object: &Value, age: &dyn Fn(&str) -> String) 
                 json!(text(object, "/message").trim()),
             ]
         }
+        ("", "resourcequotas") => {
+            // Quota figures come from status (the quota controller fills it), in resource
+            // name order; `limits.*` go to the Limit column.
+            let hard = object.pointer("/status/hard").and_then(Value::as_object);
+            let (mut requests, mut limits) = (Vec::new(), Vec::new());
+            for (resource, quantity) in hard.into_iter().flatten() {
+                let used = object
+                    .pointer(&format!(
+                        "/status/used/{}",
+                        resource.replace('~', "~0").replace('/', "~1")
+                    ))
+                    .map_or("0".to_string(), quantity_text);
+                let entry = format!("{resource}: {used}/{}", quantity_text(quantity));
+                if resource.starts_with("limits.") {
+                    limits.push(entry);
+                } else {
+                    requests.push(entry);
+                }
+            }
+            vec![name, age_cell, json!(requests.join(", ")), json!(limits.join(", "))]
+        }
+        ("apps", "controllerrevisions") => {
+            let controller = list(object, "/metadata/ownerReferences")
+                .iter()
+                .find(|o| o.get("controller").and_then(Value::as_bool) == Some(true))
+                .map_or("<none>".to_string(), |owner| {
+                    let group = text(owner, "/apiVersion").rsplit_once('/').map_or("", |(g, _)| g);
+                    let kind = text(owner, "/kind").to_lowercase();
+                    let kind = if group.is_empty() {
+                        kind
+                    } else {
+                        format!("{kind}.{group}")
+                    };
+                    format!("{kind}/{}", text(owner, "/name"))
+                });
+            vec![name, json!(controller), json!(int(object, "/revision")), age_cell]
+        }
+        ("networking.k8s.io", "ingressclasses") => {
+            let parameters = match object.pointer("/spec/parameters") {
+                Some(p) if p.is_object() => {
+                    let group = match text(p, "/apiGroup") {
+                        "" => String::new(),
+                        group => format!(".{group}"),
+                    };
+                    format!("{}{group}/{}", text(p, "/kind"), text(p, "/name"))
+                }
+                _ => "<none>".to_string(),
+            };
+            vec![
+                name,
+                json!(text(object, "/spec/controller")),
+                json!(parameters),
+                age_cell,
+            ]
+        }
+        ("networking.k8s.io", "networkpolicies") => {
+            let selector = object
+                .pointer("/spec/podSelector")
+                .map(crate::selector::label_selector_text)
+                .unwrap_or_default();
+            vec![name, json!(or_none(selector)), age_cell]
+        }
+        ("discovery.k8s.io", "endpointslices") => {
+            let ports = list(object, "/ports").iter().map(|p| match p.get("port") {
+                Some(Value::Number(n)) => n.to_string(),
+                _ => match text(p, "/name") {
+                    "" => "*".to_string(),
+                    name => name.to_string(),
+                },
+            });
+            let addresses = list(object, "/endpoints")
+                .iter()
+                .flat_map(|e| list(e, "/addresses"))
+                .map(|a| a.as_str().unwrap_or_default().to_string());
+            vec![
+                name,
+                json!(text(object, "/addressType")),
+                json!(first_three(ports)),
+                json!(first_three(addresses)),
+                age_cell,
+            ]
+        }
         _ => vec![name, json!(created)],
+    }
+}
+
+/// Upstream's `listWithMoreString`: the first three, then how many more; `<unset>` if none.
+fn first_three(items: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = items.collect();
+    match items.len() {
+        0 => "<unset>".to_string(),
+        n if n > 3 => format!("{} + {} more...", items[..3].join(","), n - 3),
+        _ => items.join(","),
+    }
+}
+
+fn quantity_text(quantity: &Value) -> String {
+    match quantity {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -869,6 +981,67 @@ mod tests {
                 info.plural
             );
         }
+    }
+
+    #[test]
+    fn quotas_revisions_classes_policies_and_slices() {
+        let age = |_: &str| "1m".to_string();
+        let quota = json!({"metadata": {"name": "q"}, "status": {
+            "hard": {"pods": "10", "requests.cpu": "1", "limits.memory": "1Gi"},
+            "used": {"pods": "3"}}});
+        assert_eq!(
+            cells(find("", "v1", "resourcequotas").unwrap(), &quota, &age),
+            vec![
+                json!("q"),
+                json!("1m"),
+                json!("pods: 3/10, requests.cpu: 0/1"),
+                json!("limits.memory: 0/1Gi")
+            ]
+        );
+        let revision = json!({"metadata": {"name": "web-5d8f", "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "controller": true}]}, "revision": 3});
+        assert_eq!(
+            cells(find("apps", "v1", "controllerrevisions").unwrap(), &revision, &age),
+            vec![json!("web-5d8f"), json!("statefulset.apps/web"), json!(3), json!("1m")]
+        );
+        let class = json!({"metadata": {"name": "nginx"}, "spec": {"controller": "k8s.io/ingress-nginx",
+            "parameters": {"apiGroup": "k8s.example.com", "kind": "IngressParameters", "name": "external-lb"}}});
+        assert_eq!(
+            cells(find("networking.k8s.io", "v1", "ingressclasses").unwrap(), &class, &age)[1..3],
+            [
+                json!("k8s.io/ingress-nginx"),
+                json!("IngressParameters.k8s.example.com/external-lb")
+            ]
+        );
+        let policy = json!({"metadata": {"name": "deny"}, "spec": {"podSelector": {}}});
+        assert_eq!(
+            cells(
+                find("networking.k8s.io", "v1", "networkpolicies").unwrap(),
+                &policy,
+                &age
+            )[1],
+            json!("<none>")
+        );
+        let policy = json!({"metadata": {"name": "web"}, "spec": {"podSelector": {"matchLabels": {"app": "web"}}}});
+        assert_eq!(
+            cells(
+                find("networking.k8s.io", "v1", "networkpolicies").unwrap(),
+                &policy,
+                &age
+            )[1],
+            json!("app=web")
+        );
+        let slice = json!({"metadata": {"name": "web-abc"}, "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 80}, {"name": "metrics"}],
+            "endpoints": [{"addresses": ["10.42.0.1"]}, {"addresses": ["10.42.0.2", "10.42.0.3"]}, {"addresses": ["10.42.0.4"]}]});
+        assert_eq!(
+            cells(find("discovery.k8s.io", "v1", "endpointslices").unwrap(), &slice, &age)[1..4],
+            [
+                json!("IPv4"),
+                json!("80,metrics"),
+                json!("10.42.0.1,10.42.0.2,10.42.0.3 + 1 more...")
+            ]
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Deterministic mutation tests: seed inputs mutated by a fixed-seed generator must never
 //! panic the decoders, selectors, defaulting, validation or printers; they answer with
-//! values or errors. (Coverage-guided fuzzing with cargo-fuzz needs a nightly toolchain,
-//! which these machines cannot install; this corpus runs on stable in every test run.)
+//! values or errors. (The coverage-guided fuzz targets live in fuzz/, run by scripts/fuzz;
+//! their corpora are replayed by crates/apiserver/tests/fuzz_corpus.rs.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use rkube_api::selector::{FieldSelector, LabelSelector, label_selector_text};

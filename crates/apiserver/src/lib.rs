@@ -9,6 +9,8 @@ mod authn;
 mod cache;
 mod discovery;
 mod filter;
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 mod object;
 mod openapi;

@@ -130,7 +130,7 @@ pub(crate) async fn handle(
 }
 
 /// Decodes a create or update body: JSON (also when no type is given) or YAML.
-fn decode_body(content_type: Option<&str>, body: &[u8]) -> Result<Value, ApiError> {
+pub(crate) fn decode_body(content_type: Option<&str>, body: &[u8]) -> Result<Value, ApiError> {
     let value: Value = match content_type {
         None | Some("application/json" | "") => serde_json::from_slice(body)
             .map_err(|e| bad_request(format!("couldn't get version/kind; json parse error: {e}")))?,
@@ -159,7 +159,7 @@ fn decode_body(content_type: Option<&str>, body: &[u8]) -> Result<Value, ApiErro
 
 /// Checks an object against its type: type errors are 400; unknown fields are dropped and
 /// rejected, warned about or ignored as `fieldValidation` asks.
-fn decode_typed(
+pub(crate) fn decode_typed(
     info: &ResourceInfo,
     object: &Value,
     validation: FieldValidation,
@@ -190,13 +190,13 @@ async fn read_body_if_any(request: http::Request<hyper::body::Incoming>, method:
 }
 
 /// A merge or JSON patch body (strategic merge and apply patches come with issue 4).
-enum PatchBody {
+pub(crate) enum PatchBody {
     Merge(Value),
     Json(json_patch::Patch),
 }
 
 impl PatchBody {
-    fn decode(content_type: Option<&str>, body: &[u8]) -> Result<Self, ApiError> {
+    pub(crate) fn decode(content_type: Option<&str>, body: &[u8]) -> Result<Self, ApiError> {
         let decode_error = |e: serde_json::Error| bad_request(format!("error decoding patch: {e}"));
         match content_type {
             Some("application/merge-patch+json") => {
@@ -214,7 +214,7 @@ impl PatchBody {
         }
     }
 
-    fn apply(&self, target: &mut Value) -> Result<(), ApiError> {
+    pub(crate) fn apply(&self, target: &mut Value) -> Result<(), ApiError> {
         match self {
             Self::Merge(patch) => {
                 json_patch::merge(target, patch);
@@ -797,7 +797,7 @@ pub(crate) struct DeleteOptions {
 }
 
 impl DeleteOptions {
-    fn from(body: &[u8], query: &Query) -> Result<Self, ApiError> {
+    pub(crate) fn from(body: &[u8], query: &Query) -> Result<Self, ApiError> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Self::from_value(None, query);
         }
@@ -1416,82 +1416,4 @@ pub(crate) async fn ensure_system_namespaces(state: &State) -> Result<(), ApiErr
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod robustness {
-    //! Mutated paths, queries and bodies never panic the request parsers (see
-    //! crates/api/tests/robustness.rs for why this is not cargo-fuzz).
-    use super::*;
-
-    fn mutations(seed: &str, rounds: usize) -> Vec<Vec<u8>> {
-        let mut state: u64 = 0x5eed_0004;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let specials: &[&[u8]] = &[
-            b"",
-            b"%",
-            b"&",
-            b"=",
-            b"/",
-            b"\xff",
-            b"\x00",
-            b"{",
-            b"}",
-            b"[",
-            b"\"",
-            b":",
-            b"- ",
-            b"\n",
-            b"&&watch=true",
-            b"?",
-        ];
-        (0..rounds)
-            .map(|_| {
-                let mut bytes = seed.as_bytes().to_vec();
-                for _ in 0..=next() % 4 {
-                    let at = (next() as usize) % (bytes.len() + 1);
-                    match next() % 3 {
-                        0 => bytes
-                            .splice(at..at, specials[(next() as usize) % specials.len()].iter().copied())
-                            .for_each(drop),
-                        1 => bytes.truncate(at),
-                        _ => {
-                            let end = (at + (next() as usize) % 5).min(bytes.len());
-                            bytes.drain(at..end);
-                        }
-                    }
-                }
-                bytes
-            })
-            .collect()
-    }
-
-    #[test]
-    fn parsers_never_panic() {
-        for input in mutations("/apis/apps/v1/namespaces/default/deployments/web/scale", 5_000) {
-            let _ = crate::path::parse(&String::from_utf8_lossy(&input));
-        }
-        for input in mutations(
-            "watch=true&labelSelector=app%3Dweb&limit=500&resourceVersion=0&dryRun=All&fieldValidation=Strict",
-            5_000,
-        ) {
-            if let Ok(query) = Query::parse(Some(&String::from_utf8_lossy(&input))) {
-                drop(query.watch_from());
-            }
-        }
-        let json_body = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a"},"data":{"k":"v"}}"#;
-        let yaml_body = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  k: v\n";
-        for input in mutations(json_body, 5_000) {
-            drop(decode_body(Some("application/json"), &input));
-            drop(DeleteOptions::from(&input, &Query::default()));
-        }
-        for input in mutations(yaml_body, 3_000) {
-            drop(decode_body(Some("application/yaml"), &input));
-        }
-    }
 }
