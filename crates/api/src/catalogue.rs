@@ -32,6 +32,8 @@ pub struct ResourceInfo {
     pub subresources: &'static [Subresource],
     /// Where objects live in the store, as upstream lays out etcd (`/registry/<this>/...`).
     pub storage: &'static str,
+    /// For a version served by conversion: the (group, version) its objects are stored as.
+    pub stored_as: Option<(&'static str, &'static str)>,
 }
 
 impl ResourceInfo {
@@ -141,6 +143,7 @@ macro_rules! resource {
                 &[]
             },
             storage: $storage,
+            stored_as: None,
         }
     };
 }
@@ -247,9 +250,14 @@ static RESOURCES: &[ResourceInfo] = &[
         short: NONE, categories: ALL, storage: "jobs", status: true),
     resource!("batch", "v1", "CronJob", "cronjobs", "cronjob", Namespaced,
         short: &["cj"], categories: ALL, storage: "cronjobs", status: true),
-    // autoscaling/v2 (v1 shares its storage and waits for conversion)
+    // autoscaling/v2, and v1 converted to and from it
     resource!("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", Namespaced,
         short: &["hpa"], categories: ALL, storage: "horizontalpodautoscalers", status: true),
+    ResourceInfo {
+        stored_as: Some(("autoscaling", "v2")),
+        ..resource!("autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", Namespaced,
+            short: &["hpa"], categories: ALL, storage: "horizontalpodautoscalers", status: true)
+    },
     // networking.k8s.io/v1
     resource!("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", Namespaced,
         short: &["ing"], categories: NONE, storage: "ingress", status: true),
@@ -281,10 +289,23 @@ static RESOURCES: &[ResourceInfo] = &[
     // scheduling.k8s.io/v1
     resource!("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", "priorityclass", Cluster,
         short: &["pc"], categories: NONE, storage: "priorityclasses", status: false),
+    // events.k8s.io/v1, converted to and from core/v1 events
+    ResourceInfo {
+        stored_as: Some(("", "v1")),
+        ..resource!("events.k8s.io", "v1", "Event", "events", "event", Namespaced,
+            short: &["ev"], categories: NONE, storage: "events", status: false)
+    },
 ];
 
 pub fn resources() -> &'static [ResourceInfo] {
     RESOURCES
+}
+
+/// The version `info`'s objects are stored as: itself, unless it is served by conversion.
+pub fn storage_of(info: &'static ResourceInfo) -> &'static ResourceInfo {
+    info.stored_as
+        .and_then(|(group, version)| find(group, version, info.plural))
+        .unwrap_or(info)
 }
 
 /// The resource served at `group/version/plural`.
@@ -318,6 +339,16 @@ mod tests {
         let mut storage = HashSet::new();
         for r in resources() {
             assert!(plurals.insert((r.group, r.version, r.plural)), "{}", r.plural);
+            if r.stored_as.is_some() {
+                // Converted versions share their storage version's names and store.
+                let stored = storage_of(r);
+                assert!(
+                    stored.stored_as.is_none() && stored.storage == r.storage,
+                    "{}",
+                    r.plural
+                );
+                continue;
+            }
             assert!(storage.insert(r.storage), "{}", r.storage);
             for s in r.short_names {
                 assert!(shorts.insert(*s), "short name {s}");

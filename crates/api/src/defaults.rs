@@ -196,6 +196,7 @@ fn template(spec: &mut Map<String, Value>) {
 pub fn apply(info: &ResourceInfo, object: &mut Value) {
     match (info.group, info.kind) {
         ("", "Pod") => pod(object),
+        ("autoscaling", "HorizontalPodAutoscaler") => horizontal_pod_autoscaler(info.version, object),
         ("", "Service") => {
             let Some(spec) = object_at(object, &["spec"]) else {
                 return;
@@ -412,6 +413,49 @@ fn job_spec(spec: &mut Map<String, Value>) {
     };
     default(spec, "podReplacementPolicy", json!(replacement));
     template(spec);
+}
+
+/// minReplicas 1 in both versions; v2 also targets 80% CPU when no metric is given, and
+/// fills in the scaling rules of a `behavior` it is given.
+fn horizontal_pod_autoscaler(version: &str, object: &mut Value) {
+    let Some(spec) = object_at(object, &["spec"]) else {
+        return;
+    };
+    default(spec, "minReplicas", json!(1));
+    if version != "v2" {
+        return;
+    }
+    if spec.get("metrics").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+        spec.insert(
+            "metrics".into(),
+            json!([{"type": "Resource", "resource": {"name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": 80}}}]),
+        );
+    }
+    let Some(behavior) = spec.get_mut("behavior").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let up = behavior.entry("scaleUp").or_insert_with(|| json!({}));
+    if let Some(up) = up.as_object_mut() {
+        default(up, "stabilizationWindowSeconds", json!(0));
+        default(up, "selectPolicy", json!("Max"));
+        default(
+            up,
+            "policies",
+            json!([{"type": "Pods", "value": 4, "periodSeconds": 15},
+                   {"type": "Percent", "value": 100, "periodSeconds": 15}]),
+        );
+    }
+    let down = behavior.entry("scaleDown").or_insert_with(|| json!({}));
+    if let Some(down) = down.as_object_mut() {
+        default(down, "stabilizationWindowSeconds", json!(300));
+        default(down, "selectPolicy", json!("Max"));
+        default(
+            down,
+            "policies",
+            json!([{"type": "Percent", "value": 100, "periodSeconds": 15}]),
+        );
+    }
 }
 
 #[cfg(test)]

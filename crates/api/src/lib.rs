@@ -3,6 +3,7 @@
 //! for names and object metadata.
 
 pub mod catalogue;
+pub mod convert;
 pub mod defaults;
 pub mod names;
 pub mod printers;
@@ -10,4 +11,4 @@ pub mod selector;
 pub mod typed;
 pub mod validation;
 
-pub use catalogue::{ResourceInfo, Scope, Subresource, find, group_versions, resources};
+pub use catalogue::{ResourceInfo, Scope, Subresource, find, group_versions, resources, storage_of};

@@ -6,7 +6,7 @@
 //! (they are what upstream's Go decoding drops), reported as upstream words them.
 
 use k8s_openapi::api::{
-    apps, autoscaling, batch, coordination, core, discovery, networking, policy, rbac, scheduling, storage,
+    apps, autoscaling, batch, coordination, core, discovery, events, networking, policy, rbac, scheduling, storage,
 };
 use serde_json::Value;
 
@@ -77,6 +77,8 @@ typed_kinds! {
     ("batch", "v1", "Job") => batch::v1::Job,
     ("batch", "v1", "CronJob") => batch::v1::CronJob,
     ("autoscaling", "v2", "HorizontalPodAutoscaler") => autoscaling::v2::HorizontalPodAutoscaler,
+    ("autoscaling", "v1", "HorizontalPodAutoscaler") => autoscaling::v1::HorizontalPodAutoscaler,
+    ("events.k8s.io", "v1", "Event") => events::v1::Event,
     ("networking.k8s.io", "v1", "Ingress") => networking::v1::Ingress,
     ("networking.k8s.io", "v1", "IngressClass") => networking::v1::IngressClass,
     ("networking.k8s.io", "v1", "NetworkPolicy") => networking::v1::NetworkPolicy,

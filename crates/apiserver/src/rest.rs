@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use rkube_api::names::{name_rule, validate_name};
-use rkube_api::{ResourceInfo, defaults, find, typed, validation};
+use rkube_api::{ResourceInfo, convert, defaults, find, typed, validation};
 use rkube_store::{ContinueToken, RangeRequest, StoreError};
 use serde_json::{Value, json};
 
@@ -71,29 +71,33 @@ pub(crate) async fn handle(
         return Err(ApiError::not_found_path(request.uri().path()));
     }
     let ns = path.namespace;
+    // Objects are handled as their storage version stores them, and shown in the request's.
+    let storage = rkube_api::storage_of(info);
     match (&method, path.name) {
         (&Method::GET, None) if query.watch => watch::serve(state, info, ns, &query, table).await,
         (&Method::GET, None) => list(state, info, ns, &query, table).await,
         (&Method::GET, Some(name)) => {
-            let object = get(state, info, ns, name).await?;
-            Ok(respond(StatusCode::OK, info, &object, &query, table))
+            let object = get(state, storage, ns, name).await?;
+            Ok(respond(StatusCode::OK, info, object, &query, table))
         }
         (&Method::POST, None) if ns.is_some() || !info.namespaced() => {
             let body = read_body(request).await?;
             let object = decode_body(content_type.as_deref(), &body)?;
             let mut warnings = Vec::new();
-            let write = Write::new(&query, &mut warnings);
-            let (code, object) = create(state, info, ns, object, write).await?;
-            Ok(with_warnings(respond(code, info, &object, &query, false), &warnings))
+            let mut write = Write::new(&query, &mut warnings);
+            let object = body_to_storage(info, object, &mut write)?;
+            let (code, object) = create(state, storage, ns, object, write).await?;
+            Ok(with_warnings(respond(code, info, object, &query, false), &warnings))
         }
         (&Method::PUT, Some(name)) => {
             let body = read_body(request).await?;
             let object = decode_body(content_type.as_deref(), &body)?;
             let mut warnings = Vec::new();
-            let write = Write::new(&query, &mut warnings);
-            let object = update(state, (info, ns, name), object, status_only, write).await?;
+            let mut write = Write::new(&query, &mut warnings);
+            let object = body_to_storage(info, object, &mut write)?;
+            let object = update(state, (storage, ns, name), object, status_only, write).await?;
             Ok(with_warnings(
-                respond(StatusCode::OK, info, &object, &query, false),
+                respond(StatusCode::OK, info, object, &query, false),
                 &warnings,
             ))
         }
@@ -111,7 +115,7 @@ pub(crate) async fn handle(
             )
             .await?;
             Ok(with_warnings(
-                respond(StatusCode::OK, info, &object, &query, false),
+                respond(StatusCode::OK, info, object, &query, false),
                 &warnings,
             ))
         }
@@ -373,15 +377,37 @@ fn with_warnings(mut response: Response<Body>, warnings: &[String]) -> Response<
     response
 }
 
-fn respond(code: StatusCode, info: &ResourceInfo, object: &Value, query: &Query, table: bool) -> Response<Body> {
+/// A stored object as the response to a request of `info`'s version: converted, or as a
+/// Table row (printed from the stored object, as upstream prints the internal one).
+fn respond(code: StatusCode, info: &'static ResourceInfo, object: Value, query: &Query, table: bool) -> Response<Body> {
     if table {
-        let resource_version = meta_str(object, "resourceVersion").unwrap_or_default().to_string();
+        let resource_version = meta_str(&object, "resourceVersion").unwrap_or_default().to_string();
         return json_response(
             code,
-            &table::table(info, std::slice::from_ref(object), &resource_version, None, query, true),
+            &table::table(
+                rkube_api::storage_of(info),
+                std::slice::from_ref(&object),
+                &resource_version,
+                None,
+                query,
+                true,
+            ),
         );
     }
-    json_response(code, object)
+    json_response(code, &convert::from_storage(info, object))
+}
+
+/// A body written to a version served by conversion, as its storage version stores it. It
+/// is checked against the request's own type first, so type errors and unknown fields are
+/// named as the client wrote them.
+fn body_to_storage(info: &ResourceInfo, object: Value, write: &mut Write<'_>) -> Result<Value, ApiError> {
+    if info.stored_as.is_none() {
+        return Ok(object);
+    }
+    let mut object = object;
+    check_kind(info, &mut object)?;
+    let decoded = decode_typed(info, &object, write.validation, write.warnings)?;
+    Ok(convert::to_storage(info, decoded))
 }
 
 /// The body's kind and apiVersion must be the resource's; missing ones are taken from the
@@ -751,7 +777,7 @@ async fn update(
 
 async fn patch(
     state: &State,
-    (info, ns, name): (&ResourceInfo, Option<&str>, &str),
+    (info, ns, name): (&'static ResourceInfo, Option<&str>, &str),
     content_type: Option<&str>,
     body: &[u8],
     status_only: bool,
@@ -759,17 +785,22 @@ async fn patch(
 ) -> Result<Value, ApiError> {
     let dry_run = write.dry_run;
     let patch = PatchBody::decode(content_type, body)?;
+    // The patch applies to the object as the request's version shows it.
+    let view = info;
+    let info = rkube_api::storage_of(view);
     let mut attempt = 0;
     loop {
         attempt += 1;
         let (current, revision) = current_with_revision(state, info, ns, name).await?;
-        let mut patched = current.clone();
+        let shown = convert::from_storage(view, current.clone());
+        let mut patched = shown.clone();
         patch.apply(&mut patched)?;
-        if !patched.is_object() || patched.get("kind") != current.get("kind") {
+        if !patched.is_object() || patched.get("kind") != shown.get("kind") {
             return Err(bad_request("a patch may not change the object's kind"));
         }
         let mut warnings = Vec::new();
-        let patched = decode_typed(info, &patched, write.validation, &mut warnings)?;
+        let patched = decode_typed(view, &patched, write.validation, &mut warnings)?;
+        let patched = convert::to_storage(view, patched);
         // A resourceVersion the patch sets is a precondition; otherwise retry on conflicts.
         let pinned = meta_str(&patched, "resourceVersion") != meta_str(&current, "resourceVersion");
         let expected = expected_revision(info, name, &patched, revision)?;
@@ -958,12 +989,19 @@ async fn delete_one(
 
 async fn delete(
     state: &State,
-    info: &ResourceInfo,
+    info: &'static ResourceInfo,
     ns: Option<&str>,
     name: &str,
     options: &DeleteOptions,
 ) -> Result<Response<Body>, ApiError> {
-    let (code, body) = delete_one(state, info, ns, name, options).await?;
+    let storage = rkube_api::storage_of(info);
+    let (code, body) = delete_one(state, storage, ns, name, options).await?;
+    // The object itself (deletion pending) in the request's version; a Status as it is.
+    let body = if body.get("kind").and_then(Value::as_str) == Some(storage.kind) {
+        convert::from_storage(info, body)
+    } else {
+        body
+    };
     Ok(json_response(code, &body))
 }
 
@@ -1139,7 +1177,7 @@ async fn list_from_cache(
 
 async fn list(
     state: &State,
-    info: &ResourceInfo,
+    info: &'static ResourceInfo,
     ns: Option<&str>,
     query: &Query,
     table: bool,
@@ -1172,8 +1210,28 @@ async fn list(
         let items = page.items.iter().map(|o| o.value()).collect::<Result<Vec<_>, _>>()?;
         return Ok(json_response(
             StatusCode::OK,
-            &table::table(info, &items, &revision, page.continue_token.as_deref(), query, true),
+            &table::table(
+                rkube_api::storage_of(info),
+                &items,
+                &revision,
+                page.continue_token.as_deref(),
+                query,
+                true,
+            ),
         ));
+    }
+    let mut page = page;
+    if info.stored_as.is_some() {
+        page.items = page
+            .items
+            .iter()
+            .map(|o| {
+                Ok(std::sync::Arc::new(cache::Cached::new(
+                    info,
+                    &convert::from_storage(info, o.value()?),
+                )?))
+            })
+            .collect::<Result<_, ApiError>>()?;
     }
     let mut metadata = json!({"resourceVersion": revision});
     if let Some(token) = page.continue_token {
@@ -1212,12 +1270,13 @@ fn splice_items<'a>(head: &Value, items: impl Iterator<Item = &'a [u8]> + Clone)
 
 async fn delete_collection(
     state: &State,
-    info: &ResourceInfo,
+    info: &'static ResourceInfo,
     ns: Option<&str>,
     query: &Query,
     options: &DeleteOptions,
 ) -> Result<Response<Body>, ApiError> {
     let filter = Filter::from_query(info, query)?;
+    let (view, info) = (info, rkube_api::storage_of(info));
     let unpaged = Query {
         limit: None,
         continue_token: None,
@@ -1229,7 +1288,7 @@ async fn delete_collection(
         let name = meta_str(&object, "name").unwrap_or_default().to_string();
         let object_ns = meta_str(&object, "namespace").map(str::to_string);
         match delete_one(state, info, object_ns.as_deref(), &name, options).await {
-            Ok(_) => deleted.push(object),
+            Ok(_) => deleted.push(convert::from_storage(view, object)),
             // Deleted by someone else meanwhile: the collection is still gone.
             Err(err) if err.reason == "NotFound" => {}
             Err(err) => return Err(err),
@@ -1238,8 +1297,8 @@ async fn delete_collection(
     Ok(json_response(
         StatusCode::OK,
         &json!({
-            "kind": format!("{}List", info.kind),
-            "apiVersion": info.api_version(),
+            "kind": format!("{}List", view.kind),
+            "apiVersion": view.api_version(),
             "metadata": {"resourceVersion": page.revision.to_string()},
             "items": deleted,
         }),

@@ -54,10 +54,15 @@ struct Encoder {
 impl Encoder {
     /// An event carrying an encoded object: as it is, or as a Table row.
     fn object(&mut self, kind: &str, json: &[u8]) -> Bytes {
-        if !self.table {
+        if !self.table && self.info.stored_as.is_none() {
             return event_line(kind, json);
         }
         let object: Value = serde_json::from_slice(json).unwrap_or_default();
+        if !self.table {
+            // A version served by conversion: this watch's own line.
+            let shown = rkube_api::convert::from_storage(self.info, object);
+            return event_line(kind, &serde_json::to_vec(&shown).unwrap_or_default());
+        }
         let rv = object
             .pointer("/metadata/resourceVersion")
             .and_then(Value::as_str)
@@ -67,7 +72,7 @@ impl Encoder {
             ..Query::default()
         };
         let table = table::table(
-            self.info,
+            rkube_api::storage_of(self.info),
             std::slice::from_ref(&object),
             rv,
             None,
@@ -84,7 +89,7 @@ impl Encoder {
             return None;
         }
         let line = decoded.classify(filter)?;
-        Some(if self.table {
+        Some(if self.table || self.info.stored_as.is_some() {
             self.object(line.event_type(), decoded.object_json(line))
         } else {
             // Shared by every watcher that needs the same line.
