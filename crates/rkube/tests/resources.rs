@@ -849,3 +849,112 @@ fn run_describe_expose_wait_and_propagation() {
         assert!(fails(k.run(&["get", "pod", "web"]).unwrap()).contains("NotFound"));
     }
 }
+
+/// `kubectl get` in every output format, by kubectl 1.33 and 1.27.
+#[test]
+fn get_prints_every_output_format() {
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    let deployment = DEPLOYMENT_WITH_TYPO
+        .replace("  bogusField: true\n", "")
+        .replace("        imagePullPolice: Always\n", "");
+    ok(apply_file(
+        &server.kubectl(),
+        dir.path(),
+        "d.yaml",
+        &deployment,
+        "create",
+    ));
+    ok(apply_file(
+        &server.kubectl(),
+        dir.path(),
+        "cm.yaml",
+        CONFIGMAP,
+        "create",
+    ));
+    std::fs::write(
+        dir.path().join("columns.txt"),
+        "NAME REPLICAS\n.metadata.name .spec.replicas\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("path.txt"), "{.items[*].spec.replicas}").unwrap();
+    std::fs::write(
+        dir.path().join("template.txt"),
+        "{{range .items}}<{{.metadata.name}}>{{end}}",
+    )
+    .unwrap();
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    for binary in ["kubectl", "kubectl.1.27"] {
+        let k = server.kubectl_binary(binary);
+        let get = |args: &[&str]| ok(k.run(&[&["get"], args].concat()).unwrap());
+        let table = get(&["deploy"]);
+        assert!(
+            table.starts_with("NAME   READY   UP-TO-DATE   AVAILABLE   AGE"),
+            "{binary}: {table}"
+        );
+        assert!(table.contains("web    0/2"), "{binary}: {table}");
+        let wide = get(&["deploy", "-o", "wide"]);
+        assert!(
+            wide.contains("CONTAINERS   IMAGES       SELECTOR") && wide.contains("nginx:1.27   app=web"),
+            "{binary}: {wide}"
+        );
+        let yaml = get(&["deploy", "web", "-o", "yaml"]);
+        assert!(
+            yaml.contains("kind: Deployment") && yaml.contains("  replicas: 2"),
+            "{binary}: {yaml}"
+        );
+        let list: Value = serde_json::from_str(&get(&["deploy,cm", "-o", "json"])).unwrap();
+        assert_eq!(list["kind"], "List");
+        assert!(list["items"].as_array().unwrap().len() >= 2, "{binary}: {list}");
+        assert_eq!(get(&["deploy", "-o", "name"]), "deployment.apps/web\n");
+        let columns = get(&[
+            "deploy",
+            "-o",
+            "custom-columns=NAME:.metadata.name,REPLICAS:.spec.replicas",
+        ]);
+        assert_eq!(columns, "NAME   REPLICAS\nweb    2\n", "{binary}");
+        let from_file = get(&["deploy", "-o", &format!("custom-columns-file={}", file("columns.txt"))]);
+        assert_eq!(from_file, "NAME   REPLICAS\nweb    2\n", "{binary}");
+        assert_eq!(get(&["deploy", "-o", "jsonpath={.items[*].metadata.name}"]), "web");
+        assert_eq!(
+            get(&["deploy", "-o", &format!("jsonpath-file={}", file("path.txt"))]),
+            "2"
+        );
+        let as_json = get(&["deploy", "-o", "jsonpath-as-json={.items[*].metadata.name}"]);
+        assert_eq!(
+            serde_json::from_str::<Value>(&as_json).unwrap(),
+            serde_json::json!(["web"])
+        );
+        assert_eq!(
+            get(&[
+                "deploy",
+                "-o",
+                "go-template={{range .items}}<{{.metadata.name}}>{{end}}"
+            ]),
+            "<web>"
+        );
+        assert_eq!(
+            get(&["deploy", "-o", &format!("go-template-file={}", file("template.txt"))]),
+            "<web>"
+        );
+        assert_eq!(get(&["deploy", "web", "-o", "template={{.spec.replicas}}"]), "2");
+        let labelled = get(&["cm", "web-config", "--show-labels", "-L", "tier"]);
+        assert!(
+            labelled.contains("TIER") && labelled.contains("app=web,tier=front"),
+            "{binary}: {labelled}"
+        );
+        let everywhere = get(&["cm", "-A", "--no-headers", "--sort-by=.metadata.name"]);
+        assert!(
+            everywhere
+                .lines()
+                .any(|l| l.starts_with("default ") && l.contains("web-config")),
+            "{binary}: {everywhere}"
+        );
+        assert!(!everywhere.contains("NAMESPACE"));
+        let kinds = get(&["deploy,cm", "--show-kind"]);
+        assert!(
+            kinds.contains("deployment.apps/web") && kinds.contains("configmap/web-config"),
+            "{binary}: {kinds}"
+        );
+    }
+}
