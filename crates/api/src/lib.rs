@@ -7,6 +7,7 @@ pub mod convert;
 pub mod defaults;
 pub mod names;
 pub mod printers;
+pub mod quantity;
 pub mod selector;
 pub mod typed;
 pub mod validation;

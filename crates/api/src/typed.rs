@@ -13,7 +13,10 @@ use serde_json::Value;
 use crate::ResourceInfo;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{kind} in version \"{version}\" cannot be handled as a {kind}: {path}: {message}")]
+#[error(
+    "{kind} in version \"{version}\" cannot be handled as a {kind}: {}{message}",
+    if path.is_empty() { String::new() } else { format!("{path}: ") }
+)]
 pub struct DecodeError {
     pub kind: String,
     pub version: String,
@@ -38,7 +41,16 @@ macro_rules! typed_kinds {
             let result = match (info.group, info.version, info.kind) {
                 $( ($group, $version, $kind) => roundtrip_as::<$ty>(value), )*
                 _ => Ok(value.clone()),
-            };
+            }
+            .and_then(|decoded| {
+                // Go decodes quantities into numbers, so a malformed one fails the decode
+                // (without a path, as upstream words it).
+                if quantities_ok(&decoded) {
+                    Ok(decoded)
+                } else {
+                    Err((String::new(), crate::quantity::SYNTAX_MESSAGE.to_string()))
+                }
+            });
             result.map_err(|(path, message)| DecodeError {
                 kind: info.kind.to_string(),
                 version: info.version.to_string(),
@@ -93,6 +105,47 @@ typed_kinds! {
     ("scheduling.k8s.io", "v1", "PriorityClass") => scheduling::v1::PriorityClass,
 }
 
+/// Maps of resource name to quantity, wherever they occur in an object (container
+/// resources, pod overhead, node and volume capacity, quotas, limit ranges).
+const QUANTITY_MAPS: &[&str] = &[
+    "requests",
+    "limits",
+    "capacity",
+    "allocatable",
+    "allocatedResources",
+    "hard",
+    "used",
+    "overhead",
+    "max",
+    "min",
+    "default",
+    "defaultRequest",
+    "maxLimitRequestRatio",
+];
+/// Single quantities by field name.
+const QUANTITY_FIELDS: &[&str] = &["sizeLimit", "averageValue"];
+
+fn quantities_ok(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => map.iter().all(|(key, child)| {
+            let key = key.as_str();
+            let quantity = |v: &Value| v.as_str().is_none_or(|q| crate::quantity::parse(q).is_some());
+            if QUANTITY_FIELDS.contains(&key) && child.is_string() {
+                quantity(child)
+            } else if QUANTITY_MAPS.contains(&key)
+                && let Some(entries) = child.as_object()
+                && entries.values().all(Value::is_string)
+            {
+                entries.values().all(quantity)
+            } else {
+                quantities_ok(child)
+            }
+        }),
+        Value::Array(items) => items.iter().all(quantities_ok),
+        _ => true,
+    }
+}
+
 /// Fields of `input` that `decoded` lost, as upstream names them (`spec.bogusField`,
 /// `spec.containers[0].bogus`), in document order.
 pub fn unknown_fields(input: &Value, decoded: &Value) -> Vec<String> {
@@ -131,6 +184,27 @@ fn walk(input: &Value, decoded: &Value, path: String, out: &mut Vec<String>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn malformed_quantities_fail_the_decode() {
+        let pods = crate::find("", "v1", "pods").unwrap();
+        let pod = |cpu: &str| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [
+                {"name": "a", "image": "x", "resources": {"requests": {"cpu": cpu}}}]}})
+        };
+        assert!(roundtrip(pods, &pod("250m")).is_ok());
+        let err = roundtrip(pods, &pod("lots")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "Pod in version \"v1\" cannot be handled as a Pod: {}",
+                crate::quantity::SYNTAX_MESSAGE
+            )
+        );
+        let env_named_like_a_quantity = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
+            "data": {"limits": "none", "requests": "many"}});
+        assert!(roundtrip(crate::find("", "v1", "configmaps").unwrap(), &env_named_like_a_quantity).is_ok());
+    }
 
     fn deployments() -> &'static ResourceInfo {
         crate::find("apps", "v1", "deployments").unwrap()

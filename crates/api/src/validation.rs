@@ -184,6 +184,28 @@ fn containers(spec: &Value, path: &str, list: &str, required: bool, errors: &mut
                 Problem::Required(String::new()),
             ));
         }
+        let requests = c.pointer("/resources/requests").and_then(Value::as_object);
+        let limits = c.pointer("/resources/limits").and_then(Value::as_object);
+        for (resource, request) in requests.into_iter().flatten() {
+            let limit = limits.and_then(|l| l.get(resource)).and_then(Value::as_str);
+            let request = request.as_str().unwrap_or_default();
+            let exceeds = match (crate::quantity::parse(request), limit.and_then(crate::quantity::parse)) {
+                (Some(request), Some(limit)) => request > limit,
+                _ => false,
+            };
+            if exceeds {
+                errors.push(FieldError::new(
+                    format!("{here}.resources.requests"),
+                    Problem::Invalid(
+                        quoted(request),
+                        format!(
+                            "must be less than or equal to {resource} limit of {}",
+                            limit.unwrap_or_default()
+                        ),
+                    ),
+                ));
+            }
+        }
         for (j, port) in c
             .get("ports")
             .and_then(Value::as_array)
@@ -360,6 +382,16 @@ pub fn validate(info: &ResourceInfo, object: &Value) -> Vec<FieldError> {
     metadata(object, &mut errors);
     const ALWAYS: &[&str] = &["Always"];
     const JOB: &[&str] = &["OnFailure", "Never"];
+    // (Workloads with a selector check theirs with the selector.)
+    if (info.group, info.kind) == ("", "ReplicationController")
+        && let Some(replicas) = object.pointer("/spec/replicas").and_then(Value::as_i64)
+        && replicas < 0
+    {
+        errors.push(FieldError::new(
+            "spec.replicas",
+            Problem::Invalid(replicas.to_string(), "must be greater than or equal to 0".into()),
+        ));
+    }
     match (info.group, info.kind) {
         ("", "Pod") => pod_spec(
             object.get("spec"),
@@ -466,6 +498,27 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn requests_within_limits_and_replicas_not_negative() {
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"restartPolicy": "Always", "containers": [
+            {"name": "a", "image": "x", "resources": {"requests": {"cpu": "2", "memory": "64Mi"},
+                                                      "limits": {"cpu": "1", "memory": "1Gi"}}}]}});
+        assert_eq!(
+            texts(&validate(find("", "v1", "pods").unwrap(), &pod)),
+            vec![
+                r#"spec.containers[0].resources.requests: Invalid value: "2": must be less than or equal to cpu limit of 1"#
+            ]
+        );
+        let controller = json!({"metadata": {"name": "d"}, "spec": {"replicas": -1}});
+        assert_eq!(
+            texts(&validate(
+                find("", "v1", "replicationcontrollers").unwrap(),
+                &controller
+            )),
+            vec!["spec.replicas: Invalid value: -1: must be greater than or equal to 0"]
+        );
     }
 
     #[test]

@@ -653,6 +653,31 @@ fn validation_errors_name_each_field() {
         err.contains("spec.template.spec.containers[1].image: Required value"),
         "{err}"
     );
+    // Quantities: malformed ones fail the decode, requests may not exceed limits.
+    let bad_quantity = good.replace(
+        "        image: nginx:1.27
+",
+        "        image: nginx:1.27
+        resources: {requests: {cpu: lots}}
+",
+    );
+    let err = fails(apply_file(&k, dir.path(), "quantity.yaml", &bad_quantity, "create"));
+    assert!(
+        err.contains("Deployment in version \"v1\" cannot be handled as a Deployment: quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"),
+        "{err}"
+    );
+    let over_limit = good.replace(
+        "        image: nginx:1.27
+",
+        "        image: nginx:1.27
+        resources: {requests: {memory: 2Gi}, limits: {memory: 1Gi}}
+",
+    );
+    let err = fails(apply_file(&k, dir.path(), "limit.yaml", &over_limit, "create"));
+    assert!(
+        err.contains(r#"spec.template.spec.containers[0].resources.requests: Invalid value: "2Gi": must be less than or equal to memory limit of 1Gi"#),
+        "{err}"
+    );
     assert!(
         fails(k.run(&["get", "deploy", "web"]).unwrap()).contains("NotFound"),
         "nothing stored"
