@@ -237,6 +237,20 @@ struct Snapshot {
     progress_sent: i64,
 }
 
+impl Snapshot {
+    /// Objects just loaded at `revision`, with no history and a channel of their own.
+    fn loaded(objects: BTreeMap<String, Arc<Cached>>, revision: i64) -> Self {
+        Self {
+            objects,
+            revision,
+            history: VecDeque::new(),
+            history_after: revision,
+            sender: broadcast::channel(FEED_BUFFER).0,
+            progress_sent: revision,
+        }
+    }
+}
+
 struct Resource {
     info: &'static ResourceInfo,
     prefix: String,
@@ -304,14 +318,7 @@ impl WatchCache {
             resources.push(Resource {
                 info,
                 prefix,
-                snapshot: RwLock::new(Snapshot {
-                    objects,
-                    revision,
-                    history: VecDeque::new(),
-                    history_after: revision,
-                    sender: broadcast::channel(FEED_BUFFER).0,
-                    progress_sent: revision,
-                }),
+                snapshot: RwLock::new(Snapshot::loaded(objects, revision)),
             });
         }
         tracing::info!(
@@ -524,15 +531,7 @@ impl WatchCache {
         let revision = self.store.current_revision().await.map_err(general_store_error)?;
         for resource in &self.resources {
             let objects = load(&self.store, resource.info, &resource.prefix, revision).await?;
-            let mut snapshot = resource.write();
-            *snapshot = Snapshot {
-                objects,
-                revision,
-                history: VecDeque::new(),
-                history_after: revision,
-                sender: broadcast::channel(FEED_BUFFER).0,
-                progress_sent: revision,
-            };
+            *resource.write() = Snapshot::loaded(objects, revision);
         }
         self.seen.send_replace(revision);
         Ok(revision)

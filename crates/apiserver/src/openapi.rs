@@ -304,6 +304,20 @@ impl Operations<'_> {
         op
     }
 
+    /// A POST that creates (objects, bindings, evictions).
+    fn create_operation(&self, id: String, kind: (&str, &str, &str)) -> Map<String, Value> {
+        let mut op = self.operation(id, "post", kind, write_parameters(false));
+        op.insert(
+            "requestBody".into(),
+            json!({"content": object_content(&["*/*"]), "required": true}),
+        );
+        op.insert(
+            "responses".into(),
+            responses(&[("200", "OK"), ("201", "Created"), ("202", "Accepted")]),
+        );
+        op
+    }
+
     /// Operations on the collection, the object and its subresources.
     fn add_paths(&self, paths: &mut Map<String, Value>) {
         let info = self.info;
@@ -339,16 +353,10 @@ impl Operations<'_> {
             ops.insert("get".into(), Value::Object(op));
         }
         if has("create") {
-            let mut op = self.operation(id("create", ""), "post", kind, write_parameters(false));
-            op.insert(
-                "requestBody".into(),
-                json!({"content": object_content(&["*/*"]), "required": true}),
+            ops.insert(
+                "post".into(),
+                Value::Object(self.create_operation(id("create", ""), kind)),
             );
-            op.insert(
-                "responses".into(),
-                responses(&[("200", "OK"), ("201", "Created"), ("202", "Accepted")]),
-            );
-            ops.insert("post".into(), Value::Object(op));
         }
         if has("deletecollection") {
             let mut parameters = delete_parameters();
@@ -453,17 +461,11 @@ impl Operations<'_> {
         match sub.name {
             "status" | "scale" => Some(self.object_operations(path_parameters, kind, id, &suffix, sub.verbs)),
             "binding" | "eviction" => {
-                let mut op = self.operation(id("create", &suffix), "post", kind, write_parameters(false));
-                op.insert(
-                    "requestBody".into(),
-                    json!({"content": object_content(&["*/*"]), "required": true}),
-                );
-                op.insert(
-                    "responses".into(),
-                    responses(&[("200", "OK"), ("201", "Created"), ("202", "Accepted")]),
-                );
                 let mut ops = Map::new();
-                ops.insert("post".into(), Value::Object(op));
+                ops.insert(
+                    "post".into(),
+                    Value::Object(self.create_operation(id("create", &suffix), kind)),
+                );
                 ops.insert("parameters".into(), Value::Array(path_parameters.to_vec()));
                 Some(ops)
             }

@@ -9,25 +9,31 @@ fn bench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rkube-bench"))
 }
 
+/// The figures a successful `--json` run printed, as "case metric"; each line one figure.
+fn figures(out: &std::process::Output, bench: &str) -> HashSet<String> {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut seen = HashSet::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let figure: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(figure["bench"], bench);
+        assert!(figure["unit"].is_string());
+        assert!(figure["value"].is_number(), "{line}");
+        seen.insert(format!(
+            "{} {}",
+            figure["case"].as_str().unwrap(),
+            figure["metric"].as_str().unwrap()
+        ));
+    }
+    seen
+}
+
 #[test]
 fn store_bench_prints_one_json_object_per_figure() {
     let out = bench()
         .args(["store", "--quick", "--json", "--backends", "sqlite", "--watchers", "10"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let mut seen = HashSet::new();
-    for line in stdout.lines() {
-        let figure: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
-        assert_eq!(figure["bench"], "store");
-        assert!(figure["unit"].is_string());
-        assert!(figure["value"].is_number(), "{line}");
-        seen.insert((
-            figure["case"].as_str().unwrap().to_string(),
-            figure["metric"].as_str().unwrap().to_string(),
-        ));
-    }
+    let seen = figures(&out, "store");
     for (case, metric) in [
         ("sqlite/1 client", "creates_per_sec"),
         ("sqlite/16 clients", "creates_per_sec"),
@@ -39,7 +45,7 @@ fn store_bench_prints_one_json_object_per_figure() {
         ("sqlite/churn 5000 updates", "disk_after"),
     ] {
         assert!(
-            seen.contains(&(case.to_string(), metric.to_string())),
+            seen.contains(&format!("{case} {metric}")),
             "missing {case} {metric}: {seen:?}"
         );
     }
@@ -68,18 +74,7 @@ fn api_bench_reports_every_figure() {
         .arg(&rkube)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let mut seen = HashSet::new();
-    for line in stdout.lines() {
-        let figure: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
-        assert_eq!(figure["bench"], "api");
-        seen.insert(format!(
-            "{} {}",
-            figure["case"].as_str().unwrap(),
-            figure["metric"].as_str().unwrap()
-        ));
-    }
+    let seen = figures(&out, "api");
     // Pod counts in case names depend on how fast the creates went.
     for (prefix, suffix) in [
         ("sqlite/server rss_idle", ""),
