@@ -74,24 +74,34 @@ fn cluster_ips_and_node_ports() {
         assert!((30000..=32767).contains(&node_port));
     }
 
+    // A port none of them got at random, for the requests below that name one.
+    let spare = (30900..32767).find(|p| !ports.contains(p)).unwrap();
+    let port = (30000..30900).find(|p| !ports.contains(p)).unwrap();
+    let ip = (2..255)
+        .map(|i| format!("10.43.0.{i}"))
+        .find(|ip| !ips.contains(ip.as_str()))
+        .unwrap();
+
     // Requested values: honoured when free, refused with upstream's words otherwise.
-    let fixed_yaml = "apiVersion: v1\nkind: Service\nmetadata:\n  name: fixed\nspec:\n  type: NodePort\n  clusterIP: 10.43.0.53\n  ports:\n  - port: 80\n    nodePort: 30053\n";
-    ok(create(&k, dir.path(), "fixed", fixed_yaml));
+    let fixed_yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: fixed\nspec:\n  type: NodePort\n  clusterIP: {ip}\n  ports:\n  - port: 80\n    nodePort: {port}\n"
+    );
+    ok(create(&k, dir.path(), "fixed", &fixed_yaml));
     let fixed = get_json(&k, &["get", "svc", "fixed"]);
     assert_eq!(
         (
             fixed["spec"]["clusterIP"].as_str(),
             fixed["spec"]["ports"][0]["nodePort"].as_i64()
         ),
-        (Some("10.43.0.53"), Some(30053))
+        (Some(ip.as_str()), Some(port))
     );
     let err = fails(create(
         &k,
         dir.path(),
         "clash",
-        &service("clash", "  clusterIP: 10.43.0.53\n"),
+        &service("clash", &format!("  clusterIP: {ip}\n")),
     ));
-    assert!(err.contains(r#"spec.clusterIPs: Invalid value: []string{"10.43.0.53"}: failed to allocate IP 10.43.0.53: provided IP is already allocated"#), "{err}");
+    assert!(err.contains(&format!(r#"spec.clusterIPs: Invalid value: []string{{"{ip}"}}: failed to allocate IP {ip}: provided IP is already allocated"#)), "{err}");
     let err = fails(create(
         &k,
         dir.path(),
@@ -106,10 +116,13 @@ fn cluster_ips_and_node_ports() {
         &k,
         dir.path(),
         "port-clash",
-        &service("port-clash", "  type: NodePort\n").replace("  - port: 80\n", "  - port: 80\n    nodePort: 30053\n"),
+        &service("port-clash", "  type: NodePort\n")
+            .replace("  - port: 80\n", &format!("  - port: 80\n    nodePort: {port}\n")),
     ));
     assert!(
-        err.contains("spec.ports[0].nodePort: Invalid value: 30053: provided port is already allocated"),
+        err.contains(&format!(
+            "spec.ports[0].nodePort: Invalid value: {port}: provided port is already allocated"
+        )),
         "{err}"
     );
     let err = fails(create(
@@ -126,7 +139,7 @@ fn cluster_ips_and_node_ports() {
         &k,
         dir.path(),
         "forbidden",
-        &service("forbidden", "").replace("  - port: 80\n", "  - port: 80\n    nodePort: 30999\n"),
+        &service("forbidden", "").replace("  - port: 80\n", &format!("  - port: 80\n    nodePort: {spare}\n")),
     ));
     assert!(
         err.contains("spec.ports[0].nodePort: Forbidden: may not be used when `type` is 'ClusterIP'"),
@@ -137,7 +150,8 @@ fn cluster_ips_and_node_ports() {
         &k,
         dir.path(),
         "after",
-        &service("after", "  type: NodePort\n").replace("  - port: 80\n", "  - port: 80\n    nodePort: 30999\n"),
+        &service("after", "  type: NodePort\n")
+            .replace("  - port: 80\n", &format!("  - port: 80\n    nodePort: {spare}\n")),
     ));
 
     // Updates keep what the manifest leaves out; the cluster IP cannot change.
@@ -153,7 +167,7 @@ fn cluster_ips_and_node_ports() {
             fixed["spec"]["clusterIP"].as_str(),
             fixed["spec"]["ports"][0]["nodePort"].as_i64()
         ),
-        (Some("10.43.0.53"), Some(30053))
+        (Some(ip.as_str()), Some(port))
     );
     let err = fails(
         k.run(&[
@@ -178,7 +192,7 @@ fn cluster_ips_and_node_ports() {
         &k,
         dir.path(),
         "again",
-        &service("again", "  clusterIP: 10.43.0.53\n  type: NodePort\n")
-            .replace("  - port: 80\n", "  - port: 80\n    nodePort: 30053\n"),
+        &service("again", &format!("  clusterIP: {ip}\n  type: NodePort\n"))
+            .replace("  - port: 80\n", &format!("  - port: 80\n    nodePort: {port}\n")),
     ));
 }

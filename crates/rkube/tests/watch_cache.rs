@@ -191,10 +191,10 @@ fn watches_stream_initial_events_bookmarks_and_resumes() {
     create(&server, "before-1", "b");
 
     // The watch-list stream: current state, the end-of-initial-events bookmark, changes, and
-    // a bookmark two seconds before the timeout.
+    // a bookmark two seconds before the timeout (6 s in, well after the change).
     let streaming = watch(
         &server,
-        "sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=5",
+        "sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=8",
     );
     let legacy = watch(&server, "labelSelector=app%3Da&timeoutSeconds=4");
     let resumed = watch(&server, &format!("resourceVersion={first}&timeoutSeconds=4"));
