@@ -9,7 +9,6 @@ use anyhow::Context;
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use rkube_testkit::RkubeServer;
 
 use crate::report::{Report, percentile, rss_mib};
@@ -63,12 +62,6 @@ fn progress(message: &str) {
     eprintln!("[api] {message}");
 }
 
-async fn client(server: &RkubeServer) -> anyhow::Result<kube::Client> {
-    let kubeconfig = Kubeconfig::read_from(&server.kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    Ok(kube::Client::try_from(config)?)
-}
-
 pub async fn run(mut args: ApiArgs, json: bool) -> anyhow::Result<()> {
     if args.quick {
         args.seconds = args.seconds.min(1.0);
@@ -90,7 +83,7 @@ pub async fn run(mut args: ApiArgs, json: bool) -> anyhow::Result<()> {
     let server = tokio::task::spawn_blocking(move || RkubeServer::start(&binary, &["--datastore-retention", "60"]))
         .await?
         .context("starting rkube server")?;
-    let client = client(&server).await?;
+    let client = server.client().await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let mut report = Report::new("api", json);
     let peer = "sqlite";

@@ -2,6 +2,7 @@
 //! tests assert behaviour.
 
 mod api;
+mod hollow;
 mod report;
 mod store;
 
@@ -24,6 +25,8 @@ enum Bench {
     Store(store::StoreArgs),
     /// The API server over HTTPS with kube-rs clients (runs a real rkube server).
     Api(api::ApiArgs),
+    /// Many hollow nodes in this process, against a cluster or a server started for the run.
+    HollowNodes(hollow::HollowArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         match cli.bench {
             Bench::Store(args) => store::run(args, cli.json).await,
             Bench::Api(args) => api::run(args, cli.json).await,
+            Bench::HollowNodes(args) => hollow::run(args, cli.json).await,
         }
     })
 }

@@ -92,3 +92,17 @@ fn api_bench_reports_every_figure() {
         );
     }
 }
+
+#[test]
+fn hollow_nodes_bench_reports_its_figures() {
+    let rkube = std::path::Path::new(env!("CARGO_BIN_EXE_rkube-bench")).with_file_name("rkube");
+    let out = bench()
+        .args(["hollow-nodes", "--count", "20", "--seconds", "2", "--json", "--rkube"])
+        .arg(&rkube)
+        .output()
+        .unwrap();
+    let seen = figures(&out, "hollow-nodes");
+    for metric in ["register_per_sec", "lease_renewals_per_sec", "process_rss", "per_node"] {
+        assert!(seen.contains(&format!("hollow/20 nodes {metric}")), "missing {metric}: {seen:?}");
+    }
+}

@@ -9,17 +9,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use rkube_testkit::RkubeServer;
-
-async fn client(server: &RkubeServer) -> kube::Client {
-    let kubeconfig = Kubeconfig::read_from(&server.kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(config).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_rs_crud_patch_and_watcher() {
@@ -28,7 +19,7 @@ async fn kube_rs_crud_patch_and_watcher() {
         .await
         .unwrap()
         .unwrap();
-    let client = client(&server).await;
+    let client = server.client().await.unwrap();
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let names: Vec<String> = namespaces

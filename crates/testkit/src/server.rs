@@ -90,6 +90,14 @@ impl RkubeServer {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
+    /// A kube-rs client with the admin kubeconfig.
+    pub async fn client(&self) -> Result<kube::Client, kube::Error> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let options = kube::config::KubeConfigOptions::default();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?;
+        kube::Client::try_from(config)
+    }
+
     /// kubectl (the version dispatcher) against this server, with a fresh cache.
     pub fn kubectl(&self) -> Kubectl {
         self.kubectl_binary("kubectl")
