@@ -103,6 +103,9 @@ fn hollow_nodes_bench_reports_its_figures() {
         .unwrap();
     let seen = figures(&out, "hollow-nodes");
     for metric in ["register_per_sec", "lease_renewals_per_sec", "process_rss", "per_node"] {
-        assert!(seen.contains(&format!("hollow/20 nodes {metric}")), "missing {metric}: {seen:?}");
+        assert!(
+            seen.contains(&format!("hollow/20 nodes {metric}")),
+            "missing {metric}: {seen:?}"
+        );
     }
 }
