@@ -1,4 +1,4 @@
-//! `rkube server`: the control plane. So far: the datastore and the API server.
+//! `rkube server`: the control plane. So far: the datastore, the API server and the scheduler.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -49,6 +49,10 @@ pub struct ServerArgs {
     /// Run without the node agent on this machine (there is no agent yet).
     #[arg(long)]
     disable_agent: bool,
+
+    /// Run without the scheduler (pods then stay Pending unless bound otherwise).
+    #[arg(long)]
+    disable_scheduler: bool,
 
     /// Addresses for services (IPv4 CIDR); its first address is the `kubernetes` service.
     #[arg(long, default_value = "10.43.0.0/16", value_parser = parse_cidr, value_name = "CIDR")]
@@ -168,12 +172,41 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         advertise: SocketAddr::new(advertise_ip, port),
         services,
     };
+    // The scheduler is an API client like any other, with its own identity; it waits for
+    // the API server it is started beside.
+    let scheduler = if args.disable_scheduler {
+        None
+    } else {
+        let identity = ca
+            .issue_client("system:kube-scheduler", &[])
+            .context("scheduler certificate")?;
+        let kubeconfig = Kubeconfig {
+            name: "default",
+            server: &server_url,
+            ca_pem: &ca.cert_pem,
+            client: &identity,
+        }
+        .render();
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&kubeconfig).context("scheduler kubeconfig")?;
+        let options = kube::config::KubeConfigOptions::default();
+        let client_config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .context("scheduler client")?;
+        let client = kube::Client::try_from(client_config).context("scheduler client")?;
+        Some(tokio::spawn(rkube_scheduler::run(
+            client,
+            rkube_scheduler::DEFAULT_SCHEDULER.to_string(),
+        )))
+    };
     rkube_apiserver::serve(config, async {
         if let Err(err) = crate::shutdown_signal().await {
             tracing::error!(%err, "waiting for a signal");
         }
     })
     .await?;
+    if let Some(scheduler) = scheduler {
+        scheduler.abort();
+    }
     tracing::info!("stopping");
     Ok(())
 }

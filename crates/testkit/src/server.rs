@@ -18,20 +18,32 @@ pub struct RkubeServer {
     dir: tempfile::TempDir,
     pub kubeconfig: PathBuf,
     pub url: String,
+    scheduler: bool,
 }
 
 impl RkubeServer {
     /// Starts `binary server` with SQLite under a temp dir, the API on 127.0.0.1 and a
-    /// port the OS picks; returns once the kubeconfig is written and /readyz answers.
+    /// port the OS picks, without the scheduler (the API alone, so tests own every pod's
+    /// fate); returns once the kubeconfig is written and /readyz answers.
     pub fn start(binary: &Path, extra_args: &[&str]) -> Result<Self, ServerError> {
+        Self::start_as(binary, extra_args, false)
+    }
+
+    /// Like [`RkubeServer::start`], with the scheduler running.
+    pub fn start_with_scheduler(binary: &Path, extra_args: &[&str]) -> Result<Self, ServerError> {
+        Self::start_as(binary, extra_args, true)
+    }
+
+    fn start_as(binary: &Path, extra_args: &[&str], scheduler: bool) -> Result<Self, ServerError> {
         let dir = tempfile::Builder::new().prefix("rkube-server-").tempdir()?;
         let kubeconfig = dir.path().join("kubeconfig.yaml");
-        let child = spawn(binary, dir.path(), extra_args)?;
+        let child = spawn(binary, dir.path(), extra_args, scheduler)?;
         let mut server = Self {
             child,
             dir,
             kubeconfig,
             url: String::new(),
+            scheduler,
         };
         server.wait_ready(Duration::from_secs(60))?;
         Ok(server)
@@ -44,7 +56,7 @@ impl RkubeServer {
         Command::new("kill").args(["-TERM", &pid]).status()?;
         self.child.wait()?;
         std::fs::remove_file(&self.kubeconfig)?;
-        self.child = spawn(binary, self.dir.path(), extra_args)?;
+        self.child = spawn(binary, self.dir.path(), extra_args, self.scheduler)?;
         self.wait_ready(Duration::from_secs(60))
     }
 
@@ -120,7 +132,7 @@ impl RkubeServer {
     }
 }
 
-fn spawn(binary: &Path, dir: &Path, extra_args: &[&str]) -> std::io::Result<Child> {
+fn spawn(binary: &Path, dir: &Path, extra_args: &[&str], scheduler: bool) -> std::io::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -138,6 +150,7 @@ fn spawn(binary: &Path, dir: &Path, extra_args: &[&str]) -> std::io::Result<Chil
             "127.0.0.1",
             "--disable-agent",
         ])
+        .args((!scheduler).then_some("--disable-scheduler"))
         .args(extra_args)
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())

@@ -1,0 +1,165 @@
+//! The scheduler in `rkube server`, placing pods on hollow nodes: node selectors (the
+//! `zone: dmz` pinning of shared/examples/seed/15), taints and tolerations, resources, and
+//! unschedulable pods that report why and wait for a node that fits.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use rkube_testkit::{HollowNodes, HollowOptions, RkubeServer};
+use serde_json::{Value, json};
+
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn pod(name: &str, spec: Value) -> Pod {
+    let mut spec = spec;
+    spec["containers"] = json!([{"name": "web", "image": "nginx:1.7.9",
+        "resources": spec.get("cpu").map(|cpu| json!({"requests": {"cpu": cpu}}))}]);
+    if let Some(map) = spec.as_object_mut() {
+        map.remove("cpu");
+    }
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+}
+
+fn fleet(prefix: &str, count: usize, labels: &[(&str, &str)], taints: Vec<Value>) -> HollowOptions {
+    HollowOptions {
+        count,
+        prefix: prefix.into(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        taints,
+        ..HollowOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_land_where_they_fit_and_say_why_not() {
+    drop(rustls::crypto::ring::default_provider().install_default());
+    let server =
+        tokio::task::spawn_blocking(|| RkubeServer::start_with_scheduler(Path::new(env!("CARGO_BIN_EXE_rkube")), &[]))
+            .await
+            .unwrap()
+            .unwrap();
+    let client = server.client().await.unwrap();
+    let _dmz = HollowNodes::start(client.clone(), fleet("dmz", 2, &[("zone", "dmz")], vec![]))
+        .await
+        .unwrap();
+    let _db = HollowNodes::start(
+        client.clone(),
+        fleet(
+            "db",
+            1,
+            &[("pool", "db")],
+            vec![json!({"key": "dedicated", "value": "db", "effect": "NoSchedule"})],
+        ),
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let placed = async |name: &str| {
+        eventually(&format!("{name} to run"), async || {
+            let pod = pods.get(name).await.ok()?;
+            let running = pod.status.as_ref()?.phase.as_deref() == Some("Running");
+            running.then(|| pod.spec.unwrap().node_name.unwrap())
+        })
+        .await
+    };
+
+    // Pinned to the dmz zone, as seed 15 pins its replicas: both land there, spread.
+    for name in ["dmz-app-1", "dmz-app-2"] {
+        pods.create(
+            &PostParams::default(),
+            &pod(name, json!({"nodeSelector": {"zone": "dmz"}})),
+        )
+        .await
+        .unwrap();
+    }
+    let (first, second) = (placed("dmz-app-1").await, placed("dmz-app-2").await);
+    assert!(
+        first.starts_with("dmz-") && second.starts_with("dmz-"),
+        "{first} {second}"
+    );
+    assert_ne!(first, second, "the emptier node wins");
+
+    // Tainted nodes take only pods that tolerate the taint.
+    let tolerating = json!({"nodeSelector": {"pool": "db"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]});
+    pods.create(&PostParams::default(), &pod("db-1", tolerating))
+        .await
+        .unwrap();
+    assert_eq!(placed("db-1").await, "db-0");
+
+    // Nowhere to go: Pending, with upstream's condition and event, until a node fits.
+    pods.create(
+        &PostParams::default(),
+        &pod("lost", json!({"nodeSelector": {"zone": "nowhere"}})),
+    )
+    .await
+    .unwrap();
+    let expected = "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: db}, \
+                    2 node(s) didn't match Pod's node affinity/selector. preemption: 0/3 nodes are available: \
+                    3 Preemption is not helpful for scheduling.";
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let event = eventually("a FailedScheduling event", async || {
+        let list = events
+            .list(&ListParams::default().fields("involvedObject.name=lost"))
+            .await
+            .ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("FailedScheduling"))
+    })
+    .await;
+    assert_eq!(event.message.as_deref(), Some(expected));
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let condition = pods.get("lost").await.unwrap().status.unwrap().conditions.unwrap();
+    assert_eq!(
+        (
+            condition[0].type_.as_str(),
+            condition[0].status.as_str(),
+            condition[0].reason.as_deref()
+        ),
+        ("PodScheduled", "False", Some("Unschedulable"))
+    );
+    let described = server.kubectl().run(&["describe", "pod", "lost"]).unwrap();
+    assert!(String::from_utf8_lossy(&described.stdout).contains("FailedScheduling"));
+    let _nowhere = HollowNodes::start(client.clone(), fleet("nowhere", 1, &[("zone", "nowhere")], vec![]))
+        .await
+        .unwrap();
+    assert_eq!(
+        placed("lost").await,
+        "nowhere-0",
+        "a new node that fits takes the waiting pod"
+    );
+
+    // More cpu than any node has.
+    pods.create(&PostParams::default(), &pod("huge", json!({"cpu": "100"})))
+        .await
+        .unwrap();
+    let event = eventually("the huge pod's event", async || {
+        let list = events
+            .list(&ListParams::default().fields("involvedObject.name=huge"))
+            .await
+            .ok()?;
+        list.items.into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        event.message.as_deref(),
+        Some(
+            "0/4 nodes are available: 1 node(s) had untolerated taint {dedicated: db}, 3 Insufficient cpu. \
+             preemption: 0/4 nodes are available: 1 Preemption is not helpful for scheduling, \
+             3 No preemption victims found for incoming pod."
+        )
+    );
+}

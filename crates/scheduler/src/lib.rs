@@ -1,0 +1,282 @@
+//! rkube's scheduler: an API client (kube-rs watchers) that places pods on nodes.
+//!
+//! Pods and nodes are mirrored by reflectors; unassigned pods for this scheduler go through
+//! the [`queue`]; each is scheduled against a snapshot of the nodes and the pods on them
+//! (plus pods assumed bound but not yet seen bound) by the [`framework`]'s filter and score
+//! plugins, then bound through `pods/binding`. A pod that fits nowhere gets the
+//! `PodScheduled=False` condition and a `FailedScheduling` event with upstream's message,
+//! and waits for a cluster event that could change that.
+
+pub mod framework;
+pub mod plugins;
+pub mod queue;
+pub mod resources;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::framework::NodeInfo;
+use crate::queue::Queue;
+
+/// The scheduler name pods select by default.
+pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("binding pod {pod} to node {node}: {source}")]
+    Bind {
+        pod: String,
+        node: String,
+        source: kube::Error,
+    },
+}
+
+fn key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+fn priority(pod: &Pod) -> i32 {
+    pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
+}
+
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+fn node_of(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref()?.node_name.as_deref().filter(|n| !n.is_empty())
+}
+
+/// A pod this scheduler must place.
+fn wants_scheduling(pod: &Pod, name: &str) -> bool {
+    let scheduler = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.scheduler_name.as_deref())
+        .unwrap_or(DEFAULT_SCHEDULER);
+    scheduler == name && node_of(pod).is_none() && pod.metadata.deletion_timestamp.is_none() && !is_terminal(pod)
+}
+
+struct Scheduler {
+    name: String,
+    client: kube::Client,
+    nodes: Store<Node>,
+    pods: Store<Pod>,
+    queue: Queue,
+    /// Pods bound (or being bound) but not yet seen bound: key → (uid, node).
+    assumed: Mutex<HashMap<String, (String, String)>>,
+}
+
+/// Runs the scheduler named `name` until the task is dropped.
+pub async fn run(client: kube::Client, name: String) {
+    let (nodes, node_writer) = reflector::store();
+    let (pods, pod_writer) = reflector::store();
+    let scheduler = Arc::new(Scheduler {
+        name,
+        client: client.clone(),
+        nodes,
+        pods,
+        queue: Queue::default(),
+        assumed: Mutex::new(HashMap::new()),
+    });
+    let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(node_writer)
+        .applied_objects();
+    let pod_events = watcher(Api::<Pod>::all(client), watcher::Config::default())
+        .default_backoff()
+        .reflect(pod_writer)
+        .touched_objects();
+    let watching_nodes = {
+        let scheduler = Arc::clone(&scheduler);
+        async move {
+            let mut events = std::pin::pin!(node_events);
+            while let Some(event) = events.next().await {
+                if event.is_ok() {
+                    // A node came or changed: pods that fit nowhere may fit now.
+                    scheduler.queue.move_unschedulable().await;
+                }
+            }
+        }
+    };
+    let watching_pods = {
+        let scheduler = Arc::clone(&scheduler);
+        async move {
+            let mut events = std::pin::pin!(pod_events);
+            while let Some(event) = events.next().await {
+                let Ok(pod) = event else { continue };
+                scheduler.pod_changed(&pod).await;
+            }
+        }
+    };
+    let flushing = {
+        let scheduler = Arc::clone(&scheduler);
+        async move {
+            let mut ticker = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                ticker.tick().await;
+                scheduler.queue.flush().await;
+            }
+        }
+    };
+    let scheduling = {
+        let scheduler = Arc::clone(&scheduler);
+        async move {
+            scheduler.nodes.wait_until_ready().await.ok();
+            scheduler.pods.wait_until_ready().await.ok();
+            loop {
+                let key = scheduler.queue.pop().await;
+                scheduler.schedule_one(&key).await;
+            }
+        }
+    };
+    tokio::join!(watching_nodes, watching_pods, flushing, scheduling);
+}
+
+impl Scheduler {
+    async fn pod_changed(&self, pod: &Pod) {
+        let key = key(pod);
+        if wants_scheduling(pod, &self.name) {
+            self.queue.add(&key, priority(pod)).await;
+            return;
+        }
+        self.queue.remove(&key).await;
+        let mut assumed = self.assumed.lock().await;
+        if node_of(pod).is_some() {
+            assumed.remove(&key);
+        }
+        // A pod that leaves a node frees room: pods that fit nowhere may fit now.
+        if node_of(pod).is_some() && (pod.metadata.deletion_timestamp.is_some() || is_terminal(pod)) {
+            drop(assumed);
+            self.queue.move_unschedulable().await;
+        }
+    }
+
+    /// The nodes with what is on them, from the caches and the assumed bindings.
+    async fn snapshot(&self) -> Vec<NodeInfo> {
+        let mut nodes: HashMap<String, NodeInfo> = self
+            .nodes
+            .state()
+            .into_iter()
+            .map(|node| {
+                let info = NodeInfo::new(node);
+                (info.name.clone(), info)
+            })
+            .collect();
+        let assumed = self.assumed.lock().await.clone();
+        for pod in self.pods.state() {
+            if is_terminal(&pod) {
+                continue;
+            }
+            let placed = node_of(&pod).map(str::to_string).or_else(|| {
+                let (uid, node) = assumed.get(&key(&pod))?;
+                (pod.metadata.uid.as_deref() == Some(uid.as_str())).then(|| node.clone())
+            });
+            if let Some(info) = placed.and_then(|n| nodes.get_mut(&n)) {
+                info.add_pod(&pod);
+            }
+        }
+        let mut nodes: Vec<NodeInfo> = nodes.into_values().collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        nodes
+    }
+
+    async fn schedule_one(self: &Arc<Self>, key: &str) {
+        let Some((namespace, name)) = key.split_once('/') else {
+            return;
+        };
+        let reference = reflector::ObjectRef::<Pod>::new(name).within(namespace);
+        let Some(pod) = self.pods.get(&reference) else { return };
+        if !wants_scheduling(&pod, &self.name) {
+            return;
+        }
+        let snapshot = self.snapshot().await;
+        match framework::schedule(&pod, &snapshot) {
+            Ok(node) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                self.assumed.lock().await.insert(key.to_string(), (uid, node.clone()));
+                // Bind in the background: the next pod is scheduled meanwhile, seeing this
+                // one as placed.
+                let scheduler = Arc::clone(self);
+                let key = key.to_string();
+                tokio::spawn(async move {
+                    if let Err(err) = scheduler.bind(&pod, &node).await {
+                        tracing::warn!(%err, "binding failed; the pod goes back to the queue");
+                        scheduler.assumed.lock().await.remove(&key);
+                        let attempts = scheduler.queue.attempts(&key).await + 1;
+                        scheduler.queue.failed(&key, priority(&pod), attempts, false).await;
+                    }
+                });
+            }
+            Err(fit) => {
+                let message = fit.to_string();
+                tracing::debug!(pod = key, message, "unschedulable");
+                if let Err(err) = self.report_unschedulable(&pod, &message).await {
+                    tracing::warn!(pod = key, %err, "reporting an unschedulable pod failed");
+                }
+                let attempts = self.queue.attempts(key).await + 1;
+                self.queue.failed(key, priority(&pod), attempts, true).await;
+            }
+        }
+    }
+
+    async fn bind(&self, pod: &Pod, node: &str) -> Result<(), SchedulerError> {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let binding = json!({
+            "apiVersion": "v1", "kind": "Binding",
+            "metadata": {"name": name, "namespace": namespace, "uid": pod.metadata.uid},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        });
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        pods.create_subresource::<_, serde_json::Value>("binding", name, &PostParams::default(), &binding)
+            .await
+            .map(|_| ())
+            .map_err(|source| SchedulerError::Bind {
+                pod: format!("{namespace}/{name}"),
+                node: node.to_string(),
+                source,
+            })
+    }
+
+    /// `PodScheduled=False` on the pod and a `FailedScheduling` event, as upstream reports.
+    async fn report_unschedulable(&self, pod: &Pod, message: &str) -> Result<(), kube::Error> {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let seconds = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let status = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False",
+            "reason": "Unschedulable", "message": message, "lastProbeTime": null, "lastTransitionTime": seconds}]}});
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
+        let event = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": format!("{name}.{:x}", now.as_nanosecond()), "namespace": namespace},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": name,
+                               "uid": pod.metadata.uid, "resourceVersion": pod.metadata.resource_version},
+            "reason": "FailedScheduling", "message": message, "type": "Warning",
+            "source": {"component": self.name}, "reportingComponent": self.name,
+            "reportingInstance": self.name, "firstTimestamp": seconds, "lastTimestamp": seconds, "count": 1,
+        });
+        let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(self.client.clone(), namespace);
+        let event = serde_json::from_value(event).map_err(kube::Error::SerdeError)?;
+        events.create(&PostParams::default(), &event).await.map(|_| ())
+    }
+}

@@ -1,0 +1,157 @@
+//! NodeAffinity: `nodeSelector` and required node affinity must match the node's labels
+//! (and name, for `matchFields`); preferred terms add their weights to the score.
+
+use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Pod};
+
+use crate::framework::{FilterResult, NodeInfo, Refusal};
+
+fn requirement_matches(requirement: &NodeSelectorRequirement, value: Option<&str>) -> bool {
+    let values = requirement.values.as_deref().unwrap_or_default();
+    let number = |s: &str| s.parse::<i64>().ok();
+    match requirement.operator.as_str() {
+        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" | "Lt" => {
+            let (Some(have), Some(bound)) = (value.and_then(number), values.first().and_then(|v| number(v))) else {
+                return false;
+            };
+            if requirement.operator == "Gt" {
+                have > bound
+            } else {
+                have < bound
+            }
+        }
+        _ => false,
+    }
+}
+
+/// A term matches when all its expressions and fields do; an empty term matches nothing.
+fn term_matches(term: &NodeSelectorTerm, node: &NodeInfo) -> bool {
+    let labels = node.node.metadata.labels.as_ref();
+    let expressions = term.match_expressions.as_deref().unwrap_or_default();
+    let fields = term.match_fields.as_deref().unwrap_or_default();
+    if expressions.is_empty() && fields.is_empty() {
+        return false;
+    }
+    expressions
+        .iter()
+        .all(|r| requirement_matches(r, labels.and_then(|l| l.get(&r.key)).map(String::as_str)))
+        && fields.iter().all(|r| {
+            let value = (r.key == "metadata.name").then_some(node.name.as_str());
+            requirement_matches(r, value)
+        })
+}
+
+pub fn filter(pod: &Pod, node: &NodeInfo) -> FilterResult {
+    let Some(spec) = pod.spec.as_ref() else { return Ok(()) };
+    let labels = node.node.metadata.labels.as_ref();
+    let selector_ok = spec
+        .node_selector
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
+    let required = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
+    let affinity_ok = required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, node)));
+    if selector_ok && affinity_ok {
+        Ok(())
+    } else {
+        Err(Refusal::Unresolvable(vec![
+            "node(s) didn't match Pod's node affinity/selector".into(),
+        ]))
+    }
+}
+
+/// The weights of the preferred terms the node matches, capped at 100.
+pub fn score(pod: &Pod, node: &NodeInfo) -> i64 {
+    let preferred = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_deref())
+        .unwrap_or_default();
+    let total: i64 = preferred
+        .iter()
+        .filter(|p| term_matches(&p.preference, node))
+        .map(|p| i64::from(p.weight))
+        .sum();
+    total.min(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framework::testing::{node, pod};
+    use serde_json::json;
+
+    #[test]
+    fn selectors_and_required_terms() {
+        let dmz = node("a", json!({"metadata": {"labels": {"zone": "dmz", "gen": "5"}}}));
+        let lan = node("b", json!({"metadata": {"labels": {"zone": "lan"}}}));
+        let selecting = pod(json!({"spec": {"nodeSelector": {"zone": "dmz"}}}));
+        assert!(filter(&selecting, &dmz).is_ok());
+        assert_eq!(
+            filter(&selecting, &lan),
+            Err(Refusal::Unresolvable(vec![
+                "node(s) didn't match Pod's node affinity/selector".into()
+            ]))
+        );
+        let required = |term: serde_json::Value| {
+            pod(
+                json!({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [term]}}}}}),
+            )
+        };
+        for (term, on_dmz, on_lan) in [
+            (
+                json!({"matchExpressions": [{"key": "zone", "operator": "In", "values": ["dmz", "x"]}]}),
+                true,
+                false,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["dmz"]}]}),
+                false,
+                true,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "gen", "operator": "Exists"}]}),
+                true,
+                false,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "gen", "operator": "DoesNotExist"}]}),
+                false,
+                true,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "gen", "operator": "Gt", "values": ["4"]}]}),
+                true,
+                false,
+            ),
+            (
+                json!({"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["b"]}]}),
+                false,
+                true,
+            ),
+            (json!({}), false, false),
+        ] {
+            let p = required(term.clone());
+            assert_eq!(
+                (filter(&p, &dmz).is_ok(), filter(&p, &lan).is_ok()),
+                (on_dmz, on_lan),
+                "{term}"
+            );
+        }
+        let preferring = pod(
+            json!({"spec": {"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 30, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["lan"]}]}}]}}}}),
+        );
+        assert_eq!((score(&preferring, &dmz), score(&preferring, &lan)), (0, 30));
+    }
+}

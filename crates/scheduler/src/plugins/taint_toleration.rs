@@ -1,0 +1,102 @@
+//! TaintToleration: NoSchedule and NoExecute taints keep out pods that do not tolerate
+//! them; PreferNoSchedule ones count against a node in scoring.
+
+use k8s_openapi::api::core::v1::{Pod, Taint, Toleration};
+
+use crate::framework::{FilterResult, NodeInfo, Refusal};
+
+/// Upstream's `ToleratesTaint`.
+fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+    let effect = toleration.effect.as_deref().unwrap_or_default();
+    if !effect.is_empty() && effect != taint.effect {
+        return false;
+    }
+    let key = toleration.key.as_deref().unwrap_or_default();
+    let operator = toleration.operator.as_deref().unwrap_or("Equal");
+    if key.is_empty() {
+        return operator == "Exists";
+    }
+    if key != taint.key {
+        return false;
+    }
+    match operator {
+        "Exists" => true,
+        "Equal" => toleration.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default(),
+        _ => false,
+    }
+}
+
+pub fn tolerated(pod: &Pod, taint: &Taint) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.tolerations.iter().flatten())
+        .any(|t| tolerates(t, taint))
+}
+
+fn taints(node: &NodeInfo) -> &[Taint] {
+    node.node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or_default()
+}
+
+pub fn filter(pod: &Pod, node: &NodeInfo) -> FilterResult {
+    let untolerated = taints(node)
+        .iter()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .find(|t| !tolerated(pod, t));
+    match untolerated {
+        Some(taint) => Err(Refusal::Unresolvable(vec![format!(
+            "node(s) had untolerated taint {{{}: {}}}",
+            taint.key,
+            taint.value.as_deref().unwrap_or_default()
+        )])),
+        None => Ok(()),
+    }
+}
+
+/// 100 for a node without intolerable PreferNoSchedule taints, less for each one.
+pub fn score(pod: &Pod, node: &NodeInfo) -> i64 {
+    let intolerable = taints(node)
+        .iter()
+        .filter(|t| t.effect == "PreferNoSchedule" && !tolerated(pod, t))
+        .count() as i64;
+    (100 - 20 * intolerable).max(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framework::testing::{node, pod};
+    use serde_json::json;
+
+    #[test]
+    fn tolerations_match_as_upstream() {
+        let tainted = node(
+            "a",
+            json!({"spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}}),
+        );
+        let refused = filter(&pod(json!({})), &tainted).unwrap_err();
+        assert_eq!(
+            refused,
+            Refusal::Unresolvable(vec!["node(s) had untolerated taint {dedicated: db}".into()])
+        );
+        for (toleration, fits) in [
+            (json!({"key": "dedicated", "value": "db", "effect": "NoSchedule"}), true),
+            (json!({"key": "dedicated", "operator": "Exists"}), true),
+            (json!({"operator": "Exists"}), true),
+            (json!({"key": "dedicated", "value": "web"}), false),
+            (json!({"key": "dedicated", "value": "db", "effect": "NoExecute"}), false),
+        ] {
+            let p = pod(json!({"spec": {"tolerations": [toleration.clone()]}}));
+            assert_eq!(filter(&p, &tainted).is_ok(), fits, "{toleration}");
+        }
+        let preferred = node(
+            "b",
+            json!({"spec": {"taints": [{"key": "spot", "effect": "PreferNoSchedule"}]}}),
+        );
+        assert!(filter(&pod(json!({})), &preferred).is_ok());
+        assert!(score(&pod(json!({})), &preferred) < score(&pod(json!({})), &node("c", json!({}))));
+    }
+}
