@@ -9,9 +9,8 @@ use anyhow::Context;
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams, PostParams};
-use rkube_testkit::RkubeServer;
 
-use crate::report::{Report, percentile, rss_mib};
+use crate::report::{Report, percentile, rss_mib, start_server};
 
 #[derive(clap::Args, Debug)]
 pub struct ApiArgs {
@@ -71,17 +70,8 @@ pub async fn run(mut args: ApiArgs, json: bool) -> anyhow::Result<()> {
         args.clients = args.clients.min(8);
     }
     drop(rustls::crypto::ring::default_provider().install_default());
-    let binary = match &args.rkube {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("rkube"),
-    };
-    anyhow::ensure!(
-        binary.exists(),
-        "{} not found: build it (cargo build --release -p rkube) or pass --rkube",
-        binary.display()
-    );
-    let server = tokio::task::spawn_blocking(move || RkubeServer::start(&binary, &["--datastore-retention", "60"]))
-        .await?
+    let server = start_server(args.rkube.as_deref(), &["--datastore-retention", "60"])
+        .await
         .context("starting rkube server")?;
     let client = server.client().await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use rkube_testkit::{HollowNodes, HollowOptions, RkubeServer};
+use rkube_testkit::{HollowNodes, HollowOptions};
 
-use crate::report::{Report, rss_mib};
+use crate::report::{Report, rss_mib, start_server};
 
 #[derive(clap::Args, Debug)]
 pub struct HollowArgs {
@@ -53,17 +53,8 @@ pub async fn run(args: HollowArgs, json: bool) -> anyhow::Result<()> {
             (None, kube::Client::try_from(config)?)
         }
         None => {
-            let binary = match &args.rkube {
-                Some(path) => path.clone(),
-                None => std::env::current_exe()?.with_file_name("rkube"),
-            };
-            anyhow::ensure!(
-                binary.exists(),
-                "{} not found: pass --rkube or --kubeconfig",
-                binary.display()
-            );
-            let server = tokio::task::spawn_blocking(move || RkubeServer::start(&binary, &[]))
-                .await?
+            let server = start_server(args.rkube.as_deref(), &[])
+                .await
                 .context("starting rkube server")?;
             let client = server.client().await?;
             (Some(server), client)

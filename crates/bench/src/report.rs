@@ -111,6 +111,24 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Resident memory of a process in MiB, from /proc.
+/// Starts the rkube binary given (or the one beside this binary) as a server for a run.
+pub async fn start_server(
+    rkube: Option<&std::path::Path>,
+    args: &'static [&'static str],
+) -> anyhow::Result<rkube_testkit::RkubeServer> {
+    let binary = match rkube {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe()?.with_file_name("rkube"),
+    };
+    anyhow::ensure!(
+        binary.exists(),
+        "{} not found: build it (cargo build --release -p rkube) or pass --rkube",
+        binary.display()
+    );
+    let server = tokio::task::spawn_blocking(move || rkube_testkit::RkubeServer::start(&binary, args)).await??;
+    Ok(server)
+}
+
 pub fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;

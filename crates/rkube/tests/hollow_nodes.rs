@@ -2,27 +2,19 @@
 //! pods bound to them, finish pods that run to completion and finalize deleted pods.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use rkube_testkit::{HollowNodes, HollowOptions, RkubeServer};
+use rkube_testkit::{HollowNodes, HollowOptions, eventually};
 use serde_json::json;
 
-/// Polls `check` until it yields, for at most 20 s.
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+mod common;
+
+/// How long the asynchronous steps below may take before the test gives up.
+const WITHIN: Duration = Duration::from_secs(30);
 
 fn pod(name: &str, node: &str, restart: &str) -> Pod {
     serde_json::from_value(json!({
@@ -35,12 +27,7 @@ fn pod(name: &str, node: &str, restart: &str) -> Pod {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hollow_nodes_behave_like_nodes() {
-    drop(rustls::crypto::ring::default_provider().install_default());
-    let server = tokio::task::spawn_blocking(|| RkubeServer::start(Path::new(env!("CARGO_BIN_EXE_rkube")), &[]))
-        .await
-        .unwrap()
-        .unwrap();
-    let client = server.client().await.unwrap();
+    let (server, client) = common::server_and_client(false).await;
     let options = HollowOptions {
         count: 20,
         labels: [("zone".to_string(), "dmz".to_string())].into(),
@@ -74,7 +61,7 @@ async fn hollow_nodes_behave_like_nodes() {
     // Leases, renewed.
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let first = leases.get("hollow-0").await.unwrap().spec.unwrap().renew_time.unwrap();
-    let later = eventually("a lease renewal", async || {
+    let later = eventually("a lease renewal", WITHIN, async || {
         let renewed = leases.get("hollow-0").await.ok()?.spec?.renew_time?;
         (renewed.0 > first.0).then_some(renewed)
     })
@@ -87,7 +74,7 @@ async fn hollow_nodes_behave_like_nodes() {
     pods.create(&PostParams::default(), &pod("web", "hollow-3", "Always"))
         .await
         .unwrap();
-    let running = eventually("the pod to run", async || {
+    let running = eventually("the pod to run", WITHIN, async || {
         let status = pods.get("web").await.ok()?.status?;
         (status.phase.as_deref() == Some("Running")).then_some(status)
     })
@@ -100,7 +87,7 @@ async fn hollow_nodes_behave_like_nodes() {
     pods.create(&PostParams::default(), &pod("job", "hollow-4", "Never"))
         .await
         .unwrap();
-    eventually("the pod to succeed", async || {
+    eventually("the pod to succeed", WITHIN, async || {
         let phase = pods.get("job").await.ok()?.status?.phase?;
         (phase == "Succeeded").then_some(())
     })
@@ -109,7 +96,7 @@ async fn hollow_nodes_behave_like_nodes() {
     // A deleted pod waits for its node, which finishes the deletion.
     let deleting = pods.delete("web", &DeleteParams::default()).await.unwrap();
     assert!(deleting.left().is_some_and(|p| p.metadata.deletion_timestamp.is_some()));
-    eventually("the pod to be gone", async || {
+    eventually("the pod to be gone", WITHIN, async || {
         pods.get_opt("web").await.ok()?.is_none().then_some(())
     })
     .await;

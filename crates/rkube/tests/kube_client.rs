@@ -3,23 +3,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
-use rkube_testkit::RkubeServer;
+
+mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_rs_crud_patch_and_watcher() {
-    drop(rustls::crypto::ring::default_provider().install_default());
-    let server = tokio::task::spawn_blocking(|| RkubeServer::start(Path::new(env!("CARGO_BIN_EXE_rkube")), &[]))
-        .await
-        .unwrap()
-        .unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = common::server_and_client(false).await;
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let names: Vec<String> = namespaces

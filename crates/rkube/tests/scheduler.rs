@@ -3,24 +3,17 @@
 //! unschedulable pods that report why and wait for a node that fits.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams, PostParams};
-use rkube_testkit::{HollowNodes, HollowOptions, RkubeServer};
+use rkube_testkit::{HollowNodes, HollowOptions, eventually};
 use serde_json::{Value, json};
 
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+mod common;
+
+/// How long the asynchronous steps below may take before the test gives up.
+const WITHIN: Duration = Duration::from_secs(30);
 
 fn pod(name: &str, spec: Value) -> Pod {
     let mut spec = spec;
@@ -44,13 +37,7 @@ fn fleet(prefix: &str, count: usize, labels: &[(&str, &str)], taints: Vec<Value>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_land_where_they_fit_and_say_why_not() {
-    drop(rustls::crypto::ring::default_provider().install_default());
-    let server =
-        tokio::task::spawn_blocking(|| RkubeServer::start_with_scheduler(Path::new(env!("CARGO_BIN_EXE_rkube")), &[]))
-            .await
-            .unwrap()
-            .unwrap();
-    let client = server.client().await.unwrap();
+    let (server, client) = common::server_and_client(true).await;
     let _dmz = HollowNodes::start(client.clone(), fleet("dmz", 2, &[("zone", "dmz")], vec![]))
         .await
         .unwrap();
@@ -67,7 +54,7 @@ async fn pods_land_where_they_fit_and_say_why_not() {
     .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let placed = async |name: &str| {
-        eventually(&format!("{name} to run"), async || {
+        eventually(&format!("{name} to run"), WITHIN, async || {
             let pod = pods.get(name).await.ok()?;
             let running = pod.status.as_ref()?.phase.as_deref() == Some("Running");
             running.then(|| pod.spec.unwrap().node_name.unwrap())
@@ -110,7 +97,7 @@ async fn pods_land_where_they_fit_and_say_why_not() {
                     2 node(s) didn't match Pod's node affinity/selector. preemption: 0/3 nodes are available: \
                     3 Preemption is not helpful for scheduling.";
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    let event = eventually("a FailedScheduling event", async || {
+    let event = eventually("a FailedScheduling event", WITHIN, async || {
         let list = events
             .list(&ListParams::default().fields("involvedObject.name=lost"))
             .await
@@ -146,7 +133,7 @@ async fn pods_land_where_they_fit_and_say_why_not() {
     pods.create(&PostParams::default(), &pod("huge", json!({"cpu": "100"})))
         .await
         .unwrap();
-    let event = eventually("the huge pod's event", async || {
+    let event = eventually("the huge pod's event", WITHIN, async || {
         let list = events
             .list(&ListParams::default().fields("involvedObject.name=huge"))
             .await

@@ -331,16 +331,7 @@ async fn advance(
     };
     let (_, host_ip) = node_network(index);
     let started = now();
-    let containers: Vec<Value> = pod
-        .spec
-        .iter()
-        .flat_map(|s| &s.containers)
-        .map(|c| {
-            json!({"name": c.name, "image": c.image, "imageID": format!("hollow://{}", c.image.clone().unwrap_or_default()),
-                   "containerID": format!("rkube://{name}-{}", c.name), "ready": true, "started": true,
-                   "restartCount": 0, "state": {"running": {"startedAt": started}}})
-        })
-        .collect();
+    let containers = container_statuses(pod, true, &json!({"running": {"startedAt": started}}));
     let condition = |kind: &str| json!({"type": kind, "status": "True", "lastTransitionTime": started});
     let running = json!({"status": {
         "phase": "Running", "hostIP": host_ip, "hostIPs": [{"ip": host_ip}], "podIP": ip, "podIPs": [{"ip": ip}],
@@ -359,17 +350,9 @@ async fn advance(
     if restart == "Never" || restart == "OnFailure" {
         tokio::time::sleep(finish_after).await;
         let finished = now();
-        let containers: Vec<Value> = pod
-            .spec
-            .iter()
-            .flat_map(|s| &s.containers)
-            .map(|c| {
-                json!({"name": c.name, "image": c.image, "imageID": format!("hollow://{}", c.image.clone().unwrap_or_default()),
-                       "containerID": format!("rkube://{name}-{}", c.name), "ready": false, "started": false,
-                       "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed",
-                       "startedAt": started, "finishedAt": finished, "containerID": format!("rkube://{name}-{}", c.name)}}})
-            })
-            .collect();
+        let terminated = json!({"terminated": {"exitCode": 0, "reason": "Completed",
+            "startedAt": started, "finishedAt": finished}});
+        let containers = container_statuses(pod, false, &terminated);
         let not_ready = |kind: &str| json!({"type": kind, "status": "False", "reason": "PodCompleted", "lastTransitionTime": finished});
         let succeeded = json!({"status": {
             "phase": "Succeeded", "containerStatuses": containers,
@@ -381,6 +364,21 @@ async fn advance(
         stats.pods_finished.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// A status per container of `pod`, all in `state`.
+fn container_statuses(pod: &Pod, running: bool, state: &Value) -> Vec<Value> {
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    pod.spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .map(|c| {
+            let image = c.image.clone().unwrap_or_default();
+            json!({"name": c.name, "image": image, "imageID": format!("hollow://{image}"),
+                   "containerID": format!("rkube://{name}-{}", c.name), "ready": running, "started": running,
+                   "restartCount": 0, "state": state})
+        })
+        .collect()
 }
 
 #[cfg(test)]

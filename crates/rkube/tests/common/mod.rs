@@ -10,6 +10,24 @@ pub fn server(extra: &[&str]) -> RkubeServer {
     RkubeServer::start(Path::new(env!("CARGO_BIN_EXE_rkube")), extra).unwrap()
 }
 
+/// From async tests: a server (with the scheduler if asked) and a kube-rs client for it.
+pub async fn server_and_client(scheduler: bool) -> (RkubeServer, kube::Client) {
+    drop(rustls::crypto::ring::default_provider().install_default());
+    let binary = Path::new(env!("CARGO_BIN_EXE_rkube"));
+    let server = tokio::task::spawn_blocking(move || {
+        if scheduler {
+            RkubeServer::start_with_scheduler(binary, &[])
+        } else {
+            RkubeServer::start(binary, &[])
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let client = server.client().await.unwrap();
+    (server, client)
+}
+
 /// The command's stdout; fails the test (with both streams) if it failed.
 pub fn ok(out: Output) -> String {
     assert!(
