@@ -193,9 +193,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .await
             .context("scheduler client")?;
         let client = kube::Client::try_from(client_config).context("scheduler client")?;
-        Some(tokio::spawn(rkube_scheduler::run(
+        let identity = format!(
+            "{}_{}_{}",
+            hostname().unwrap_or_else(|| "rkube".into()),
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        let election = rkube_scheduler::leader::Election::new("kube-system", "kube-scheduler", identity);
+        Some(tokio::spawn(rkube_scheduler::run_elected(
             client,
             rkube_scheduler::DEFAULT_SCHEDULER.to_string(),
+            election,
         )))
     };
     rkube_apiserver::serve(config, async {

@@ -150,3 +150,83 @@ async fn pods_land_where_they_fit_and_say_why_not() {
         )
     );
 }
+
+/// Two servers on one etcd: one scheduler leads (holds kube-system/kube-scheduler); when
+/// its server stops, the other's takes the lease and schedules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_scheduler_takes_over() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let etcd = tokio::task::spawn_blocking(|| rkube_testkit::EtcdCluster::start(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let endpoint = etcd.endpoints().join(",");
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let endpoint = endpoint.clone();
+        let server = tokio::task::spawn_blocking(move || {
+            rkube_testkit::RkubeServer::start_with_scheduler(
+                std::path::Path::new(env!("CARGO_BIN_EXE_rkube")),
+                &["--datastore-endpoint", &endpoint],
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        servers.push(server);
+    }
+    let client = servers[0].client().await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let holder = async |leases: &Api<Lease>| {
+        eventually("a scheduler lease holder", WITHIN, async || {
+            leases.get_opt("kube-scheduler").await.ok()??.spec?.holder_identity
+        })
+        .await
+    };
+    let first = holder(&leases).await;
+    let leader = servers
+        .iter()
+        .position(|s| first.contains(&format!("_{}_", s.pid())))
+        .expect("the holder is one of the two servers");
+    let standby = servers.remove(1 - leader);
+    let client = standby.client().await.unwrap();
+    let _nodes = HollowNodes::start(client.clone(), fleet("n", 2, &[], vec![]))
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let bound = async |name: &str| {
+        eventually(&format!("{name} to be bound"), Duration::from_secs(60), async || {
+            pods.get(name).await.ok()?.spec?.node_name
+        })
+        .await
+    };
+    pods.create(&PostParams::default(), &pod("before", json!({})))
+        .await
+        .unwrap();
+    bound("before").await;
+
+    let old_leader = servers.remove(0);
+    tokio::task::spawn_blocking(move || old_leader.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let second = eventually("the standby to lead", Duration::from_secs(60), async || {
+        let holder = leases.get_opt("kube-scheduler").await.ok()??.spec?.holder_identity?;
+        (holder != first).then_some(holder)
+    })
+    .await;
+    assert!(second.contains(&format!("_{}_", standby.pid())), "{second}");
+    pods.create(&PostParams::default(), &pod("after", json!({})))
+        .await
+        .unwrap();
+    bound("after").await;
+    let transitions = leases
+        .get("kube-scheduler")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .lease_transitions;
+    assert!(transitions >= Some(1), "{transitions:?}");
+}

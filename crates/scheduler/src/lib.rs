@@ -5,9 +5,11 @@
 //! (plus pods assumed bound but not yet seen bound) by the [`framework`]'s filter and score
 //! plugins, then bound through `pods/binding`. A pod that fits nowhere gets the
 //! `PodScheduled=False` condition and a `FailedScheduling` event with upstream's message,
-//! and waits for a cluster event that could change that.
+//! and waits for a cluster event that could change that. Only the holder of the
+//! `kube-system/kube-scheduler` Lease schedules ([`leader`]).
 
 pub mod framework;
+pub mod leader;
 pub mod plugins;
 pub mod queue;
 pub mod resources;
@@ -81,6 +83,14 @@ struct Scheduler {
     queue: Queue,
     /// Pods bound (or being bound) but not yet seen bound: key → (uid, node).
     assumed: Mutex<HashMap<String, (String, String)>>,
+}
+
+/// Runs the scheduler whenever this process holds the election's lease: two schedulers
+/// never act at once, and a standby takes over when the leader stops renewing.
+pub async fn run_elected(client: kube::Client, name: String, election: leader::Election) {
+    loop {
+        leader::lead(client.clone(), &election, run(client.clone(), name.clone())).await;
+    }
 }
 
 /// Runs the scheduler named `name` until the task is dropped.
