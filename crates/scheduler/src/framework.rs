@@ -113,24 +113,39 @@ impl std::fmt::Display for FitError {
     }
 }
 
-/// The node for `pod`: the best-scoring node that passes every filter (ties go to the
-/// first in name order, for determinism).
-pub fn schedule<'a>(pod: &Pod, nodes: impl IntoIterator<Item = &'a NodeInfo>) -> Result<String, FitError> {
+/// How many feasible nodes to find before choosing among them (upstream's
+/// `percentageOfNodesToScore` left adaptive): all of a small cluster, a shrinking share of
+/// a large one (10% of 5,000), never fewer than 100.
+pub fn feasible_nodes_to_find(nodes: usize) -> usize {
+    const MIN: usize = 100;
+    if nodes < MIN {
+        return nodes;
+    }
+    let percentage = 50usize.saturating_sub(nodes / 125).max(5);
+    (nodes * percentage / 100).max(MIN)
+}
+
+/// The node for `pod`: the best-scoring of the first feasible nodes found searching from
+/// `start` (ties go to the first in name order); also where the next search starts, so
+/// successive pods spread their search over the cluster as upstream's do.
+pub fn find_node(pod: &Pod, nodes: &[&NodeInfo], start: usize) -> (Result<String, FitError>, usize) {
+    let total = nodes.len();
     let mut error = FitError {
-        nodes: 0,
+        nodes: total,
         reasons: BTreeMap::new(),
         unresolvable: 0,
     };
-    let mut best: Option<(i64, &str)> = None;
-    for node in nodes {
-        error.nodes += 1;
+    let wanted = feasible_nodes_to_find(total);
+    let mut feasible = Vec::new();
+    let mut searched = 0;
+    for offset in 0..total {
+        if feasible.len() >= wanted {
+            break;
+        }
+        searched += 1;
+        let node = nodes[(start + offset) % total];
         match filter(pod, node) {
-            Ok(()) => {
-                let score = score(pod, node);
-                if best.is_none_or(|(s, name)| score > s || (score == s && node.name.as_str() < name)) {
-                    best = Some((score, &node.name));
-                }
-            }
+            Ok(()) => feasible.push(node),
             Err(refusal) => {
                 let reasons = match refusal {
                     Refusal::Unschedulable(reasons) => reasons,
@@ -145,7 +160,18 @@ pub fn schedule<'a>(pod: &Pod, nodes: impl IntoIterator<Item = &'a NodeInfo>) ->
             }
         }
     }
-    best.map(|(_, name)| name.to_string()).ok_or(error)
+    let next = if total == 0 { 0 } else { (start + searched) % total };
+    let best = feasible
+        .into_iter()
+        .map(|node| (score(pod, node), node))
+        .max_by(|(a, x), (b, y)| a.cmp(b).then_with(|| y.name.cmp(&x.name)));
+    (best.map(|(_, node)| node.name.clone()).ok_or(error), next)
+}
+
+/// [`find_node`] over every node, searching from the first.
+pub fn schedule(pod: &Pod, nodes: &[NodeInfo]) -> Result<String, FitError> {
+    let nodes: Vec<&NodeInfo> = nodes.iter().collect();
+    find_node(pod, &nodes, 0).0
 }
 
 #[cfg(test)]
@@ -212,6 +238,19 @@ mod tests {
             schedule(&greedy, &[]).unwrap_err().to_string(),
             "no nodes available to schedule pods"
         );
+    }
+
+    #[test]
+    fn large_clusters_are_searched_in_part_and_in_turn() {
+        assert_eq!(feasible_nodes_to_find(50), 50);
+        assert_eq!(feasible_nodes_to_find(500), 230);
+        assert_eq!(feasible_nodes_to_find(5000), 500);
+        assert_eq!(feasible_nodes_to_find(100_000), 5000);
+        let nodes: Vec<NodeInfo> = (0..1000).map(|i| node(&format!("n{i:04}"), json!({}))).collect();
+        let refs: Vec<&NodeInfo> = nodes.iter().collect();
+        let (chosen, next) = find_node(&pod(json!({})), &refs, 990);
+        assert_eq!(next, (990 + feasible_nodes_to_find(1000)) % 1000);
+        assert!(chosen.is_ok());
     }
 
     #[test]

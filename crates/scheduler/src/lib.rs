@@ -8,13 +8,13 @@
 //! and waits for a cluster event that could change that. Only the holder of the
 //! `kube-system/kube-scheduler` Lease schedules ([`leader`]).
 
+pub mod cache;
 pub mod framework;
 pub mod leader;
 pub mod plugins;
 pub mod queue;
 pub mod resources;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::framework::NodeInfo;
+use crate::cache::{Cache, pod_key as key};
 use crate::queue::Queue;
 
 /// The scheduler name pods select by default.
@@ -40,14 +40,6 @@ pub enum SchedulerError {
         node: String,
         source: kube::Error,
     },
-}
-
-fn key(pod: &Pod) -> String {
-    format!(
-        "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or_default(),
-        pod.metadata.name.as_deref().unwrap_or_default()
-    )
 }
 
 fn priority(pod: &Pod) -> i32 {
@@ -78,11 +70,9 @@ fn wants_scheduling(pod: &Pod, name: &str) -> bool {
 struct Scheduler {
     name: String,
     client: kube::Client,
-    nodes: Store<Node>,
     pods: Store<Pod>,
     queue: Queue,
-    /// Pods bound (or being bound) but not yet seen bound: key → (uid, node).
-    assumed: Mutex<HashMap<String, (String, String)>>,
+    cache: Mutex<Cache>,
 }
 
 /// Runs the scheduler whenever this process holds the election's lease: two schedulers
@@ -100,38 +90,54 @@ pub async fn run(client: kube::Client, name: String) {
     let scheduler = Arc::new(Scheduler {
         name,
         client: client.clone(),
-        nodes,
-        pods,
+        pods: pods.clone(),
         queue: Queue::default(),
-        assumed: Mutex::new(HashMap::new()),
+        cache: Mutex::new(Cache::default()),
     });
     let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
-        .reflect(node_writer)
-        .applied_objects();
+        .reflect(node_writer);
     let pod_events = watcher(Api::<Pod>::all(client), watcher::Config::default())
         .default_backoff()
-        .reflect(pod_writer)
-        .touched_objects();
+        .reflect(pod_writer);
     let watching_nodes = {
-        let scheduler = Arc::clone(&scheduler);
+        let (scheduler, nodes, pods) = (Arc::clone(&scheduler), nodes.clone(), pods.clone());
         async move {
             let mut events = std::pin::pin!(node_events);
             while let Some(event) = events.next().await {
-                if event.is_ok() {
-                    // A node came or changed: pods that fit nowhere may fit now.
-                    scheduler.queue.move_unschedulable().await;
+                let mut cache = scheduler.cache.lock().await;
+                match event {
+                    Ok(watcher::Event::Apply(node)) => cache.set_node(Arc::new(node)),
+                    Ok(watcher::Event::Delete(node)) => {
+                        cache.remove_node(node.metadata.name.as_deref().unwrap_or_default());
+                    }
+                    Ok(watcher::Event::InitDone) => cache.reset(nodes.state(), pods.state()),
+                    _ => continue,
                 }
+                drop(cache);
+                // A node came or changed: pods that fit nowhere may fit now.
+                scheduler.queue.move_unschedulable().await;
             }
         }
     };
     let watching_pods = {
-        let scheduler = Arc::clone(&scheduler);
+        let (scheduler, nodes, pods) = (Arc::clone(&scheduler), nodes.clone(), pods.clone());
         async move {
             let mut events = std::pin::pin!(pod_events);
             while let Some(event) = events.next().await {
-                let Ok(pod) = event else { continue };
-                scheduler.pod_changed(&pod).await;
+                match event {
+                    Ok(watcher::Event::Apply(pod)) => scheduler.pod_changed(pod, false).await,
+                    Ok(watcher::Event::Delete(pod)) => scheduler.pod_changed(pod, true).await,
+                    Ok(watcher::Event::InitDone) => {
+                        scheduler.cache.lock().await.reset(nodes.state(), pods.state());
+                        for pod in pods.state() {
+                            if wants_scheduling(&pod, &scheduler.name) {
+                                scheduler.queue.add(&key(&pod), priority(&pod)).await;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
     };
@@ -148,7 +154,7 @@ pub async fn run(client: kube::Client, name: String) {
     let scheduling = {
         let scheduler = Arc::clone(&scheduler);
         async move {
-            scheduler.nodes.wait_until_ready().await.ok();
+            nodes.wait_until_ready().await.ok();
             scheduler.pods.wait_until_ready().await.ok();
             loop {
                 let key = scheduler.queue.pop().await;
@@ -160,51 +166,27 @@ pub async fn run(client: kube::Client, name: String) {
 }
 
 impl Scheduler {
-    async fn pod_changed(&self, pod: &Pod) {
-        let key = key(pod);
-        if wants_scheduling(pod, &self.name) {
-            self.queue.add(&key, priority(pod)).await;
+    async fn pod_changed(&self, pod: Pod, deleted: bool) {
+        let key = key(&pod);
+        let pod = Arc::new(pod);
+        let freed = node_of(&pod).is_some() && (deleted || is_terminal(&pod));
+        {
+            let mut cache = self.cache.lock().await;
+            if deleted {
+                cache.remove_pod(&pod);
+            } else {
+                cache.set_pod(Arc::clone(&pod));
+            }
+        }
+        if !deleted && wants_scheduling(&pod, &self.name) {
+            self.queue.add(&key, priority(&pod)).await;
             return;
         }
         self.queue.remove(&key).await;
-        let mut assumed = self.assumed.lock().await;
-        if node_of(pod).is_some() {
-            assumed.remove(&key);
-        }
         // A pod that leaves a node frees room: pods that fit nowhere may fit now.
-        if node_of(pod).is_some() && (pod.metadata.deletion_timestamp.is_some() || is_terminal(pod)) {
-            drop(assumed);
+        if freed {
             self.queue.move_unschedulable().await;
         }
-    }
-
-    /// The nodes with what is on them, from the caches and the assumed bindings.
-    async fn snapshot(&self) -> Vec<NodeInfo> {
-        let mut nodes: HashMap<String, NodeInfo> = self
-            .nodes
-            .state()
-            .into_iter()
-            .map(|node| {
-                let info = NodeInfo::new(node);
-                (info.name.clone(), info)
-            })
-            .collect();
-        let assumed = self.assumed.lock().await.clone();
-        for pod in self.pods.state() {
-            if is_terminal(&pod) {
-                continue;
-            }
-            let placed = node_of(&pod).map(str::to_string).or_else(|| {
-                let (uid, node) = assumed.get(&key(&pod))?;
-                (pod.metadata.uid.as_deref() == Some(uid.as_str())).then(|| node.clone())
-            });
-            if let Some(info) = placed.and_then(|n| nodes.get_mut(&n)) {
-                info.add_pod(&pod);
-            }
-        }
-        let mut nodes: Vec<NodeInfo> = nodes.into_values().collect();
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        nodes
     }
 
     async fn schedule_one(self: &Arc<Self>, key: &str) {
@@ -216,19 +198,24 @@ impl Scheduler {
         if !wants_scheduling(&pod, &self.name) {
             return;
         }
-        let snapshot = self.snapshot().await;
-        match framework::schedule(&pod, &snapshot) {
+        let decision = {
+            let mut cache = self.cache.lock().await;
+            let decision = cache.schedule(&pod);
+            if let Ok(node) = &decision {
+                // Counted on its node from now on, so the next pod sees this decision.
+                cache.assume(Arc::clone(&pod), node);
+            }
+            decision
+        };
+        match decision {
             Ok(node) => {
-                let uid = pod.metadata.uid.clone().unwrap_or_default();
-                self.assumed.lock().await.insert(key.to_string(), (uid, node.clone()));
-                // Bind in the background: the next pod is scheduled meanwhile, seeing this
-                // one as placed.
+                // Bind in the background: the next pod is scheduled meanwhile.
                 let scheduler = Arc::clone(self);
                 let key = key.to_string();
                 tokio::spawn(async move {
                     if let Err(err) = scheduler.bind(&pod, &node).await {
                         tracing::warn!(%err, "binding failed; the pod goes back to the queue");
-                        scheduler.assumed.lock().await.remove(&key);
+                        scheduler.cache.lock().await.forget(&pod);
                         let attempts = scheduler.queue.attempts(&key).await + 1;
                         scheduler.queue.failed(&key, priority(&pod), attempts, false).await;
                     }
@@ -245,7 +232,6 @@ impl Scheduler {
             }
         }
     }
-
     async fn bind(&self, pod: &Pod, node: &str) -> Result<(), SchedulerError> {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
         let name = pod.metadata.name.as_deref().unwrap_or_default();

@@ -1,0 +1,225 @@
+//! The scheduler's view of the cluster, kept up to date from watch events rather than
+//! rebuilt per decision: every node with the pods placed on it, including pods assumed
+//! bound (decided, binding in flight) so the next decision already counts them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+
+use crate::framework::{FitError, NodeInfo, find_node};
+
+/// Where a pod is placed, and whether that is only assumed so far.
+#[derive(Debug, Clone)]
+struct Placement {
+    uid: String,
+    node: String,
+    pod: Arc<Pod>,
+    assumed: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Cache {
+    nodes: BTreeMap<String, NodeInfo>,
+    /// Node objects for nodes not seen yet are kept with their pods when they arrive.
+    placements: HashMap<String, Placement>,
+    on_node: HashMap<String, BTreeSet<String>>,
+    next_start: usize,
+}
+
+pub fn pod_key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Pods that hold resources on their node: bound and not finished.
+fn occupies(pod: &Pod) -> Option<&str> {
+    let finished = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    let node = pod.spec.as_ref()?.node_name.as_deref().filter(|n| !n.is_empty())?;
+    (!finished).then_some(node)
+}
+
+impl Cache {
+    fn rebuild(&mut self, node: &str) {
+        let Some(info) = self.nodes.get_mut(node) else { return };
+        let mut fresh = NodeInfo::new(Arc::clone(&info.node));
+        for key in self.on_node.get(node).into_iter().flatten() {
+            if let Some(placement) = self.placements.get(key) {
+                fresh.add_pod(&placement.pod);
+            }
+        }
+        *info = fresh;
+    }
+
+    pub fn set_node(&mut self, node: Arc<Node>) {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        self.nodes.insert(name.clone(), NodeInfo::new(node));
+        self.rebuild(&name);
+    }
+
+    pub fn remove_node(&mut self, name: &str) {
+        self.nodes.remove(name);
+    }
+
+    fn place(&mut self, key: &str, placement: Placement) {
+        let node = placement.node.clone();
+        self.unplace(key);
+        self.on_node.entry(node.clone()).or_default().insert(key.to_string());
+        self.placements.insert(key.to_string(), placement);
+        self.rebuild(&node);
+    }
+
+    fn unplace(&mut self, key: &str) {
+        if let Some(old) = self.placements.remove(key) {
+            if let Some(keys) = self.on_node.get_mut(&old.node) {
+                keys.remove(key);
+            }
+            self.rebuild(&old.node);
+        }
+    }
+
+    /// A pod as the API shows it now.
+    pub fn set_pod(&mut self, pod: Arc<Pod>) {
+        let key = pod_key(&pod);
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        match occupies(&pod).map(str::to_string) {
+            Some(node) => self.place(
+                &key,
+                Placement {
+                    uid,
+                    node,
+                    pod,
+                    assumed: false,
+                },
+            ),
+            // Not bound yet: keep an assumption made for this very pod.
+            None if self.placements.get(&key).is_some_and(|p| p.assumed && p.uid == uid)
+                && !finished(&pod)
+                && pod.metadata.deletion_timestamp.is_none() => {}
+            None => self.unplace(&key),
+        }
+    }
+
+    pub fn remove_pod(&mut self, pod: &Pod) {
+        self.unplace(&pod_key(pod));
+    }
+
+    /// Counts `pod` on `node` until the API shows it bound (or [`Cache::forget`]).
+    pub fn assume(&mut self, pod: Arc<Pod>, node: &str) {
+        let key = pod_key(&pod);
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        self.place(
+            &key,
+            Placement {
+                uid,
+                node: node.to_string(),
+                pod,
+                assumed: true,
+            },
+        );
+    }
+
+    /// Drops an assumption whose binding failed.
+    pub fn forget(&mut self, pod: &Pod) {
+        let key = pod_key(pod);
+        if self.placements.get(&key).is_some_and(|p| p.assumed) {
+            self.unplace(&key);
+        }
+    }
+
+    /// Every node from scratch (after a re-list).
+    pub fn reset(&mut self, nodes: Vec<Arc<Node>>, pods: Vec<Arc<Pod>>) {
+        let assumed: Vec<Placement> = self.placements.values().filter(|p| p.assumed).cloned().collect();
+        *self = Self {
+            next_start: self.next_start,
+            ..Self::default()
+        };
+        for node in nodes {
+            self.set_node(node);
+        }
+        for pod in pods {
+            self.set_pod(pod);
+        }
+        for placement in assumed {
+            let key = pod_key(&placement.pod);
+            if !self.placements.contains_key(&key) {
+                self.place(&key, placement);
+            }
+        }
+    }
+
+    /// A node for `pod`, searching on from where the previous search stopped.
+    pub fn schedule(&mut self, pod: &Pod) -> Result<String, FitError> {
+        let nodes: Vec<&NodeInfo> = self.nodes.values().collect();
+        let (result, next) = find_node(pod, &nodes, self.next_start);
+        self.next_start = next;
+        result
+    }
+}
+
+fn finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str, cpu: &str) -> Arc<Node> {
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name},
+                "status": {"allocatable": {"cpu": cpu, "memory": "1Gi", "pods": "10"}}}))
+            .unwrap(),
+        )
+    }
+
+    fn pod(name: &str, node: Option<&str>, phase: &str) -> Arc<Pod> {
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default", "uid": name},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x",
+                    "resources": {"requests": {"cpu": "1"}}}]},
+                "status": {"phase": phase}}))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn placements_follow_events_and_assumptions() {
+        let mut cache = Cache::default();
+        cache.set_node(node("a", "2"));
+        cache.set_pod(pod("bound", Some("a"), "Running"));
+        assert_eq!(cache.nodes["a"].requested.milli_cpu, 1000);
+        // Assumed: counted at once, kept while the API still shows it unbound.
+        cache.assume(pod("new", None, "Pending"), "a");
+        cache.set_pod(pod("new", None, "Pending"));
+        assert_eq!(cache.nodes["a"].requested.milli_cpu, 2000);
+        assert!(
+            cache.schedule(&pod("third", None, "Pending")).is_err(),
+            "the node is full"
+        );
+        // Confirmed by the API, then finished: the room comes back.
+        cache.set_pod(pod("new", Some("a"), "Running"));
+        cache.set_pod(pod("bound", Some("a"), "Succeeded"));
+        assert_eq!(cache.nodes["a"].requested.milli_cpu, 1000);
+        assert_eq!(cache.schedule(&pod("third", None, "Pending")).unwrap(), "a");
+        // A failed binding is forgotten; a node that arrives later brings its pods along.
+        cache.assume(pod("x", None, "Pending"), "a");
+        cache.forget(&pod("x", None, "Pending"));
+        assert_eq!(cache.nodes["a"].requested.milli_cpu, 1000);
+        cache.set_pod(pod("early", Some("b"), "Running"));
+        cache.set_node(node("b", "4"));
+        assert_eq!(cache.nodes["b"].requested.milli_cpu, 1000);
+        cache.remove_pod(&pod("early", Some("b"), "Running"));
+        assert_eq!(cache.nodes["b"].requested.milli_cpu, 0);
+    }
+}
