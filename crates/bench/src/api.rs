@@ -70,7 +70,7 @@ pub async fn run(mut args: ApiArgs, json: bool) -> anyhow::Result<()> {
         args.clients = args.clients.min(8);
     }
     drop(rustls::crypto::ring::default_provider().install_default());
-    let server = start_server(args.rkube.as_deref(), &["--datastore-retention", "60"])
+    let server = start_server(args.rkube.as_deref(), &["--datastore-retention", "60"], false)
         .await
         .context("starting rkube server")?;
     let client = server.client().await?;

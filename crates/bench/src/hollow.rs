@@ -53,7 +53,7 @@ pub async fn run(args: HollowArgs, json: bool) -> anyhow::Result<()> {
             (None, kube::Client::try_from(config)?)
         }
         None => {
-            let server = start_server(args.rkube.as_deref(), &[])
+            let server = start_server(args.rkube.as_deref(), &[], false)
                 .await
                 .context("starting rkube server")?;
             let client = server.client().await?;

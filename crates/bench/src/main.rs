@@ -4,6 +4,7 @@
 mod api;
 mod hollow;
 mod report;
+mod scheduler;
 mod store;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ enum Bench {
     Api(api::ApiArgs),
     /// Many hollow nodes in this process, against a cluster or a server started for the run.
     HollowNodes(hollow::HollowArgs),
+    /// The scheduler: in process and end to end on hollow nodes (runs a real rkube server).
+    Scheduler(scheduler::SchedulerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +47,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Store(args) => store::run(args, cli.json).await,
             Bench::Api(args) => api::run(args, cli.json).await,
             Bench::HollowNodes(args) => hollow::run(args, cli.json).await,
+            Bench::Scheduler(args) => scheduler::run(args, cli.json).await,
         }
     })
 }

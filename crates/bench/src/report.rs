@@ -115,6 +115,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub async fn start_server(
     rkube: Option<&std::path::Path>,
     args: &'static [&'static str],
+    scheduler: bool,
 ) -> anyhow::Result<rkube_testkit::RkubeServer> {
     let binary = match rkube {
         Some(path) => path.to_path_buf(),
@@ -125,7 +126,14 @@ pub async fn start_server(
         "{} not found: build it (cargo build --release -p rkube) or pass --rkube",
         binary.display()
     );
-    let server = tokio::task::spawn_blocking(move || rkube_testkit::RkubeServer::start(&binary, args)).await??;
+    let server = tokio::task::spawn_blocking(move || {
+        if scheduler {
+            rkube_testkit::RkubeServer::start_with_scheduler(&binary, args)
+        } else {
+            rkube_testkit::RkubeServer::start(&binary, args)
+        }
+    })
+    .await??;
     Ok(server)
 }
 

@@ -109,3 +109,20 @@ fn hollow_nodes_bench_reports_its_figures() {
         );
     }
 }
+
+#[test]
+fn scheduler_bench_reports_both_cases() {
+    let rkube = std::path::Path::new(env!("CARGO_BIN_EXE_rkube-bench")).with_file_name("rkube");
+    let out = bench()
+        .args(["scheduler", "--quick", "--json", "--rkube"])
+        .arg(&rkube)
+        .output()
+        .unwrap();
+    let seen = figures(&out, "scheduler");
+    for figure in [
+        "in process/SchedulingBasic 100 nodes pods_per_sec",
+        "end to end/SchedulingBasic 100 nodes pods_per_sec",
+    ] {
+        assert!(seen.contains(figure), "missing {figure}: {seen:?}");
+    }
+}
