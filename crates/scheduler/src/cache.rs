@@ -71,8 +71,11 @@ impl Cache {
         let node = placement.node.clone();
         self.unplace(key);
         self.on_node.entry(node.clone()).or_default().insert(key.to_string());
+        // Adding needs no rebuild: only removals do.
+        if let Some(info) = self.nodes.get_mut(&node) {
+            info.add_pod(&placement.pod);
+        }
         self.placements.insert(key.to_string(), placement);
-        self.rebuild(&node);
     }
 
     fn unplace(&mut self, key: &str) {

@@ -53,21 +53,36 @@ pub enum Refusal {
 
 pub type FilterResult = Result<(), Refusal>;
 
+/// What a pod asks for, worked out once per decision rather than once per node.
+pub struct Wanted {
+    pub requests: Resources,
+    pub non_zero: (i64, i64),
+}
+
+impl Wanted {
+    pub fn of(pod: &Pod) -> Self {
+        Self {
+            requests: pod_requests(pod),
+            non_zero: pod_requests_non_zero(pod),
+        }
+    }
+}
+
 /// The filters, in upstream's order; the first refusal decides.
-pub fn filter(pod: &Pod, node: &NodeInfo) -> FilterResult {
+pub fn filter(pod: &Pod, wanted: &Wanted, node: &NodeInfo) -> FilterResult {
     plugins::node_unschedulable::filter(pod, node)?;
     plugins::node_name::filter(pod, node)?;
     plugins::taint_toleration::filter(pod, node)?;
     plugins::node_affinity::filter(pod, node)?;
     plugins::node_ports::filter(pod, node)?;
-    plugins::node_resources_fit::filter(pod, node)?;
+    plugins::node_resources_fit::fits(&wanted.requests, node)?;
     Ok(())
 }
 
 /// The weighted sum of the scores (each 0..=100), as upstream's default weights have it.
-pub fn score(pod: &Pod, node: &NodeInfo) -> i64 {
-    plugins::node_resources_fit::least_allocated(pod, node)
-        + plugins::node_resources_fit::balanced_allocation(pod, node)
+pub fn score(pod: &Pod, wanted: &Wanted, node: &NodeInfo) -> i64 {
+    plugins::node_resources_fit::least_allocated_for(wanted.non_zero, node)
+        + plugins::node_resources_fit::balanced_allocation_for(wanted.non_zero, node)
         + 3 * plugins::taint_toleration::score(pod, node)
         + 2 * plugins::node_affinity::score(pod, node)
 }
@@ -136,6 +151,7 @@ pub fn find_node(pod: &Pod, nodes: &[&NodeInfo], start: usize) -> (Result<String
         unresolvable: 0,
     };
     let wanted = feasible_nodes_to_find(total);
+    let asks = Wanted::of(pod);
     let mut feasible = Vec::new();
     let mut searched = 0;
     for offset in 0..total {
@@ -144,7 +160,7 @@ pub fn find_node(pod: &Pod, nodes: &[&NodeInfo], start: usize) -> (Result<String
         }
         searched += 1;
         let node = nodes[(start + offset) % total];
-        match filter(pod, node) {
+        match filter(pod, &asks, node) {
             Ok(()) => feasible.push(node),
             Err(refusal) => {
                 let reasons = match refusal {
@@ -163,7 +179,7 @@ pub fn find_node(pod: &Pod, nodes: &[&NodeInfo], start: usize) -> (Result<String
     let next = if total == 0 { 0 } else { (start + searched) % total };
     let best = feasible
         .into_iter()
-        .map(|node| (score(pod, node), node))
+        .map(|node| (score(pod, &asks, node), node))
         .max_by(|(a, x), (b, y)| a.cmp(b).then_with(|| y.name.cmp(&x.name)));
     (best.map(|(_, node)| node.name.clone()).ok_or(error), next)
 }

@@ -8,7 +8,11 @@ use crate::framework::{FilterResult, NodeInfo, Refusal};
 use crate::resources::{pod_requests, pod_requests_non_zero};
 
 pub fn filter(pod: &Pod, node: &NodeInfo) -> FilterResult {
-    let want = pod_requests(pod);
+    fits(&pod_requests(pod), node)
+}
+
+/// [`filter`] with the pod's requests worked out once for all nodes.
+pub fn fits(want: &crate::resources::Resources, node: &NodeInfo) -> FilterResult {
     let (have, used) = (&node.allocatable, &node.requested);
     let mut reasons = Vec::new();
     if used.pods + 1 > have.pods {
@@ -38,9 +42,9 @@ pub fn filter(pod: &Pod, node: &NodeInfo) -> FilterResult {
     }
 }
 
-/// Cpu and memory in use after placing the pod, as fractions of what the node has.
-fn fractions(pod: &Pod, node: &NodeInfo) -> (f64, f64) {
-    let (cpu, memory) = pod_requests_non_zero(pod);
+/// Cpu and memory in use after placing a pod that asks for `(cpu, memory)` (non-zero
+/// requests), as fractions of what the node has.
+fn fractions((cpu, memory): (i64, i64), node: &NodeInfo) -> (f64, f64) {
     let fraction = |used: i64, have: i64| {
         if have <= 0 {
             1.0
@@ -55,12 +59,20 @@ fn fractions(pod: &Pod, node: &NodeInfo) -> (f64, f64) {
 }
 
 pub fn least_allocated(pod: &Pod, node: &NodeInfo) -> i64 {
-    let (cpu, memory) = fractions(pod, node);
+    least_allocated_for(pod_requests_non_zero(pod), node)
+}
+
+pub fn least_allocated_for(non_zero: (i64, i64), node: &NodeInfo) -> i64 {
+    let (cpu, memory) = fractions(non_zero, node);
     (((1.0 - cpu) + (1.0 - memory)) * 50.0) as i64
 }
 
 pub fn balanced_allocation(pod: &Pod, node: &NodeInfo) -> i64 {
-    let (cpu, memory) = fractions(pod, node);
+    balanced_allocation_for(pod_requests_non_zero(pod), node)
+}
+
+pub fn balanced_allocation_for(non_zero: (i64, i64), node: &NodeInfo) -> i64 {
+    let (cpu, memory) = fractions(non_zero, node);
     // With two resources the standard deviation is half their difference.
     ((1.0 - (cpu - memory).abs() / 2.0) * 100.0) as i64
 }
