@@ -230,3 +230,54 @@ async fn a_standby_scheduler_takes_over() {
         .lease_transitions;
     assert!(transitions >= Some(1), "{transitions:?}");
 }
+
+/// Required anti-affinity on the host name spreads replicas one per node; one replica
+/// more than nodes waits, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_affinity_spreads_replicas() {
+    let (_server, client) = common::server_and_client(true).await;
+    let _nodes = HollowNodes::start(client.clone(), fleet("spread", 3, &[], vec![]))
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let replica = |name: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": "spread"}},
+            "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}],
+                     "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                         {"labelSelector": {"matchLabels": {"app": "spread"}}, "topologyKey": "kubernetes.io/hostname"}]}}}
+        }))
+        .unwrap()
+    };
+    let mut hosts = std::collections::BTreeSet::new();
+    for i in 0..3 {
+        let name = format!("replica-{i}");
+        pods.create(&PostParams::default(), &replica(&name)).await.unwrap();
+        // One at a time, so each decision sees the previous binding through the API too.
+        let node = eventually(&format!("{name} to be bound"), WITHIN, async || {
+            pods.get(&name).await.ok()?.spec?.node_name
+        })
+        .await;
+        hosts.insert(node);
+    }
+    assert_eq!(hosts.len(), 3, "one replica per node: {hosts:?}");
+    pods.create(&PostParams::default(), &replica("replica-3"))
+        .await
+        .unwrap();
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let event = eventually("the extra replica's event", WITHIN, async || {
+        let list = events
+            .list(&ListParams::default().fields("involvedObject.name=replica-3"))
+            .await
+            .ok()?;
+        list.items.into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        event.message.as_deref(),
+        Some(
+            "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. \
+             preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod."
+        )
+    );
+}

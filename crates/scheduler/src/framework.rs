@@ -21,6 +21,10 @@ pub struct NodeInfo {
     pub non_zero: (i64, i64),
     /// (protocol, host IP, host port) already taken.
     pub used_ports: HashSet<(String, String, i32)>,
+    /// The pods placed here, for pod (anti-)affinity.
+    pub pods: Vec<Arc<Pod>>,
+    /// Those of them with required anti-affinity, which every decision must check.
+    pub pods_with_anti_affinity: Vec<Arc<Pod>>,
 }
 
 impl NodeInfo {
@@ -32,10 +36,23 @@ impl NodeInfo {
             requested: Resources::default(),
             non_zero: (0, 0),
             used_ports: HashSet::new(),
+            pods: Vec::new(),
+            pods_with_anti_affinity: Vec::new(),
         }
     }
 
-    pub fn add_pod(&mut self, pod: &Pod) {
+    pub fn add_pod(&mut self, pod: &Arc<Pod>) {
+        self.pods.push(Arc::clone(pod));
+        let anti = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.affinity.as_ref())
+            .and_then(|a| a.pod_anti_affinity.as_ref())
+            .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
+            .is_some_and(|terms| !terms.is_empty());
+        if anti {
+            self.pods_with_anti_affinity.push(Arc::clone(pod));
+        }
         self.requested.add(&pod_requests(pod));
         let (cpu, memory) = pod_requests_non_zero(pod);
         self.non_zero.0 += cpu;
@@ -69,13 +86,19 @@ impl Wanted {
 }
 
 /// The filters, in upstream's order; the first refusal decides.
-pub fn filter(pod: &Pod, wanted: &Wanted, node: &NodeInfo) -> FilterResult {
+pub fn filter(
+    pod: &Pod,
+    wanted: &Wanted,
+    affinity: &plugins::inter_pod_affinity::PreFilter,
+    node: &NodeInfo,
+) -> FilterResult {
     plugins::node_unschedulable::filter(pod, node)?;
     plugins::node_name::filter(pod, node)?;
     plugins::taint_toleration::filter(pod, node)?;
     plugins::node_affinity::filter(pod, node)?;
     plugins::node_ports::filter(pod, node)?;
     plugins::node_resources_fit::fits(&wanted.requests, node)?;
+    affinity.filter(node)?;
     Ok(())
 }
 
@@ -152,6 +175,7 @@ pub fn find_node(pod: &Pod, nodes: &[&NodeInfo], start: usize) -> (Result<String
     };
     let wanted = feasible_nodes_to_find(total);
     let asks = Wanted::of(pod);
+    let affinity = plugins::inter_pod_affinity::PreFilter::new(pod, nodes);
     let mut feasible = Vec::new();
     let mut searched = 0;
     for offset in 0..total {
@@ -160,7 +184,7 @@ pub fn find_node(pod: &Pod, nodes: &[&NodeInfo], start: usize) -> (Result<String
         }
         searched += 1;
         let node = nodes[(start + offset) % total];
-        match filter(pod, &asks, node) {
+        match filter(pod, &asks, &affinity, node) {
             Ok(()) => feasible.push(node),
             Err(refusal) => {
                 let reasons = match refusal {
@@ -177,9 +201,23 @@ pub fn find_node(pod: &Pod, nodes: &[&NodeInfo], start: usize) -> (Result<String
         }
     }
     let next = if total == 0 { 0 } else { (start + searched) % total };
+    // InterPodAffinity's scores are normalized over the feasible nodes, as upstream's are.
+    let raw: Vec<i64> = feasible.iter().map(|node| affinity.raw_score(node)).collect();
+    let (low, high) = (
+        raw.iter().copied().min().unwrap_or(0),
+        raw.iter().copied().max().unwrap_or(0),
+    );
     let best = feasible
         .into_iter()
-        .map(|node| (score(pod, &asks, node), node))
+        .zip(raw)
+        .map(|(node, raw)| {
+            let normalized = if high > low {
+                (raw - low) * 100 / (high - low)
+            } else {
+                0
+            };
+            (score(pod, &asks, node) + 2 * normalized, node)
+        })
         .max_by(|(a, x), (b, y)| a.cmp(b).then_with(|| y.name.cmp(&x.name)));
     (best.map(|(_, node)| node.name.clone()).ok_or(error), next)
 }
@@ -272,8 +310,10 @@ mod tests {
     #[test]
     fn the_emptiest_fitting_node_wins() {
         let mut busy = node("a", json!({}));
-        busy.add_pod(&pod(json!({"spec": {"containers": [{"name": "c", "image": "x",
-            "resources": {"requests": {"cpu": "3", "memory": "8Gi"}}}]}})));
+        busy.add_pod(&Arc::new(pod(
+            json!({"spec": {"containers": [{"name": "c", "image": "x",
+            "resources": {"requests": {"cpu": "3", "memory": "8Gi"}}}]}}),
+        )));
         let nodes = vec![busy, node("b", json!({})), node("c", json!({}))];
         assert_eq!(
             schedule(&pod(json!({})), &nodes).unwrap(),

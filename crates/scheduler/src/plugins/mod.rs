@@ -1,5 +1,6 @@
 //! One module per plugin of upstream's default profile, each pure over a pod and a node.
 
+pub mod inter_pod_affinity;
 pub mod node_affinity;
 pub mod node_name;
 pub mod node_ports;

@@ -51,7 +51,7 @@ mod tests {
         };
         let mut n = node("a", json!({}));
         assert!(filter(&on_80(""), &n).is_ok());
-        n.add_pod(&on_80("10.0.0.1"));
+        n.add_pod(&std::sync::Arc::new(on_80("10.0.0.1")));
         assert!(filter(&on_80(""), &n).is_err());
         assert!(filter(&on_80("10.0.0.2"), &n).is_ok(), "another address");
         assert!(filter(&pod(json!({})), &n).is_ok());

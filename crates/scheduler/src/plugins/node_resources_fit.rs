@@ -95,7 +95,7 @@ mod tests {
             json!({"status": {"allocatable": {"cpu": "2", "memory": "1Gi", "pods": "2"}}}),
         );
         assert!(filter(&asking("1500m", "512Mi"), &n).is_ok());
-        n.add_pod(&asking("1500m", "512Mi"));
+        n.add_pod(&std::sync::Arc::new(asking("1500m", "512Mi")));
         assert_eq!(
             filter(&asking("1", "1Gi"), &n),
             Err(Refusal::Unschedulable(vec![
@@ -103,7 +103,7 @@ mod tests {
                 "Insufficient memory".into()
             ]))
         );
-        n.add_pod(&asking("100m", "1Mi"));
+        n.add_pod(&std::sync::Arc::new(asking("100m", "1Mi")));
         assert_eq!(
             filter(&asking("100m", "1Mi"), &n),
             Err(Refusal::Unschedulable(vec!["Too many pods".into()]))
@@ -128,7 +128,7 @@ mod tests {
     fn emptier_and_more_balanced_nodes_score_higher() {
         let empty = node("a", json!({}));
         let mut busy = node("b", json!({}));
-        busy.add_pod(&asking("3", "2Gi"));
+        busy.add_pod(&std::sync::Arc::new(asking("3", "2Gi")));
         let p = asking("500m", "1Gi");
         assert!(least_allocated(&p, &empty) > least_allocated(&p, &busy));
         assert!(balanced_allocation(&p, &empty) > balanced_allocation(&p, &busy));
