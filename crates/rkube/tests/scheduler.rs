@@ -25,6 +25,18 @@ fn pod(name: &str, spec: Value) -> Pod {
     serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
 }
 
+/// The first scheduling event about `pod`, once there is one.
+async fn scheduling_event(events: &Api<Event>, pod: &str) -> Event {
+    eventually(&format!("an event about {pod}"), WITHIN, async || {
+        let selector = format!("involvedObject.name={pod}");
+        let list = events.list(&ListParams::default().fields(&selector)).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("FailedScheduling"))
+    })
+    .await
+}
+
 fn fleet(prefix: &str, count: usize, labels: &[(&str, &str)], taints: Vec<Value>) -> HollowOptions {
     HollowOptions {
         count,
@@ -97,16 +109,7 @@ async fn pods_land_where_they_fit_and_say_why_not() {
                     2 node(s) didn't match Pod's node affinity/selector. preemption: 0/3 nodes are available: \
                     3 Preemption is not helpful for scheduling.";
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    let event = eventually("a FailedScheduling event", WITHIN, async || {
-        let list = events
-            .list(&ListParams::default().fields("involvedObject.name=lost"))
-            .await
-            .ok()?;
-        list.items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("FailedScheduling"))
-    })
-    .await;
+    let event = scheduling_event(&events, "lost").await;
     assert_eq!(event.message.as_deref(), Some(expected));
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     let condition = pods.get("lost").await.unwrap().status.unwrap().conditions.unwrap();
@@ -133,14 +136,7 @@ async fn pods_land_where_they_fit_and_say_why_not() {
     pods.create(&PostParams::default(), &pod("huge", json!({"cpu": "100"})))
         .await
         .unwrap();
-    let event = eventually("the huge pod's event", WITHIN, async || {
-        let list = events
-            .list(&ListParams::default().fields("involvedObject.name=huge"))
-            .await
-            .ok()?;
-        list.items.into_iter().next()
-    })
-    .await;
+    let event = scheduling_event(&events, "huge").await;
     assert_eq!(
         event.message.as_deref(),
         Some(
@@ -265,14 +261,7 @@ async fn anti_affinity_spreads_replicas() {
         .await
         .unwrap();
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    let event = eventually("the extra replica's event", WITHIN, async || {
-        let list = events
-            .list(&ListParams::default().fields("involvedObject.name=replica-3"))
-            .await
-            .ok()?;
-        list.items.into_iter().next()
-    })
-    .await;
+    let event = scheduling_event(&events, "replica-3").await;
     assert_eq!(
         event.message.as_deref(),
         Some(

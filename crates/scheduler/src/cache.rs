@@ -35,14 +35,22 @@ pub fn pod_key(pod: &Pod) -> String {
     )
 }
 
-/// Pods that hold resources on their node: bound and not finished.
-fn occupies(pod: &Pod) -> Option<&str> {
-    let finished = matches!(
+/// A pod that has finished (Succeeded or Failed) holds nothing on its node any more.
+pub(crate) fn is_terminal(pod: &Pod) -> bool {
+    matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded" | "Failed")
-    );
-    let node = pod.spec.as_ref()?.node_name.as_deref().filter(|n| !n.is_empty())?;
-    (!finished).then_some(node)
+    )
+}
+
+/// The node a pod is bound to.
+pub(crate) fn node_of(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref()?.node_name.as_deref().filter(|n| !n.is_empty())
+}
+
+/// Pods that hold resources on their node: bound and not finished.
+fn occupies(pod: &Pod) -> Option<&str> {
+    node_of(pod).filter(|_| !is_terminal(pod))
 }
 
 impl Cache {
@@ -103,7 +111,7 @@ impl Cache {
             ),
             // Not bound yet: keep an assumption made for this very pod.
             None if self.placements.get(&key).is_some_and(|p| p.assumed && p.uid == uid)
-                && !finished(&pod)
+                && !is_terminal(&pod)
                 && pod.metadata.deletion_timestamp.is_none() => {}
             None => self.unplace(&key),
         }
@@ -164,13 +172,6 @@ impl Cache {
         self.next_start = next;
         result
     }
-}
-
-fn finished(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
 }
 
 #[cfg(test)]

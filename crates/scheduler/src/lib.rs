@@ -26,7 +26,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::cache::{Cache, pod_key as key};
+use crate::cache::{Cache, is_terminal, node_of, pod_key as key};
 use crate::queue::Queue;
 
 /// The scheduler name pods select by default.
@@ -44,17 +44,6 @@ pub enum SchedulerError {
 
 fn priority(pod: &Pod) -> i32 {
     pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
-}
-
-fn is_terminal(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
-}
-
-fn node_of(pod: &Pod) -> Option<&str> {
-    pod.spec.as_ref()?.node_name.as_deref().filter(|n| !n.is_empty())
 }
 
 /// A pod this scheduler must place.

@@ -322,14 +322,13 @@ async fn advance(
     if matches!(phase.as_str(), "Running" | "Succeeded" | "Failed") {
         return Ok(());
     }
+    let (pod_cidr, host_ip) = node_network(index);
     let ip = {
         let mut next = assignments.next_ip.lock().await;
         let n = next.entry(node.to_string()).or_insert(1);
         *n = *n % 253 + 1;
-        let (high, low) = (index / 256, index % 256);
-        format!("10.{}.{low}.{}", 64 + high, *n)
+        format!("{}.{}", pod_cidr.trim_end_matches(".0/24"), *n)
     };
-    let (_, host_ip) = node_network(index);
     let started = now();
     let containers = container_statuses(pod, true, &json!({"running": {"startedAt": started}}));
     let condition = |kind: &str| json!({"type": kind, "status": "True", "lastTransitionTime": started});
