@@ -1220,19 +1220,20 @@ async fn list(
             ),
         ));
     }
-    let mut page = page;
-    if info.stored_as.is_some() {
-        page.items = page
-            .items
+    // Items as stored, or (versions served by conversion) converted and encoded anew.
+    let items: Vec<Bytes> = if info.stored_as.is_some() {
+        page.items
             .iter()
             .map(|o| {
-                Ok(std::sync::Arc::new(cache::Cached::new(
-                    info,
-                    &convert::from_storage(info, o.value()?),
-                )?))
+                let shown = convert::from_storage(info, o.value()?);
+                serde_json::to_vec(&shown)
+                    .map(Bytes::from)
+                    .map_err(|e| ApiError::internal(format!("encoding an object: {e}")))
             })
-            .collect::<Result<_, ApiError>>()?;
-    }
+            .collect::<Result<_, ApiError>>()?
+    } else {
+        page.items.iter().map(|o| o.json.clone()).collect()
+    };
     let mut metadata = json!({"resourceVersion": revision});
     if let Some(token) = page.continue_token {
         metadata["continue"] = json!(token);
@@ -1247,7 +1248,7 @@ async fn list(
     });
     Ok(crate::response::raw_json(
         StatusCode::OK,
-        splice_items(&head, page.items.iter().map(|o| &o.json[..]))?,
+        splice_items(&head, items.iter().map(|o| &o[..]))?,
     ))
 }
 
