@@ -101,7 +101,8 @@ pub fn pod_spec(spec: &mut Map<String, Value>) {
     }
 }
 
-/// What admission adds to pods (not templates): the service account, priority, the
+/// What admission adds to pods (not templates; priority is the API server's Priority
+/// admission, which needs the PriorityClasses): the service account, the
 /// default not-ready/unreachable tolerations of 300 s, and the initial status.
 fn pod(object: &mut Value) {
     let Some(spec) = object_at(object, &["spec"]) else {
@@ -112,8 +113,6 @@ fn pod(object: &mut Value) {
     default(spec, "serviceAccountName", json!("default"));
     let account = spec.get("serviceAccountName").cloned().unwrap_or(json!("default"));
     default(spec, "serviceAccount", account);
-    default(spec, "priority", json!(0));
-    default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
     let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
     if let Some(list) = tolerations.as_array_mut() {
         for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {

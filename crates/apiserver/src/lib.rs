@@ -5,6 +5,7 @@
 //! endpoints, discovery, and the REST verbs (with watch and Tables) for every resource in
 //! the catalogue.
 
+mod admission;
 mod authn;
 mod cache;
 mod discovery;

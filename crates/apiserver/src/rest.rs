@@ -10,6 +10,7 @@ use rkube_api::{ResourceInfo, convert, defaults, find, typed, validation};
 use rkube_store::{ContinueToken, RangeRequest, StoreError};
 use serde_json::{Value, json};
 
+use crate::admission;
 use crate::filter::Filter;
 use crate::object::{
     self, bad_request, check_name_matches, conflict, from_store, general_store_error, invalid, meta_str, metadata,
@@ -543,6 +544,9 @@ pub(crate) async fn create(
     if let Some(ns) = ns.filter(|_| info.namespaced()) {
         check_namespace_open(state, ns).await?;
     }
+    if (info.group, info.kind) == ("", "Pod") {
+        admission::admit_pod(state, &mut object, &name).await?;
+    }
     let meta = metadata_mut(&mut object).ok_or_else(|| bad_request("metadata must be an object"))?;
     meta.insert("name".into(), json!(name));
     meta.insert("uid".into(), json!(object::new_uid()));
@@ -646,6 +650,9 @@ async fn write_update(
                 }
             }
         }
+    }
+    if (info.group, info.kind) == ("", "Pod") {
+        admission::keep_priority(current, &mut new);
     }
     let current_meta = metadata(current).cloned().unwrap_or_default();
     let meta = metadata_mut(&mut new).ok_or_else(|| bad_request("metadata must be an object"))?;

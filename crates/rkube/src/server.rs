@@ -202,21 +202,30 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 .map_or(0, |d| d.as_nanos())
         );
         let election = rkube_scheduler::leader::Election::new("kube-system", "kube-scheduler", identity);
-        Some(tokio::spawn(rkube_scheduler::run_elected(
-            client,
+        let task = tokio::spawn(rkube_scheduler::run_elected(
+            client.clone(),
             rkube_scheduler::DEFAULT_SCHEDULER.to_string(),
-            election,
-        )))
+            election.clone(),
+        ));
+        Some((task, client, election))
     };
-    rkube_apiserver::serve(config, async {
+    rkube_apiserver::serve(config, async move {
         if let Err(err) = crate::shutdown_signal().await {
             tracing::error!(%err, "waiting for a signal");
         }
+        // Stop scheduling and hand the lease over while the API server still answers.
+        if let Some((task, client, election)) = scheduler {
+            task.abort();
+            let releasing = rkube_scheduler::leader::release(client, &election);
+            if tokio::time::timeout(std::time::Duration::from_secs(2), releasing)
+                .await
+                .is_err()
+            {
+                tracing::warn!("releasing the scheduler's lease timed out");
+            }
+        }
     })
     .await?;
-    if let Some(scheduler) = scheduler {
-        scheduler.abort();
-    }
     tracing::info!("stopping");
     Ok(())
 }

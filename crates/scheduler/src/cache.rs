@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
-use crate::framework::{FitError, NodeInfo, find_node};
+use crate::framework::{Choice, Cluster, FitError, NodeInfo, Objects, find_node};
+use crate::plugins::default_preemption::{Preemption, preempt};
 
 /// Where a pod is placed, and whether that is only assumed so far.
 #[derive(Debug, Clone)]
@@ -25,6 +26,21 @@ pub struct Cache {
     placements: HashMap<String, Placement>,
     on_node: HashMap<String, BTreeSet<String>>,
     next_start: usize,
+    /// Services, workloads, claims, volumes, classes and budgets, as the API shows them.
+    pub objects: Objects,
+    /// On how many nodes each image is.
+    image_spread: HashMap<String, usize>,
+    /// Unbound pods nominated to a node by preemption, by node, keyed by pod key.
+    nominated: HashMap<String, BTreeMap<String, Arc<Pod>>>,
+}
+
+/// What a scheduling attempt decided.
+#[derive(Debug)]
+pub enum Outcome {
+    Placed(Choice),
+    /// Fits nowhere; preemption evicts these victims to make room on the nominated node.
+    Preempting(FitError, Preemption),
+    Unschedulable(FitError),
 }
 
 pub fn pod_key(pod: &Pod) -> String {
@@ -65,14 +81,53 @@ impl Cache {
         *info = fresh;
     }
 
+    fn count_images(&mut self, name: &str, delta: isize) {
+        let Some(info) = self.nodes.get(name) else { return };
+        for image in info.images.keys() {
+            let count = self.image_spread.entry(image.clone()).or_default();
+            *count = count.saturating_add_signed(delta);
+        }
+        self.image_spread.retain(|_, count| *count > 0);
+    }
+
     pub fn set_node(&mut self, node: Arc<Node>) {
         let name = node.metadata.name.clone().unwrap_or_default();
+        self.count_images(&name, -1);
         self.nodes.insert(name.clone(), NodeInfo::new(node));
+        self.count_images(&name, 1);
         self.rebuild(&name);
     }
 
     pub fn remove_node(&mut self, name: &str) {
+        self.count_images(name, -1);
         self.nodes.remove(name);
+    }
+
+    fn set_nomination(&mut self, key: &str, pod: Option<&Arc<Pod>>) {
+        for pods in self.nominated.values_mut() {
+            pods.remove(key);
+        }
+        let node = pod.and_then(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.nominated_node_name.as_deref())
+                .filter(|n| !n.is_empty())
+        });
+        if let (Some(pod), Some(node)) = (pod, node) {
+            self.nominated
+                .entry(node.to_string())
+                .or_default()
+                .insert(key.to_string(), Arc::clone(pod));
+        }
+        self.nominated.retain(|_, pods| !pods.is_empty());
+    }
+
+    /// Records a nomination made here before the API shows it.
+    pub fn nominate(&mut self, pod: &Pod, node: Option<&str>) {
+        let mut nominated = pod.clone();
+        nominated.status.get_or_insert_default().nominated_node_name = node.map(str::to_string);
+        let key = pod_key(pod);
+        self.set_nomination(&key, Some(&Arc::new(nominated)));
     }
 
     fn place(&mut self, key: &str, placement: Placement) {
@@ -99,6 +154,8 @@ impl Cache {
     pub fn set_pod(&mut self, pod: Arc<Pod>) {
         let key = pod_key(&pod);
         let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let waiting = node_of(&pod).is_none() && pod.metadata.deletion_timestamp.is_none() && !is_terminal(&pod);
+        self.set_nomination(&key, waiting.then_some(&pod));
         match occupies(&pod).map(str::to_string) {
             Some(node) => self.place(
                 &key,
@@ -118,7 +175,9 @@ impl Cache {
     }
 
     pub fn remove_pod(&mut self, pod: &Pod) {
-        self.unplace(&pod_key(pod));
+        let key = pod_key(pod);
+        self.set_nomination(&key, None);
+        self.unplace(&key);
     }
 
     /// Counts `pod` on `node` until the API shows it bound (or [`Cache::forget`]).
@@ -149,6 +208,7 @@ impl Cache {
         let assumed: Vec<Placement> = self.placements.values().filter(|p| p.assumed).cloned().collect();
         *self = Self {
             next_start: self.next_start,
+            objects: std::mem::take(&mut self.objects),
             ..Self::default()
         };
         for node in nodes {
@@ -165,12 +225,33 @@ impl Cache {
         }
     }
 
-    /// A node for `pod`, searching on from where the previous search stopped.
-    pub fn schedule(&mut self, pod: &Pod) -> Result<String, FitError> {
+    /// A node for `pod`, searching on from where the previous search stopped; when none
+    /// fits, preemption's choice of a node and victims.
+    pub fn schedule(&mut self, pod: &Pod) -> Outcome {
         let nodes: Vec<&NodeInfo> = self.nodes.values().collect();
-        let (result, next) = find_node(pod, &nodes, self.next_start);
+        let nominated: HashMap<String, Vec<Arc<Pod>>> = self
+            .nominated
+            .iter()
+            .map(|(node, pods)| (node.clone(), pods.values().cloned().collect()))
+            .collect();
+        let cluster = Cluster {
+            nodes: &nodes,
+            objects: &self.objects,
+            image_spread: &self.image_spread,
+            nominated: &nominated,
+        };
+        let (result, next) = find_node(pod, cluster, self.next_start);
         self.next_start = next;
-        result
+        match result {
+            Ok(choice) => Outcome::Placed(choice),
+            Err(mut fit) => match preempt(pod, cluster, &fit) {
+                Ok(preemption) => Outcome::Preempting(fit, preemption),
+                Err(message) => {
+                    fit.post_filter = Some(message);
+                    Outcome::Unschedulable(fit)
+                }
+            },
+        }
     }
 }
 
@@ -208,14 +289,17 @@ mod tests {
         cache.set_pod(pod("new", None, "Pending"));
         assert_eq!(cache.nodes["a"].requested.milli_cpu, 2000);
         assert!(
-            cache.schedule(&pod("third", None, "Pending")).is_err(),
+            matches!(
+                cache.schedule(&pod("third", None, "Pending")),
+                Outcome::Unschedulable(_)
+            ),
             "the node is full"
         );
         // Confirmed by the API, then finished: the room comes back.
         cache.set_pod(pod("new", Some("a"), "Running"));
         cache.set_pod(pod("bound", Some("a"), "Succeeded"));
         assert_eq!(cache.nodes["a"].requested.milli_cpu, 1000);
-        assert_eq!(cache.schedule(&pod("third", None, "Pending")).unwrap(), "a");
+        assert!(matches!(cache.schedule(&pod("third", None, "Pending")), Outcome::Placed(c) if c.node == "a"));
         // A failed binding is forgotten; a node that arrives later brings its pods along.
         cache.assume(pod("x", None, "Pending"), "a");
         cache.forget(&pod("x", None, "Pending"));

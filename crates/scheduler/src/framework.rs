@@ -1,13 +1,19 @@
 //! The scheduling framework as plain data and pure functions: a snapshot of nodes with the
-//! pods on them, filter plugins that say why a node cannot take a pod, score plugins that
-//! rank the rest, and upstream's wording of a failure.
+//! pods on them and the objects plugins consult; per pod, the PreFilter state of every
+//! plugin, filters that say why a node cannot take the pod, scores that rank the rest, and
+//! upstream's wording of a failure.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as MetaSelector;
+use rkube_api::selector::{LabelSelector, label_selector_text};
 
 use crate::plugins;
+use crate::plugins::volume_binding::VolumeAction;
 use crate::resources::{Resources, allocatable, pod_requests, pod_requests_non_zero};
 
 /// A node and what is placed on it (bound pods, and pods assumed bound).
@@ -25,6 +31,8 @@ pub struct NodeInfo {
     pub pods: Vec<Arc<Pod>>,
     /// Those of them with required anti-affinity, which every decision must check.
     pub pods_with_anti_affinity: Vec<Arc<Pod>>,
+    /// The images the node holds (normalized names) and their sizes.
+    pub images: Arc<HashMap<String, i64>>,
 }
 
 impl NodeInfo {
@@ -32,6 +40,7 @@ impl NodeInfo {
         Self {
             name: node.metadata.name.clone().unwrap_or_default(),
             allocatable: allocatable(&node),
+            images: Arc::new(plugins::image_locality::node_images(&node)),
             node,
             requested: Resources::default(),
             non_zero: (0, 0),
@@ -59,6 +68,69 @@ impl NodeInfo {
         self.non_zero.1 += memory;
         self.used_ports.extend(plugins::node_ports::host_ports(pod));
     }
+
+    /// The same node without the pods whose uids are listed.
+    pub fn without(&self, uids: &HashSet<&str>) -> Self {
+        let mut fresh = Self {
+            images: Arc::clone(&self.images),
+            ..Self::new(Arc::clone(&self.node))
+        };
+        for pod in self
+            .pods
+            .iter()
+            .filter(|p| !uids.contains(p.metadata.uid.as_deref().unwrap_or_default()))
+        {
+            fresh.add_pod(pod);
+        }
+        fresh
+    }
+}
+
+/// A pod's priority, as admission set it.
+pub fn priority(pod: &Pod) -> i32 {
+    pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
+}
+
+/// A `metav1.LabelSelector` with extra `key=value` requirements; none selects nothing.
+pub fn selector_of(selector: Option<&MetaSelector>, extra: &[(String, String)]) -> LabelSelector {
+    const NOTHING: &str = "!rkube.io/matches-nothing,rkube.io/matches-nothing";
+    let Some(text) = selector
+        .and_then(|s| serde_json::to_value(s).ok())
+        .map(|s| label_selector_text(&s))
+    else {
+        return LabelSelector::parse(NOTHING).unwrap_or_default();
+    };
+    let mut parts: Vec<String> = vec![text];
+    parts.extend(extra.iter().map(|(k, v)| format!("{k}={v}")));
+    parts.retain(|p| !p.is_empty());
+    LabelSelector::parse(&parts.join(",")).unwrap_or_else(|_| LabelSelector::parse(NOTHING).unwrap_or_default())
+}
+
+/// The objects besides nodes and pods that plugins consult, mirrored from the API.
+#[derive(Debug, Default, Clone)]
+pub struct Objects {
+    /// Service selectors by namespace and name, for the default topology spread.
+    pub services: HashMap<String, BTreeMap<String, BTreeMap<String, String>>>,
+    /// Selectors (selector text) of ReplicaSets, ReplicationControllers and StatefulSets
+    /// by (kind, namespace, name).
+    pub workloads: HashMap<(String, String, String), String>,
+    pub claims: HashMap<(String, String), Arc<PersistentVolumeClaim>>,
+    pub volumes: BTreeMap<String, Arc<PersistentVolume>>,
+    pub classes: HashMap<String, Arc<StorageClass>>,
+    pub budgets: HashMap<(String, String), Arc<PodDisruptionBudget>>,
+    /// Volumes promised to claims (namespace/name) by decisions whose binding is in flight.
+    pub assumed_volumes: HashMap<String, String>,
+}
+
+/// What one decision sees.
+#[derive(Clone, Copy)]
+pub struct Cluster<'a> {
+    pub nodes: &'a [&'a NodeInfo],
+    pub objects: &'a Objects,
+    /// On how many nodes each image is.
+    pub image_spread: &'a HashMap<String, usize>,
+    /// Pods that preemption made room for, by the node they wait for.
+    pub nominated: &'a HashMap<String, Vec<Arc<Pod>>>,
 }
 
 /// Why a filter refused a node. Unresolvable ones no preemption could fix.
@@ -85,39 +157,158 @@ impl Wanted {
     }
 }
 
-/// The filters, in upstream's order; the first refusal decides.
-pub fn filter(
-    pod: &Pod,
-    wanted: &Wanted,
-    affinity: &plugins::inter_pod_affinity::PreFilter,
-    node: &NodeInfo,
-) -> FilterResult {
-    plugins::node_unschedulable::filter(pod, node)?;
-    plugins::node_name::filter(pod, node)?;
-    plugins::taint_toleration::filter(pod, node)?;
-    plugins::node_affinity::filter(pod, node)?;
-    plugins::node_ports::filter(pod, node)?;
-    plugins::node_resources_fit::fits(&wanted.requests, node)?;
-    affinity.filter(node)?;
-    Ok(())
+/// Every plugin's PreFilter state for one pod.
+pub struct Decision<'a> {
+    pub pod: &'a Pod,
+    pub cluster: Cluster<'a>,
+    wanted: Wanted,
+    affinity: plugins::inter_pod_affinity::PreFilter,
+    spread: plugins::pod_topology_spread::PreFilter,
+    restrictions: plugins::volume_restrictions::PreFilter,
+    volumes: plugins::volume_binding::PreFilter,
 }
 
-/// The weighted sum of the scores (each 0..=100), as upstream's default weights have it.
-pub fn score(pod: &Pod, wanted: &Wanted, node: &NodeInfo) -> i64 {
-    plugins::node_resources_fit::least_allocated_for(wanted.non_zero, node)
-        + plugins::node_resources_fit::balanced_allocation_for(wanted.non_zero, node)
-        + 3 * plugins::taint_toleration::score(pod, node)
-        + 2 * plugins::node_affinity::score(pod, node)
+impl<'a> Decision<'a> {
+    /// Fails, with upstream's message, when no node could take the pod whatever it held.
+    pub fn new(pod: &'a Pod, cluster: Cluster<'a>) -> Result<Self, String> {
+        let volumes = plugins::volume_binding::PreFilter::new(pod, cluster.objects)?;
+        Ok(Self {
+            pod,
+            wanted: Wanted::of(pod),
+            affinity: plugins::inter_pod_affinity::PreFilter::new(pod, cluster.nodes),
+            spread: plugins::pod_topology_spread::PreFilter::new(pod, cluster.nodes),
+            restrictions: plugins::volume_restrictions::PreFilter::new(pod, cluster.objects, cluster.nodes),
+            volumes,
+            cluster,
+        })
+    }
+
+    /// The filters, in upstream's order; the first refusal decides.
+    fn filter_as_is(&self, node: &NodeInfo) -> FilterResult {
+        let pod = self.pod;
+        plugins::node_unschedulable::filter(pod, node)?;
+        plugins::node_name::filter(pod, node)?;
+        plugins::taint_toleration::filter(pod, node)?;
+        plugins::node_affinity::filter(pod, node)?;
+        plugins::node_ports::filter(pod, node)?;
+        plugins::node_resources_fit::fits(&self.wanted.requests, node)?;
+        self.restrictions.filter(pod, node)?;
+        if !self.volumes.is_empty() {
+            self.volumes.filter(self.cluster.objects, node)?;
+        }
+        if !self.spread.is_empty() {
+            self.spread.filter(node)?;
+        }
+        self.affinity.filter(node)?;
+        Ok(())
+    }
+
+    /// The filters with the pods nominated to the node (of at least this pod's priority)
+    /// counted as if they were there, so that room made by preemption stays theirs.
+    pub fn filter(&self, node: &NodeInfo) -> FilterResult {
+        let own = self.pod.metadata.uid.as_deref();
+        let mut nominated = self
+            .cluster
+            .nominated
+            .get(&node.name)
+            .into_iter()
+            .flatten()
+            .filter(|p| priority(p) >= priority(self.pod) && p.metadata.uid.as_deref() != own)
+            .peekable();
+        if nominated.peek().is_none() {
+            return self.filter_as_is(node);
+        }
+        let mut with = node.clone();
+        for pod in nominated {
+            with.add_pod(pod);
+        }
+        self.filter_as_is(&with)
+    }
+
+    /// Whether removing pods from a node can change other plugins' PreFilter state.
+    fn depends_on_placed_pods(&self) -> bool {
+        !self.affinity.is_empty() || !self.spread.is_empty() || self.restrictions.depends_on_placed_pods()
+    }
+
+    /// [`Decision::filter`] on `node` as it would be without some of its pods (preemption's
+    /// question), with the PreFilter state worked out again when it depends on them.
+    pub fn filter_changed(&self, node: &NodeInfo) -> FilterResult {
+        if !self.depends_on_placed_pods() {
+            return self.filter(node);
+        }
+        let nodes: Vec<&NodeInfo> = self
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| if n.name == node.name { node } else { *n })
+            .collect();
+        let cluster = Cluster {
+            nodes: &nodes,
+            ..self.cluster
+        };
+        match Decision::new(self.pod, cluster) {
+            Ok(decision) => decision.filter(node),
+            Err(message) => Err(Refusal::Unresolvable(vec![message])),
+        }
+    }
+
+    /// The weighted sum of the scores (each 0..=100) per feasible node, with upstream's
+    /// default weights; normalized scores are normalized over the feasible nodes.
+    fn scores(&self, feasible: &[&NodeInfo]) -> Vec<i64> {
+        let pod = self.pod;
+        let raw: Vec<i64> = feasible.iter().map(|node| self.affinity.raw_score(node)).collect();
+        let (low, high) = (
+            raw.iter().copied().min().unwrap_or(0),
+            raw.iter().copied().max().unwrap_or(0),
+        );
+        let spread = plugins::pod_topology_spread::scores(pod, self.cluster.objects, feasible, self.cluster.nodes);
+        let total = self.cluster.nodes.len();
+        feasible
+            .iter()
+            .zip(raw)
+            .zip(spread)
+            .map(|((node, raw), spread)| {
+                let affinity = if high > low {
+                    (raw - low) * 100 / (high - low)
+                } else {
+                    0
+                };
+                plugins::node_resources_fit::least_allocated_for(self.wanted.non_zero, node)
+                    + plugins::node_resources_fit::balanced_allocation_for(self.wanted.non_zero, node)
+                    + 3 * plugins::taint_toleration::score(pod, node)
+                    + 2 * plugins::node_affinity::score(pod, node)
+                    + 2 * spread
+                    + 2 * affinity
+                    + plugins::image_locality::score(pod, node, self.cluster.image_spread, total)
+            })
+            .collect()
+    }
+
+    /// What binding the pod's volumes on `node` takes.
+    pub fn volume_actions(&self, node: &NodeInfo) -> Vec<VolumeAction> {
+        self.volumes.actions(self.cluster.objects, node).unwrap_or_default()
+    }
 }
 
 /// Why a pod fits no node, worded as upstream's scheduler words it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FitError {
     pub nodes: usize,
     /// How many nodes gave each reason.
     pub reasons: BTreeMap<String, usize>,
-    /// Nodes refused for reasons preemption cannot fix.
-    pub unresolvable: usize,
+    /// Why no node could do (a PreFilter's message), instead of per-node reasons.
+    pub prefilter: Option<String>,
+    /// Nodes whose refusal preemption might resolve.
+    pub resolvable: Vec<String>,
+    /// What preemption found, when it ran and found nothing.
+    pub post_filter: Option<String>,
+}
+
+/// "0/3 nodes are available: 1 reason, 2 other reason." as upstream counts reasons.
+pub fn histogram_message(nodes: usize, reasons: &BTreeMap<String, usize>) -> String {
+    let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    parts.sort();
+    format!("0/{nodes} nodes are available: {}.", parts.join(", "))
 }
 
 impl std::fmt::Display for FitError {
@@ -125,30 +316,22 @@ impl std::fmt::Display for FitError {
         if self.nodes == 0 {
             return f.write_str("no nodes available to schedule pods");
         }
-        let mut reasons: Vec<String> = self.reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
-        reasons.sort();
-        write!(f, "0/{} nodes are available: {}.", self.nodes, reasons.join(", "))?;
-        // No lower-priority pods are evicted (yet), so preemption finds no victims where
-        // it could help at all.
-        let mut preemption = Vec::new();
-        if self.unresolvable > 0 {
-            preemption.push(format!(
-                "{} Preemption is not helpful for scheduling",
-                self.unresolvable
-            ));
+        match &self.prefilter {
+            Some(message) => write!(f, "0/{} nodes are available: {message}.", self.nodes)?,
+            None => f.write_str(&histogram_message(self.nodes, &self.reasons))?,
         }
-        let resolvable = self.nodes - self.unresolvable;
-        if resolvable > 0 {
-            preemption.push(format!("{resolvable} No preemption victims found for incoming pod"));
+        if let Some(post) = &self.post_filter {
+            write!(f, " {post}")?;
         }
-        preemption.sort();
-        write!(
-            f,
-            " preemption: 0/{} nodes are available: {}.",
-            self.nodes,
-            preemption.join(", ")
-        )
+        Ok(())
     }
+}
+
+/// Where a pod goes, and what binding its volumes there takes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    pub node: String,
+    pub volumes: Vec<VolumeAction>,
 }
 
 /// How many feasible nodes to find before choosing among them (upstream's
@@ -163,19 +346,41 @@ pub fn feasible_nodes_to_find(nodes: usize) -> usize {
     (nodes * percentage / 100).max(MIN)
 }
 
-/// The node for `pod`: the best-scoring of the first feasible nodes found searching from
-/// `start` (ties go to the first in name order); also where the next search starts, so
-/// successive pods spread their search over the cluster as upstream's do.
-pub fn find_node(pod: &Pod, nodes: &[&NodeInfo], start: usize) -> (Result<String, FitError>, usize) {
+fn nominated_node(pod: &Pod) -> Option<&str> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.nominated_node_name.as_deref())
+        .filter(|n| !n.is_empty())
+}
+
+/// The node for `pod`: its nominated node if that still fits, else the best-scoring of the
+/// first feasible nodes found searching from `start` (ties go to the first in name
+/// order); also where the next search starts, so successive pods spread their search over
+/// the cluster as upstream's do.
+pub fn find_node(pod: &Pod, cluster: Cluster<'_>, start: usize) -> (Result<Choice, FitError>, usize) {
+    let nodes = cluster.nodes;
     let total = nodes.len();
     let mut error = FitError {
         nodes: total,
-        reasons: BTreeMap::new(),
-        unresolvable: 0,
+        ..FitError::default()
     };
+    let decision = match Decision::new(pod, cluster) {
+        Ok(decision) => decision,
+        Err(message) => {
+            error.prefilter = Some(message);
+            return (Err(error), start);
+        }
+    };
+    if let Some(node) = nominated_node(pod).and_then(|name| nodes.iter().find(|n| n.name == name))
+        && decision.filter(node).is_ok()
+    {
+        let choice = Choice {
+            node: node.name.clone(),
+            volumes: decision.volume_actions(node),
+        };
+        return (Ok(choice), start);
+    }
     let wanted = feasible_nodes_to_find(total);
-    let asks = Wanted::of(pod);
-    let affinity = plugins::inter_pod_affinity::PreFilter::new(pod, nodes);
     let mut feasible = Vec::new();
     let mut searched = 0;
     for offset in 0..total {
@@ -184,15 +389,15 @@ pub fn find_node(pod: &Pod, nodes: &[&NodeInfo], start: usize) -> (Result<String
         }
         searched += 1;
         let node = nodes[(start + offset) % total];
-        match filter(pod, &asks, &affinity, node) {
+        match decision.filter(node) {
             Ok(()) => feasible.push(node),
             Err(refusal) => {
                 let reasons = match refusal {
-                    Refusal::Unschedulable(reasons) => reasons,
-                    Refusal::Unresolvable(reasons) => {
-                        error.unresolvable += 1;
+                    Refusal::Unschedulable(reasons) => {
+                        error.resolvable.push(node.name.clone());
                         reasons
                     }
+                    Refusal::Unresolvable(reasons) => reasons,
                 };
                 for reason in reasons {
                     *error.reasons.entry(reason).or_default() += 1;
@@ -201,31 +406,43 @@ pub fn find_node(pod: &Pod, nodes: &[&NodeInfo], start: usize) -> (Result<String
         }
     }
     let next = if total == 0 { 0 } else { (start + searched) % total };
-    // InterPodAffinity's scores are normalized over the feasible nodes, as upstream's are.
-    let raw: Vec<i64> = feasible.iter().map(|node| affinity.raw_score(node)).collect();
-    let (low, high) = (
-        raw.iter().copied().min().unwrap_or(0),
-        raw.iter().copied().max().unwrap_or(0),
-    );
+    let scores = decision.scores(&feasible);
     let best = feasible
         .into_iter()
-        .zip(raw)
-        .map(|(node, raw)| {
-            let normalized = if high > low {
-                (raw - low) * 100 / (high - low)
-            } else {
-                0
+        .zip(scores)
+        .max_by(|(x, a), (y, b)| a.cmp(b).then_with(|| y.name.cmp(&x.name)));
+    match best {
+        Some((node, _)) => {
+            let choice = Choice {
+                node: node.name.clone(),
+                volumes: decision.volume_actions(node),
             };
-            (score(pod, &asks, node) + 2 * normalized, node)
-        })
-        .max_by(|(a, x), (b, y)| a.cmp(b).then_with(|| y.name.cmp(&x.name)));
-    (best.map(|(_, node)| node.name.clone()).ok_or(error), next)
+            (Ok(choice), next)
+        }
+        None => (Err(error), next),
+    }
 }
 
-/// [`find_node`] over every node, searching from the first.
+/// [`find_node`] over every node, searching from the first, with preemption's verdict
+/// when nothing fits (victims are not evicted here).
 pub fn schedule(pod: &Pod, nodes: &[NodeInfo]) -> Result<String, FitError> {
-    let nodes: Vec<&NodeInfo> = nodes.iter().collect();
-    find_node(pod, &nodes, 0).0
+    let refs: Vec<&NodeInfo> = nodes.iter().collect();
+    let (objects, spread, nominated) = (Objects::default(), HashMap::new(), HashMap::new());
+    let cluster = Cluster {
+        nodes: &refs,
+        objects: &objects,
+        image_spread: &spread,
+        nominated: &nominated,
+    };
+    match find_node(pod, cluster, 0).0 {
+        Ok(choice) => Ok(choice.node),
+        Err(mut fit) => {
+            if let Err(message) = plugins::default_preemption::preempt(pod, cluster, &fit) {
+                fit.post_filter = Some(message);
+            }
+            Err(fit)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -302,9 +519,55 @@ mod tests {
         assert_eq!(feasible_nodes_to_find(100_000), 5000);
         let nodes: Vec<NodeInfo> = (0..1000).map(|i| node(&format!("n{i:04}"), json!({}))).collect();
         let refs: Vec<&NodeInfo> = nodes.iter().collect();
-        let (chosen, next) = find_node(&pod(json!({})), &refs, 990);
+        let (objects, spread, nominated) = (Objects::default(), HashMap::new(), HashMap::new());
+        let cluster = Cluster {
+            nodes: &refs,
+            objects: &objects,
+            image_spread: &spread,
+            nominated: &nominated,
+        };
+        let (chosen, next) = find_node(&pod(json!({})), cluster, 990);
         assert_eq!(next, (990 + feasible_nodes_to_find(1000)) % 1000);
         assert!(chosen.is_ok());
+    }
+
+    #[test]
+    fn room_made_for_a_nominated_pod_stays_its_own() {
+        let nodes = [
+            node("a", json!({})),
+            node("b", json!({"status": {"allocatable": {"cpu": "2"}}})),
+        ];
+        let refs: Vec<&NodeInfo> = nodes.iter().collect();
+        let big = |name: &str, priority: i32| {
+            pod(
+                json!({"metadata": {"name": name, "uid": name}, "spec": {"priority": priority,
+                "containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "3"}}}]}}),
+            )
+        };
+        let nominated: HashMap<String, Vec<Arc<Pod>>> = [("a".to_string(), vec![Arc::new(big("vip", 100))])].into();
+        let (objects, spread) = (Objects::default(), HashMap::new());
+        let cluster = Cluster {
+            nodes: &refs,
+            objects: &objects,
+            image_spread: &spread,
+            nominated: &nominated,
+        };
+        let fit = find_node(&big("low", 1), cluster, 0).0.unwrap_err();
+        assert_eq!(fit.to_string(), "0/2 nodes are available: 2 Insufficient cpu.");
+        // The nominee itself, and pods of higher priority, do not make way.
+        assert_eq!(find_node(&big("vip", 100), cluster, 0).0.unwrap().node, "a");
+        assert_eq!(find_node(&big("boss", 200), cluster, 0).0.unwrap().node, "a");
+    }
+
+    #[test]
+    fn a_prefilter_failure_speaks_for_every_node() {
+        let nodes = vec![node("a", json!({})), node("b", json!({}))];
+        let p = pod(json!({"spec": {"volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "gone"}}]}}));
+        assert_eq!(
+            schedule(&p, &nodes).unwrap_err().to_string(),
+            "0/2 nodes are available: persistentvolumeclaim \"gone\" not found. \
+             preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+        );
     }
 
     #[test]

@@ -133,3 +133,25 @@ async fn try_acquire_or_renew(leases: &Api<Lease>, election: &Election, observed
         .await
         .is_ok()
 }
+
+/// Gives the lease up (holder cleared, duration 1 s) if this candidate holds it, as
+/// client-go's `ReleaseOnCancel` does, so a standby need not wait out the lease.
+pub async fn release(client: kube::Client, election: &Election) {
+    let leases: Api<Lease> = Api::namespaced(client, &election.namespace);
+    let Ok(Some(mut lease)) = leases.get_opt(&election.name).await else {
+        return;
+    };
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    if spec.holder_identity.as_deref() != Some(election.identity.as_str()) {
+        return;
+    }
+    let now = micro_now();
+    spec.holder_identity = Some(String::new());
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = serde_json::from_value(json!(now)).ok();
+    spec.acquire_time = serde_json::from_value(json!(now)).ok();
+    match leases.replace(&election.name, &PostParams::default(), &lease).await {
+        Ok(_) => tracing::info!(lease = election.name, "released the leader lease"),
+        Err(err) => tracing::warn!(%err, "releasing the leader lease failed"),
+    }
+}

@@ -11,6 +11,7 @@
 pub mod cache;
 pub mod framework;
 pub mod leader;
+pub mod mirror;
 pub mod plugins;
 pub mod queue;
 pub mod resources;
@@ -19,15 +20,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, ReplicationController, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use crate::cache::{Cache, is_terminal, node_of, pod_key as key};
+use crate::cache::{Cache, Outcome, is_terminal, node_of, pod_key as key};
+use crate::framework::{Choice, priority};
+use crate::mirror::Mirrored;
+use crate::plugins::default_preemption::Preemption;
+use crate::plugins::volume_binding::{BIND_COMPLETED, BOUND_BY_CONTROLLER, SELECTED_NODE, VolumeAction};
 use crate::queue::Queue;
+
+/// How long binding waits for the pod's claims to be bound (upstream's `bindTimeoutSeconds`).
+const VOLUME_BIND_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The scheduler name pods select by default.
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
@@ -40,10 +51,8 @@ pub enum SchedulerError {
         node: String,
         source: kube::Error,
     },
-}
-
-fn priority(pod: &Pod) -> i32 {
-    pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
+    #[error("binding the volumes of pod {pod}: {message}")]
+    Volumes { pod: String, message: String },
 }
 
 /// A pod this scheduler must place.
@@ -53,7 +62,17 @@ fn wants_scheduling(pod: &Pod, name: &str) -> bool {
         .as_ref()
         .and_then(|s| s.scheduler_name.as_deref())
         .unwrap_or(DEFAULT_SCHEDULER);
-    scheduler == name && node_of(pod).is_none() && pod.metadata.deletion_timestamp.is_none() && !is_terminal(pod)
+    // Pods with scheduling gates wait until every gate is removed (upstream's PreEnqueue).
+    let gated = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.scheduling_gates.as_ref())
+        .is_some_and(|g| !g.is_empty());
+    scheduler == name
+        && !gated
+        && node_of(pod).is_none()
+        && pod.metadata.deletion_timestamp.is_none()
+        && !is_terminal(pod)
 }
 
 struct Scheduler {
@@ -151,7 +170,53 @@ pub async fn run(client: kube::Client, name: String) {
             }
         }
     };
-    tokio::join!(watching_nodes, watching_pods, flushing, scheduling);
+    let mirroring = async {
+        tokio::join!(
+            mirror::<Service>(&scheduler),
+            mirror::<ReplicaSet>(&scheduler),
+            mirror::<StatefulSet>(&scheduler),
+            mirror::<ReplicationController>(&scheduler),
+            mirror::<PersistentVolumeClaim>(&scheduler),
+            mirror::<PersistentVolume>(&scheduler),
+            mirror::<StorageClass>(&scheduler),
+            mirror::<PodDisruptionBudget>(&scheduler),
+        )
+    };
+    tokio::join!(watching_nodes, watching_pods, flushing, scheduling, mirroring);
+}
+
+/// Keeps one kind of object mirrored in the cache; a re-list replaces that kind's objects
+/// at once when it is complete, so decisions never see it half listed.
+async fn mirror<K: Mirrored>(scheduler: &Arc<Scheduler>) {
+    let api: Api<K> = Api::all(scheduler.client.clone());
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    let mut listing: Vec<K> = Vec::new();
+    while let Some(event) = events.next().await {
+        let mut cache = scheduler.cache.lock().await;
+        match event {
+            Ok(watcher::Event::Apply(object)) => object.put(&mut cache.objects),
+            Ok(watcher::Event::Delete(object)) => object.remove(&mut cache.objects),
+            Ok(watcher::Event::Init) => listing.clear(),
+            Ok(watcher::Event::InitApply(object)) => {
+                listing.push(object);
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => {
+                K::clear(&mut cache.objects);
+                for object in listing.drain(..) {
+                    object.put(&mut cache.objects);
+                }
+            }
+            Err(err) => {
+                tracing::debug!(%err, kind = K::kind(&()).as_ref(), "watch failed; retrying");
+                continue;
+            }
+        }
+        drop(cache);
+        if K::WAKES_PODS {
+            scheduler.queue.move_unschedulable().await;
+        }
+    }
 }
 
 impl Scheduler {
@@ -187,33 +252,84 @@ impl Scheduler {
         if !wants_scheduling(&pod, &self.name) {
             return;
         }
-        let decision = {
+        let outcome = {
             let mut cache = self.cache.lock().await;
-            let decision = cache.schedule(&pod);
-            if let Ok(node) = &decision {
-                // Counted on its node from now on, so the next pod sees this decision.
-                cache.assume(Arc::clone(&pod), node);
+            let outcome = cache.schedule(&pod);
+            if let Outcome::Placed(choice) = &outcome {
+                // Counted on its node from now on, so the next pod sees this decision;
+                // likewise the volumes promised to its claims.
+                cache.assume(Arc::clone(&pod), &choice.node);
+                for action in &choice.volumes {
+                    if let VolumeAction::Bind { volume, claim } = action {
+                        cache
+                            .objects
+                            .assumed_volumes
+                            .insert(volume.clone(), key_of_claim(claim));
+                    }
+                }
             }
-            decision
+            if let Outcome::Preempting(_, preemption) = &outcome {
+                cache.nominate(&pod, Some(&preemption.node));
+                for displaced in &preemption.displaced {
+                    cache.nominate(displaced, None);
+                }
+            }
+            outcome
         };
-        match decision {
-            Ok(node) => {
+        match outcome {
+            Outcome::Placed(choice) => {
                 // Bind in the background: the next pod is scheduled meanwhile.
                 let scheduler = Arc::clone(self);
                 let key = key.to_string();
                 tokio::spawn(async move {
-                    if let Err(err) = scheduler.bind(&pod, &node).await {
+                    if let Err(err) = scheduler.bind_with_volumes(&pod, &choice).await {
                         tracing::warn!(%err, "binding failed; the pod goes back to the queue");
-                        scheduler.cache.lock().await.forget(&pod);
+                        let mut cache = scheduler.cache.lock().await;
+                        cache.forget(&pod);
+                        for action in &choice.volumes {
+                            if let VolumeAction::Bind { volume, .. } = action {
+                                cache.objects.assumed_volumes.remove(volume);
+                            }
+                        }
+                        drop(cache);
                         let attempts = scheduler.queue.attempts(&key).await + 1;
                         scheduler.queue.failed(&key, priority(&pod), attempts, false).await;
                     }
                 });
             }
-            Err(fit) => {
+            Outcome::Preempting(fit, preemption) => {
+                let message = fit.to_string();
+                tracing::info!(
+                    pod = key,
+                    node = preemption.node,
+                    victims = preemption.victims.len(),
+                    "preempting"
+                );
+                if let Err(err) = self.preempt(&pod, &preemption, &message).await {
+                    tracing::warn!(pod = key, %err, "preemption failed");
+                }
+                // Back when the victims are gone (a pod deletion wakes unschedulable pods).
+                let attempts = self.queue.attempts(key).await + 1;
+                self.queue.failed(key, priority(&pod), attempts, true).await;
+            }
+            Outcome::Unschedulable(fit) => {
                 let message = fit.to_string();
                 tracing::debug!(pod = key, message, "unschedulable");
-                if let Err(err) = self.report_unschedulable(&pod, &message).await {
+                // A nomination that no longer holds is withdrawn, unless victims are still
+                // terminating there.
+                let keep = message.contains("terminating pod on the nominated node");
+                let had = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.nominated_node_name.as_deref())
+                    .is_some();
+                let nomination = if had && !keep {
+                    self.cache.lock().await.nominate(&pod, None);
+                    Some(None)
+                } else {
+                    None
+                };
+                if let Err(err) = self.report_unschedulable(&pod, &message, nomination).await {
                     tracing::warn!(pod = key, %err, "reporting an unschedulable pod failed");
                 }
                 let attempts = self.queue.attempts(key).await + 1;
@@ -221,6 +337,153 @@ impl Scheduler {
             }
         }
     }
+
+    /// Upstream's PreBind of VolumeBinding, then the binding: volumes are bound to claims
+    /// and claims to provision get the node; the pod is bound once every claim is bound.
+    async fn bind_with_volumes(&self, pod: &Pod, choice: &Choice) -> Result<(), SchedulerError> {
+        if !choice.volumes.is_empty() {
+            self.bind_volumes(pod, choice)
+                .await
+                .map_err(|message| SchedulerError::Volumes { pod: key(pod), message })?;
+        }
+        self.bind(pod, &choice.node).await
+    }
+
+    async fn bind_volumes(&self, pod: &Pod, choice: &Choice) -> Result<(), String> {
+        for action in &choice.volumes {
+            let claim = action.claim();
+            let namespace = claim.metadata.namespace.as_deref().unwrap_or_default();
+            let name = claim.metadata.name.as_deref().unwrap_or_default();
+            let result = match action {
+                VolumeAction::Bind { volume, .. } => {
+                    let patch = json!({
+                        "metadata": {"annotations": {BOUND_BY_CONTROLLER: "yes"}},
+                        "spec": {"claimRef": {"kind": "PersistentVolumeClaim", "apiVersion": "v1",
+                            "namespace": namespace, "name": name, "uid": claim.metadata.uid,
+                            "resourceVersion": claim.metadata.resource_version}},
+                    });
+                    Api::<PersistentVolume>::all(self.client.clone())
+                        .patch(volume, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map(|_| ())
+                }
+                VolumeAction::Provision { .. } => {
+                    let patch = json!({"metadata": {"annotations": {SELECTED_NODE: choice.node}}});
+                    Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), namespace)
+                        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map(|_| ())
+                }
+            };
+            result.map_err(|err| format!("claim {namespace}/{name}: {err}"))?;
+        }
+        // The volume controller finishes the binding (or provisions); wait for it.
+        let deadline = tokio::time::Instant::now() + VOLUME_BIND_TIMEOUT;
+        loop {
+            match self.claims_bound(choice).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(message) => return Err(message),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "timed out waiting for the volumes of pod {} to be bound",
+                    key(pod)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Whether every claim of the decision is bound (upstream's `checkBindings`).
+    async fn claims_bound(&self, choice: &Choice) -> Result<bool, String> {
+        let cache = self.cache.lock().await;
+        for action in &choice.volumes {
+            let wanted = action.claim();
+            let claim_key = (
+                wanted.metadata.namespace.clone().unwrap_or_default(),
+                wanted.metadata.name.clone().unwrap_or_default(),
+            );
+            let Some(claim) = cache.objects.claims.get(&claim_key) else {
+                return Err(format!("persistentvolumeclaim {:?} was deleted", claim_key.1));
+            };
+            let annotations = claim.metadata.annotations.clone().unwrap_or_default();
+            if let VolumeAction::Provision { .. } = action
+                && !annotations.contains_key(SELECTED_NODE)
+                && claim
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.volume_name.as_deref())
+                    .is_none_or(str::is_empty)
+            {
+                return Err(format!("selectedNode annotation reset for PVC {:?}", claim_key.1));
+            }
+            let bound = claim
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.as_deref())
+                .is_some_and(|v| !v.is_empty())
+                && annotations.contains_key(BIND_COMPLETED);
+            if !bound {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Nominates the pod, takes lower-priority nominations on that node back, and evicts
+    /// the victims with the `DisruptionTarget` condition upstream sets.
+    async fn preempt(&self, pod: &Pod, preemption: &Preemption, message: &str) -> Result<(), kube::Error> {
+        self.report_unschedulable(pod, message, Some(Some(&preemption.node)))
+            .await?;
+        for displaced in &preemption.displaced {
+            let namespace = displaced.metadata.namespace.as_deref().unwrap_or_default();
+            let name = displaced.metadata.name.as_deref().unwrap_or_default();
+            let clear = json!({"status": {"nominatedNodeName": null}});
+            Api::<Pod>::namespaced(self.client.clone(), namespace)
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&clear))
+                .await?;
+        }
+        let now = now_seconds();
+        for victim in &preemption.victims {
+            let namespace = victim.metadata.namespace.as_deref().unwrap_or_default();
+            let name = victim.metadata.name.as_deref().unwrap_or_default();
+            let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+            let mut conditions: Vec<Value> = victim
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .filter(|c| c.type_ != "DisruptionTarget")
+                .filter_map(|c| serde_json::to_value(c).ok())
+                .collect();
+            conditions.push(
+                json!({"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                "message": format!("{}: preempting to accommodate a higher priority pod", self.name),
+                "lastTransitionTime": now}),
+            );
+            pods.patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": {"conditions": conditions}})),
+            )
+            .await?;
+            match pods.delete(name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => continue,
+                Err(err) => return Err(err),
+            }
+            let text = format!(
+                "Preempted by pod {} on node {}",
+                pod.metadata.uid.as_deref().unwrap_or_default(),
+                preemption.node
+            );
+            self.record_event(victim, "Normal", "Preempted", &text).await?;
+        }
+        Ok(())
+    }
+
     async fn bind(&self, pod: &Pod, node: &str) -> Result<(), SchedulerError> {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
         let name = pod.metadata.name.as_deref().unwrap_or_default();
@@ -240,23 +503,39 @@ impl Scheduler {
             })
     }
 
-    /// `PodScheduled=False` on the pod and a `FailedScheduling` event, as upstream reports.
-    async fn report_unschedulable(&self, pod: &Pod, message: &str) -> Result<(), kube::Error> {
+    /// `PodScheduled=False` on the pod (with its nomination set or cleared when given) and
+    /// a `FailedScheduling` event, as upstream reports.
+    async fn report_unschedulable(
+        &self,
+        pod: &Pod,
+        message: &str,
+        nomination: Option<Option<&str>>,
+    ) -> Result<(), kube::Error> {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let mut status = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False",
+            "reason": "Unschedulable", "message": message, "lastProbeTime": null,
+            "lastTransitionTime": now_seconds()}]}});
+        if let Some(node) = nomination {
+            status["status"]["nominatedNodeName"] = json!(node);
+        }
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
+        self.record_event(pod, "Warning", "FailedScheduling", message).await
+    }
+
+    async fn record_event(&self, pod: &Pod, kind: &str, reason: &str, message: &str) -> Result<(), kube::Error> {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         let now = k8s_openapi::jiff::Timestamp::now();
-        let seconds = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let status = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False",
-            "reason": "Unschedulable", "message": message, "lastProbeTime": null, "lastTransitionTime": seconds}]}});
-        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-            .await?;
+        let seconds = now_seconds();
         let event = json!({
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"name": format!("{name}.{:x}", now.as_nanosecond()), "namespace": namespace},
             "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": name,
                                "uid": pod.metadata.uid, "resourceVersion": pod.metadata.resource_version},
-            "reason": "FailedScheduling", "message": message, "type": "Warning",
+            "reason": reason, "message": message, "type": kind,
             "source": {"component": self.name}, "reportingComponent": self.name,
             "reportingInstance": self.name, "firstTimestamp": seconds, "lastTimestamp": seconds, "count": 1,
         });
@@ -264,4 +543,18 @@ impl Scheduler {
         let event = serde_json::from_value(event).map_err(kube::Error::SerdeError)?;
         events.create(&PostParams::default(), &event).await.map(|_| ())
     }
+}
+
+fn now_seconds() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn key_of_claim(claim: &PersistentVolumeClaim) -> String {
+    format!(
+        "{}/{}",
+        claim.metadata.namespace.as_deref().unwrap_or_default(),
+        claim.metadata.name.as_deref().unwrap_or_default()
+    )
 }

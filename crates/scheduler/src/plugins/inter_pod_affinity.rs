@@ -7,9 +7,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm};
-use rkube_api::selector::{LabelSelector, label_selector_text};
+use rkube_api::selector::LabelSelector;
 
-use crate::framework::{FilterResult, NodeInfo, Refusal};
+use crate::framework::{FilterResult, NodeInfo, Refusal, selector_of};
 
 /// A term ready to match pods.
 struct Term {
@@ -22,22 +22,12 @@ struct Term {
 
 impl Term {
     fn new(term: &PodAffinityTerm, owner_namespace: &str, weight: i64) -> Self {
-        // A term without a selector selects nothing.
-        let selector = term
-            .label_selector
-            .as_ref()
-            .and_then(|s| serde_json::to_value(s).ok())
-            .map_or_else(
-                || "!matches-nothing,matches-nothing".to_string(),
-                |s| label_selector_text(&s),
-            );
         let mut namespaces = term.namespaces.clone().unwrap_or_default();
         if namespaces.is_empty() && term.namespace_selector.is_none() {
             namespaces.push(owner_namespace.to_string());
         }
         Self {
-            selector: LabelSelector::parse(&selector)
-                .unwrap_or_else(|_| LabelSelector::parse("!matches-nothing,matches-nothing").unwrap_or_default()),
+            selector: selector_of(term.label_selector.as_ref(), &[]),
             namespaces,
             topology_key: term.topology_key.clone(),
             weight,
@@ -156,6 +146,12 @@ impl PreFilter {
         state.first_of_group =
             state.affinity_domains.iter().all(HashSet::is_empty) && state.affinity.iter().all(|t| t.matches(pod));
         state
+    }
+
+    /// Nothing to check: no required terms of its own that matter, no placed pod's
+    /// anti-affinity against it.
+    pub fn is_empty(&self) -> bool {
+        self.affinity.is_empty() && self.anti_domains.is_empty() && self.existing_anti_domains.is_empty()
     }
 
     pub fn filter(&self, node: &NodeInfo) -> FilterResult {

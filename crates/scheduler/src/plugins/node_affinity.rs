@@ -1,7 +1,7 @@
 //! NodeAffinity: `nodeSelector` and required node affinity must match the node's labels
 //! (and name, for `matchFields`); preferred terms add their weights to the score.
 
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Pod};
+use k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod};
 
 use crate::framework::{FilterResult, NodeInfo, Refusal};
 
@@ -44,6 +44,12 @@ fn term_matches(term: &NodeSelectorTerm, node: &NodeInfo) -> bool {
         })
 }
 
+/// A node selector (required node affinity, a volume's node affinity) matches when any of
+/// its terms does.
+pub fn node_selector_matches(selector: &NodeSelector, node: &NodeInfo) -> bool {
+    selector.node_selector_terms.iter().any(|t| term_matches(t, node))
+}
+
 pub fn filter(pod: &Pod, node: &NodeInfo) -> FilterResult {
     let Some(spec) = pod.spec.as_ref() else { return Ok(()) };
     let labels = node.node.metadata.labels.as_ref();
@@ -57,7 +63,7 @@ pub fn filter(pod: &Pod, node: &NodeInfo) -> FilterResult {
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
         .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
-    let affinity_ok = required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, node)));
+    let affinity_ok = required.is_none_or(|r| node_selector_matches(r, node));
     if selector_ok && affinity_ok {
         Ok(())
     } else {
