@@ -1,6 +1,7 @@
 //! The scheduler in `rkube server`, placing pods on hollow nodes: node selectors (the
-//! `zone: dmz` pinning of shared/examples/seed/15), taints and tolerations, resources, and
-//! unschedulable pods that report why and wait for a node that fits.
+//! `zone: dmz` pinning of shared/examples/seed/15), taints and tolerations, resources,
+//! unschedulable pods that report why and wait for a node that fits, anti-affinity,
+//! topology spread, preemption, volumes, and leader failover.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -201,15 +202,17 @@ async fn a_standby_scheduler_takes_over() {
         .unwrap();
     bound("before").await;
 
+    // A leader that stops hands the lease over rather than letting it expire.
     let old_leader = servers.remove(0);
-    tokio::task::spawn_blocking(move || old_leader.stop())
+    let (_, log) = tokio::task::spawn_blocking(move || old_leader.stop_with_log())
         .await
         .unwrap()
         .unwrap();
+    assert!(log.contains("released the leader lease"), "{log}");
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
     let second = eventually("the standby to lead", Duration::from_secs(60), async || {
         let holder = leases.get_opt("kube-scheduler").await.ok()??.spec?.holder_identity?;
-        (holder != first).then_some(holder)
+        (holder != first && !holder.is_empty()).then_some(holder)
     })
     .await;
     assert!(second.contains(&format!("_{}_", standby.pid())), "{second}");
@@ -269,4 +272,307 @@ async fn anti_affinity_spreads_replicas() {
              preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod."
         )
     );
+}
+
+/// `DoNotSchedule` spread over zones: replicas alternate between zones, and one more than
+/// the skew allows waits, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_spread_across_zones() {
+    const ZONE: &str = "topology.kubernetes.io/zone";
+    let (_server, client) = common::server_and_client(true).await;
+    let _a = HollowNodes::start(client.clone(), fleet("za", 2, &[(ZONE, "a")], vec![]))
+        .await
+        .unwrap();
+    let _b = HollowNodes::start(client.clone(), fleet("zb", 2, &[(ZONE, "b")], vec![]))
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let replica = |name: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": "zoned"}},
+            "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}],
+                     "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": ZONE,
+                        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "zoned"}}}]}
+        }))
+        .unwrap()
+    };
+    let mut zones = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..4 {
+        let name = format!("zoned-{i}");
+        pods.create(&PostParams::default(), &replica(&name)).await.unwrap();
+        let node = eventually(&format!("{name} to be bound"), WITHIN, async || {
+            pods.get(&name).await.ok()?.spec?.node_name
+        })
+        .await;
+        *zones.entry(node[..2].to_string()).or_default() += 1;
+    }
+    assert_eq!(zones, [("za".to_string(), 2), ("zb".to_string(), 2)].into());
+    // A third, tainted zone with no replicas: both others are now 2 ahead of it.
+    let _c = HollowNodes::start(
+        client.clone(),
+        fleet(
+            "zc",
+            1,
+            &[(ZONE, "c")],
+            vec![json!({"key": "dedicated", "value": "c", "effect": "NoSchedule"})],
+        ),
+    )
+    .await
+    .unwrap();
+    pods.create(&PostParams::default(), &replica("zoned-4")).await.unwrap();
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let event = scheduling_event(&events, "zoned-4").await;
+    assert_eq!(
+        event.message.as_deref(),
+        Some(
+            "0/5 nodes are available: 1 node(s) had untolerated taint {dedicated: c}, \
+             4 node(s) didn't match pod topology spread constraints. preemption: 0/5 nodes are available: \
+             1 Preemption is not helpful for scheduling, 4 No preemption victims found for incoming pod."
+        )
+    );
+}
+
+/// PriorityClasses through admission, and preemption: a pod of a higher class evicts a
+/// lower one, is nominated to its node and lands there; a class that never preempts waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_priority_pod_preempts_a_lower_one() {
+    let (server, client) = common::server_and_client(true).await;
+    let nodes = HollowOptions {
+        cpu: "2".into(),
+        ..fleet("small", 1, &[], vec![])
+    };
+    let _node = HollowNodes::start(client.clone(), nodes).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let classes = "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: urgent}\nvalue: 1000\n\
+                   ---\napiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: polite}\nvalue: 1000\n\
+                   preemptionPolicy: Never\n";
+    let out = common::apply_file(&server.kubectl(), dir.path(), "classes.yaml", classes, "create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Admission resolves the class, and refuses what disagrees with it.
+    let with_class = |name: &str, class: Option<&str>, extra: Value| -> Pod {
+        let mut spec = json!({"containers": [{"name": "web", "image": "nginx:1.27",
+            "resources": {"requests": {"cpu": "2"}}}]});
+        if let Some(class) = class {
+            spec["priorityClassName"] = json!(class);
+        }
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let refused = pods
+        .create(&PostParams::default(), &with_class("typo", Some("urgnet"), json!({})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 403
+            && s.message == "pods \"typo\" is forbidden: no PriorityClass with name urgnet was found"),
+        "{refused:?}"
+    );
+    let refused = pods
+        .create(
+            &PostParams::default(),
+            &with_class("liar", Some("urgent"), json!({"priority": 5})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 403 && s.message.contains(
+            "the integer value of priority (5) must not be provided in pod spec; \
+             priority admission controller computed 1000 from the given PriorityClass name")),
+        "{refused:?}"
+    );
+
+    pods.create(&PostParams::default(), &with_class("low", None, json!({})))
+        .await
+        .unwrap();
+    let low = eventually("low to run", WITHIN, async || {
+        let pod = pods.get("low").await.ok()?;
+        (pod.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(pod)
+    })
+    .await;
+    assert_eq!(low.spec.as_ref().unwrap().priority, Some(0));
+
+    // Never preempts: waits, and says so.
+    pods.create(
+        &PostParams::default(),
+        &with_class("patient", Some("polite"), json!({})),
+    )
+    .await
+    .unwrap();
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let event = scheduling_event(&events, "patient").await;
+    assert_eq!(
+        event.message.as_deref(),
+        Some("0/1 nodes are available: 1 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never.")
+    );
+    pods.delete("patient", &Default::default()).await.unwrap();
+
+    let created = pods
+        .create(&PostParams::default(), &with_class("vip", Some("urgent"), json!({})))
+        .await
+        .unwrap();
+    assert_eq!(created.spec.as_ref().unwrap().priority, Some(1000));
+    let vip = eventually("vip to run on the node", WITHIN, async || {
+        let pod = pods.get("vip").await.ok()?;
+        (pod.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(pod)
+    })
+    .await;
+    assert_eq!(vip.spec.unwrap().node_name.as_deref(), Some("small-0"));
+    assert_eq!(
+        vip.status.unwrap().nominated_node_name.as_deref(),
+        Some("small-0"),
+        "nominated while the victim terminated"
+    );
+    let preempted = eventually("the victim's Preempted event", WITHIN, async || {
+        let list = events
+            .list(&ListParams::default().fields("involvedObject.name=low"))
+            .await
+            .ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("Preempted"))
+    })
+    .await;
+    assert_eq!(
+        preempted.message.unwrap(),
+        format!("Preempted by pod {} on node small-0", created.metadata.uid.unwrap())
+    );
+    assert!(pods.get_opt("low").await.unwrap().is_none(), "the victim is gone");
+}
+
+/// Claims decide where pods go: a bound claim's volume pins the pod to the volume's node;
+/// an unbound claim of an immediate class waits; a claim of a `WaitForFirstConsumer`
+/// class is given the chosen node and the pod is bound only once the claim is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_decide_the_node() {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let (server, client) = common::server_and_client(true).await;
+    let _nodes = HollowNodes::start(client.clone(), fleet("v", 2, &[], vec![]))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let objects = r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: dynamic}
+provisioner: rkube.io/local-path
+volumeBindingMode: WaitForFirstConsumer
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: pinned}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  claimRef: {namespace: default, name: pinned}
+  hostPath: {path: /tmp/pinned}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [v-1]}]
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: pinned}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  volumeName: pinned
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: immediate}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: ""
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: scratch}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: dynamic
+  resources: {requests: {storage: 1Gi}}
+"#;
+    let out = common::apply_file(&server.kubectl(), dir.path(), "volumes.yaml", objects, "create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let user = |name: &str, claim: &str| -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}],
+                     "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}))
+        .unwrap()
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let bound = async |name: &str| {
+        eventually(&format!("{name} to be bound"), WITHIN, async || {
+            pods.get(name).await.ok()?.spec?.node_name
+        })
+        .await
+    };
+    pods.create(&PostParams::default(), &user("pinned", "pinned"))
+        .await
+        .unwrap();
+    assert_eq!(bound("pinned").await, "v-1", "where its volume is");
+
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    pods.create(&PostParams::default(), &user("waiting", "immediate"))
+        .await
+        .unwrap();
+    assert_eq!(
+        scheduling_event(&events, "waiting").await.message.as_deref(),
+        Some(
+            "0/2 nodes are available: pod has unbound immediate PersistentVolumeClaims. \
+             preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+        )
+    );
+    pods.create(&PostParams::default(), &user("orphan", "missing"))
+        .await
+        .unwrap();
+    assert_eq!(
+        scheduling_event(&events, "orphan").await.message.as_deref(),
+        Some(
+            "0/2 nodes are available: persistentvolumeclaim \"missing\" not found. \
+             preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+        )
+    );
+
+    // WaitForFirstConsumer: the claim learns the node; the pod waits for the claim.
+    pods.create(&PostParams::default(), &user("consumer", "scratch"))
+        .await
+        .unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let selected = eventually("the claim to be given a node", WITHIN, async || {
+        let claim = claims.get("scratch").await.ok()?;
+        claim
+            .metadata
+            .annotations?
+            .get("volume.kubernetes.io/selected-node")
+            .cloned()
+    })
+    .await;
+    assert!(selected.starts_with("v-"), "{selected}");
+    assert_eq!(
+        pods.get("consumer").await.unwrap().spec.unwrap().node_name,
+        None,
+        "not bound before its claim"
+    );
+    // What the provisioner does once it made the volume (the controller of a later issue):
+    // the claim is bound, and the scheduler binds the pod to the node it chose.
+    let provisioned = json!({"metadata": {"annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
+                             "spec": {"volumeName": "pvc-scratch"}});
+    claims
+        .patch(
+            "scratch",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&provisioned),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bound("consumer").await, selected);
 }

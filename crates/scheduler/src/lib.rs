@@ -170,24 +170,23 @@ pub async fn run(client: kube::Client, name: String) {
             }
         }
     };
-    let mirroring = async {
-        tokio::join!(
-            mirror::<Service>(&scheduler),
-            mirror::<ReplicaSet>(&scheduler),
-            mirror::<StatefulSet>(&scheduler),
-            mirror::<ReplicationController>(&scheduler),
-            mirror::<PersistentVolumeClaim>(&scheduler),
-            mirror::<PersistentVolume>(&scheduler),
-            mirror::<StorageClass>(&scheduler),
-            mirror::<PodDisruptionBudget>(&scheduler),
-        )
-    };
-    tokio::join!(watching_nodes, watching_pods, flushing, scheduling, mirroring);
+    // Each mirror is a task of its own (aborted with the set when this future is dropped),
+    // which keeps this future, and the stack that polls it, small.
+    let mut mirrors = tokio::task::JoinSet::new();
+    mirrors.spawn(mirror::<Service>(Arc::clone(&scheduler)));
+    mirrors.spawn(mirror::<ReplicaSet>(Arc::clone(&scheduler)));
+    mirrors.spawn(mirror::<StatefulSet>(Arc::clone(&scheduler)));
+    mirrors.spawn(mirror::<ReplicationController>(Arc::clone(&scheduler)));
+    mirrors.spawn(mirror::<PersistentVolumeClaim>(Arc::clone(&scheduler)));
+    mirrors.spawn(mirror::<PersistentVolume>(Arc::clone(&scheduler)));
+    mirrors.spawn(mirror::<StorageClass>(Arc::clone(&scheduler)));
+    mirrors.spawn(mirror::<PodDisruptionBudget>(Arc::clone(&scheduler)));
+    tokio::join!(watching_nodes, watching_pods, flushing, scheduling, mirrors.join_all());
 }
 
 /// Keeps one kind of object mirrored in the cache; a re-list replaces that kind's objects
 /// at once when it is complete, so decisions never see it half listed.
-async fn mirror<K: Mirrored>(scheduler: &Arc<Scheduler>) {
+async fn mirror<K: Mirrored>(scheduler: Arc<Scheduler>) {
     let api: Api<K> = Api::all(scheduler.client.clone());
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
     let mut listing: Vec<K> = Vec::new();

@@ -125,10 +125,16 @@ impl RkubeServer {
     }
 
     /// Stops the server with SIGTERM and returns its exit status.
-    pub fn stop(mut self) -> std::io::Result<std::process::ExitStatus> {
+    pub fn stop(self) -> std::io::Result<std::process::ExitStatus> {
+        self.stop_with_log().map(|(status, _)| status)
+    }
+
+    /// Stops the server with SIGTERM and returns its exit status and its whole log.
+    pub fn stop_with_log(mut self) -> std::io::Result<(std::process::ExitStatus, String)> {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status()?;
-        self.child.wait()
+        let status = self.child.wait()?;
+        Ok((status, self.log()))
     }
 }
 
