@@ -1,7 +1,10 @@
-//! `rkube-bench scheduler`: upstream scheduler_perf's SchedulingBasic workload (5,000
-//! nodes; 1,000 pods placed first, then 10,000 measured). In process: the framework and
-//! cache alone, no API. End to end: a real server with its scheduler and hollow nodes,
-//! pods created through the API until their bindings are seen through a watch.
+//! `rkube-bench scheduler`: upstream scheduler_perf's workloads. SchedulingBasic (5,000
+//! nodes; 1,000 pods placed first, then 10,000 measured), SchedulingPodAntiAffinity (500
+//! nodes; 100 then 400 pods, each keeping away from the others on its host) and
+//! TopologySpreading (5,000 nodes in 3 zones; 1,000 then 5,000 pods spread over the zones,
+//! at most 1 apart). In process: the framework and cache alone, no API. End to end: a real
+//! server with its scheduler and hollow nodes, pods created through the API until their
+//! bindings are seen through a watch.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,29 +13,33 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
-use rkube_scheduler::cache::Cache;
+use rkube_scheduler::cache::{Cache, Outcome};
 use rkube_testkit::{HollowNodes, HollowOptions};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::report::{Report, rss_mib, start_server};
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    Basic,
+    AntiAffinity,
+    TopologySpread,
+    All,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct SchedulerArgs {
-    /// Nodes in the cluster.
-    #[arg(long, default_value_t = 5000)]
-    nodes: usize,
-
-    /// Pods placed before measuring.
-    #[arg(long, default_value_t = 1000)]
-    initial_pods: usize,
-
-    /// Pods measured.
-    #[arg(long, default_value_t = 10_000)]
-    pods: usize,
+    /// Which of upstream's workloads to run.
+    #[arg(long, value_enum, default_value_t = Workload::All)]
+    workload: Workload,
 
     /// Concurrent clients creating pods in the end-to-end case.
     #[arg(long, default_value_t = 32)]
     clients: usize,
+
+    /// Only the framework in process, no server.
+    #[arg(long)]
+    in_process_only: bool,
 
     /// The rkube binary (default: beside this one).
     #[arg(long)]
@@ -47,75 +54,178 @@ fn progress(message: &str) {
     eprintln!("[scheduler] {message}");
 }
 
-/// SchedulingBasic's pod: one container asking for 100m cpu and 500Mi.
-fn pod(name: &str) -> Pod {
-    serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": "default", "uid": name},
-        "spec": {"containers": [{"name": "pause", "image": "registry.local/pause:3.10",
-                 "resources": {"requests": {"cpu": "100m", "memory": "500Mi"}}}]}
-    }))
-    .unwrap_or_default()
+const ZONE: &str = "topology.kubernetes.io/zone";
+const ZONES: usize = 3;
+
+/// One of upstream's workloads: its sizes and the pod it creates.
+struct Case {
+    name: &'static str,
+    nodes: usize,
+    initial_pods: usize,
+    pods: usize,
+    /// Nodes are spread over zones.
+    zoned: bool,
+    /// Added to every pod's spec.
+    spec: Value,
+    labels: Value,
 }
 
-fn node(i: usize) -> Node {
-    serde_json::from_value(json!({
-        "metadata": {"name": format!("node-{i}"), "labels": {"kubernetes.io/hostname": format!("node-{i}")}},
-        "status": {"allocatable": {"cpu": "4", "memory": "32Gi", "pods": "110"}}
-    }))
-    .unwrap_or_default()
-}
-
-pub async fn run(mut args: SchedulerArgs, json: bool) -> anyhow::Result<()> {
-    if args.quick {
-        args.nodes = args.nodes.min(100);
-        args.initial_pods = args.initial_pods.min(100);
-        args.pods = args.pods.min(300);
+impl Case {
+    fn all(workload: Workload, quick: bool) -> Vec<Self> {
+        let scale = |n: usize, small: usize| if quick { n.min(small) } else { n };
+        let mut cases = Vec::new();
+        if matches!(workload, Workload::Basic | Workload::All) {
+            cases.push(Self {
+                name: "SchedulingBasic",
+                nodes: scale(5000, 100),
+                initial_pods: scale(1000, 100),
+                pods: scale(10_000, 300),
+                zoned: false,
+                spec: json!({}),
+                labels: json!({}),
+            });
+        }
+        if matches!(workload, Workload::AntiAffinity | Workload::All) {
+            cases.push(Self {
+                name: "SchedulingPodAntiAffinity",
+                nodes: scale(500, 100),
+                initial_pods: scale(100, 20),
+                pods: scale(400, 60),
+                zoned: false,
+                spec: json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"labelSelector": {"matchLabels": {"color": "green"}}, "topologyKey": "kubernetes.io/hostname"}]}}}),
+                labels: json!({"color": "green"}),
+            });
+        }
+        if matches!(workload, Workload::TopologySpread | Workload::All) {
+            cases.push(Self {
+                name: "TopologySpreading",
+                nodes: scale(5000, 99),
+                initial_pods: scale(1000, 100),
+                pods: scale(5000, 300),
+                zoned: true,
+                spec: json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": ZONE,
+                    "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "spread"}}}]}),
+                labels: json!({"app": "spread"}),
+            });
+        }
+        cases
     }
-    let mut report = Report::new("scheduler", json);
-    let case = format!("SchedulingBasic {} nodes", args.nodes);
 
-    // In process: decide and assume, as the scheduler loop does, without the API.
-    progress(&format!("in process: {} then {} pods", args.initial_pods, args.pods));
+    fn title(&self) -> String {
+        format!("{} {} nodes", self.name, self.nodes)
+    }
+
+    /// The workload's pod: one container asking for 100m cpu and 500Mi, plus its terms.
+    fn pod(&self, name: &str) -> Pod {
+        let mut spec = json!({"containers": [{"name": "pause", "image": "registry.local/pause:3.10",
+            "resources": {"requests": {"cpu": "100m", "memory": "500Mi"}}}]});
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), self.spec.as_object()) {
+            spec.extend(extra.clone());
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default", "uid": name, "labels": self.labels},
+            "spec": spec,
+        }))
+        .unwrap_or_default()
+    }
+
+    fn zone(&self, i: usize) -> Option<String> {
+        self.zoned.then(|| format!("zone-{}", i % ZONES))
+    }
+
+    fn node(&self, i: usize) -> Node {
+        let mut labels = json!({"kubernetes.io/hostname": format!("node-{i}")});
+        if let Some(zone) = self.zone(i) {
+            labels[ZONE] = json!(zone);
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("node-{i}"), "labels": labels},
+            "status": {"allocatable": {"cpu": "4", "memory": "32Gi", "pods": "110"}}
+        }))
+        .unwrap_or_default()
+    }
+}
+
+/// Decide and assume, as the scheduler loop does, without the API.
+fn in_process(case: &Case) -> anyhow::Result<f64> {
     let mut cache = Cache::default();
-    for i in 0..args.nodes {
-        cache.set_node(Arc::new(node(i)));
+    for i in 0..case.nodes {
+        cache.set_node(Arc::new(case.node(i)));
     }
     let mut place = |name: String| -> anyhow::Result<()> {
-        let pod = Arc::new(pod(&name));
-        let chosen = cache.schedule(&pod).map_err(|e| anyhow::anyhow!("{e}"))?;
-        cache.assume(pod, &chosen);
+        let pod = Arc::new(case.pod(&name));
+        match cache.schedule(&pod) {
+            Outcome::Placed(choice) => cache.assume(pod, &choice.node),
+            Outcome::Preempting(fit, _) | Outcome::Unschedulable(fit) => anyhow::bail!("{name}: {fit}"),
+        }
         Ok(())
     };
-    for i in 0..args.initial_pods {
+    for i in 0..case.initial_pods {
         place(format!("init-{i}"))?;
     }
     let started = Instant::now();
-    for i in 0..args.pods {
+    for i in 0..case.pods {
         place(format!("pod-{i}"))?;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    report.add("in process", &case, "pods_per_sec", "1/s", args.pods as f64 / elapsed);
-    drop(cache);
+    Ok(case.pods as f64 / started.elapsed().as_secs_f64())
+}
 
+pub async fn run(args: SchedulerArgs, json: bool) -> anyhow::Result<()> {
+    let mut report = Report::new("scheduler", json);
+    for case in Case::all(args.workload, args.quick) {
+        progress(&format!(
+            "{}: in process, {} then {} pods",
+            case.title(),
+            case.initial_pods,
+            case.pods
+        ));
+        let rate = in_process(&case)?;
+        report.add("in process", &case.title(), "pods_per_sec", "1/s", rate);
+        if !args.in_process_only {
+            end_to_end(&args, &case, &mut report).await?;
+        }
+    }
+    report.print_table();
+    Ok(())
+}
+
+async fn end_to_end(args: &SchedulerArgs, case: &Case, report: &mut Report) -> anyhow::Result<()> {
     // End to end: a server with its scheduler, hollow nodes, pods through the API.
     let server = start_server(args.rkube.as_deref(), &[], true)
         .await
         .context("starting rkube server")?;
     let client = server.client().await?;
-    progress(&format!("end to end: registering {} hollow nodes", args.nodes));
-    let options = HollowOptions {
-        count: args.nodes,
-        cpu: "4".into(),
-        memory: "32Gi".into(),
-        ..HollowOptions::default()
+    progress(&format!("{}: end to end, registering hollow nodes", case.title()));
+    // Zoned cases get one fleet per zone, as labels are per fleet.
+    let fleets: Vec<(String, usize, Option<String>)> = if case.zoned {
+        (0..ZONES)
+            .map(|z| {
+                let count = case.nodes / ZONES + usize::from(z < case.nodes % ZONES);
+                (format!("node-z{z}"), count, case.zone(z))
+            })
+            .collect()
+    } else {
+        vec![("node".into(), case.nodes, None)]
     };
-    let hollow = HollowNodes::start(client.clone(), options).await?;
+    let mut hollow = Vec::new();
+    for (prefix, count, zone) in fleets {
+        let options = HollowOptions {
+            count,
+            prefix,
+            labels: zone.map(|z| (ZONE.to_string(), z)).into_iter().collect(),
+            cpu: "4".into(),
+            memory: "32Gi".into(),
+            ..HollowOptions::default()
+        };
+        hollow.push(HollowNodes::start(client.clone(), options).await?);
+    }
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let create_all = async |prefix: &str, count: usize| -> anyhow::Result<()> {
         futures_util::stream::iter(0..count)
             .map(|i| {
                 let pods = pods.clone();
-                let mut p = pod(&format!("{prefix}-{i}"));
+                let mut p = case.pod(&format!("{prefix}-{i}"));
                 p.metadata.uid = None;
                 async move { pods.create(&PostParams::default(), &p).await }
             })
@@ -156,22 +266,27 @@ pub async fn run(mut args: SchedulerArgs, json: bool) -> anyhow::Result<()> {
         Ok(list.metadata.resource_version.unwrap_or_default())
     };
     let before = revision().await?;
-    progress(&format!("placing {} initial pods", args.initial_pods));
-    create_all("init", args.initial_pods).await?;
-    wait_bound("init-", args.initial_pods, before).await?;
+    progress(&format!("placing {} initial pods", case.initial_pods));
+    create_all("init", case.initial_pods).await?;
+    wait_bound("init-", case.initial_pods, before).await?;
     let before = revision().await?;
-    progress(&format!("measuring {} pods", args.pods));
+    progress(&format!("measuring {} pods", case.pods));
     let started = Instant::now();
-    let (created, bound) = tokio::join!(create_all("pod", args.pods), wait_bound("pod-", args.pods, before));
+    let (created, bound) = tokio::join!(create_all("pod", case.pods), wait_bound("pod-", case.pods, before));
     created?;
     bound?;
     let elapsed = started.elapsed().as_secs_f64();
-    report.add("end to end", &case, "pods_per_sec", "1/s", args.pods as f64 / elapsed);
+    report.add(
+        "end to end",
+        &case.title(),
+        "pods_per_sec",
+        "1/s",
+        case.pods as f64 / elapsed,
+    );
     if let Some(rss) = rss_mib(server.pid()) {
-        report.add("end to end", &case, "server_rss", "MiB", rss);
+        report.add("end to end", &case.title(), "server_rss", "MiB", rss);
     }
     // The nodes stop before the server, so nothing is left talking to a server that is gone.
     drop(hollow);
-    report.print_table();
     Ok(())
 }

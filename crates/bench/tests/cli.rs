@@ -111,7 +111,7 @@ fn hollow_nodes_bench_reports_its_figures() {
 }
 
 #[test]
-fn scheduler_bench_reports_both_cases() {
+fn scheduler_bench_reports_every_workload_both_ways() {
     let rkube = std::path::Path::new(env!("CARGO_BIN_EXE_rkube-bench")).with_file_name("rkube");
     let out = bench()
         .args(["scheduler", "--quick", "--json", "--rkube"])
@@ -122,6 +122,11 @@ fn scheduler_bench_reports_both_cases() {
     for figure in [
         "in process/SchedulingBasic 100 nodes pods_per_sec",
         "end to end/SchedulingBasic 100 nodes pods_per_sec",
+        "in process/SchedulingPodAntiAffinity 100 nodes pods_per_sec",
+        "end to end/SchedulingPodAntiAffinity 100 nodes pods_per_sec",
+        "in process/TopologySpreading 99 nodes pods_per_sec",
+        "end to end/TopologySpreading 99 nodes pods_per_sec",
+        "end to end/TopologySpreading 99 nodes server_rss",
     ] {
         assert!(seen.contains(figure), "missing {figure}: {seen:?}");
     }
