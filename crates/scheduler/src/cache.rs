@@ -19,9 +19,49 @@ struct Placement {
     assumed: bool,
 }
 
+/// Nodes in name order in one vector, so that a decision walks them in memory order.
+#[derive(Debug, Default)]
+struct Nodes {
+    list: Vec<NodeInfo>,
+}
+
+impl Nodes {
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.list.binary_search_by(|n| n.name.as_str().cmp(name))
+    }
+
+    fn get(&self, name: &str) -> Option<&NodeInfo> {
+        self.position(name).ok().map(|i| &self.list[i])
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {
+        self.position(name).ok().map(|i| &mut self.list[i])
+    }
+
+    fn insert(&mut self, info: NodeInfo) {
+        match self.position(&info.name) {
+            Ok(i) => self.list[i] = info,
+            Err(i) => self.list.insert(i, info),
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.position(name) {
+            self.list.remove(i);
+        }
+    }
+}
+
+impl std::ops::Index<&str> for Nodes {
+    type Output = NodeInfo;
+    fn index(&self, name: &str) -> &NodeInfo {
+        &self.list[self.position(name).unwrap_or(usize::MAX)]
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Cache {
-    nodes: BTreeMap<String, NodeInfo>,
+    nodes: Nodes,
     /// Node objects for nodes not seen yet are kept with their pods when they arrive.
     placements: HashMap<String, Placement>,
     on_node: HashMap<String, BTreeSet<String>>,
@@ -93,7 +133,7 @@ impl Cache {
     pub fn set_node(&mut self, node: Arc<Node>) {
         let name = node.metadata.name.clone().unwrap_or_default();
         self.count_images(&name, -1);
-        self.nodes.insert(name.clone(), NodeInfo::new(node));
+        self.nodes.insert(NodeInfo::new(node));
         self.count_images(&name, 1);
         self.rebuild(&name);
     }
@@ -228,7 +268,7 @@ impl Cache {
     /// A node for `pod`, searching on from where the previous search stopped; when none
     /// fits, preemption's choice of a node and victims.
     pub fn schedule(&mut self, pod: &Pod) -> Outcome {
-        let nodes: Vec<&NodeInfo> = self.nodes.values().collect();
+        let nodes: Vec<&NodeInfo> = self.nodes.list.iter().collect();
         let nominated: HashMap<String, Vec<Arc<Pod>>> = self
             .nominated
             .iter()

@@ -106,6 +106,11 @@ pub fn selector_of(selector: Option<&MetaSelector>, extra: &[(String, String)]) 
     LabelSelector::parse(&parts.join(",")).unwrap_or_else(|_| LabelSelector::parse(NOTHING).unwrap_or_default())
 }
 
+/// Whether an object's labels (absent: none) match, without copying them.
+pub fn labels_match(selector: &LabelSelector, labels: Option<&BTreeMap<String, String>>) -> bool {
+    selector.matches_by(|key| labels.and_then(|l| l.get(key)).map(String::as_str))
+}
+
 /// The objects besides nodes and pods that plugins consult, mirrored from the API.
 #[derive(Debug, Default, Clone)]
 pub struct Objects {
@@ -162,8 +167,9 @@ pub struct Decision<'a> {
     pub pod: &'a Pod,
     pub cluster: Cluster<'a>,
     wanted: Wanted,
+    images: Vec<String>,
     affinity: plugins::inter_pod_affinity::PreFilter,
-    spread: plugins::pod_topology_spread::PreFilter,
+    spread: plugins::pod_topology_spread::PreFilter<'a>,
     restrictions: plugins::volume_restrictions::PreFilter,
     volumes: plugins::volume_binding::PreFilter,
 }
@@ -175,6 +181,7 @@ impl<'a> Decision<'a> {
         Ok(Self {
             pod,
             wanted: Wanted::of(pod),
+            images: plugins::image_locality::pod_images(pod),
             affinity: plugins::inter_pod_affinity::PreFilter::new(pod, cluster.nodes),
             spread: plugins::pod_topology_spread::PreFilter::new(pod, cluster.nodes),
             restrictions: plugins::volume_restrictions::PreFilter::new(pod, cluster.objects, cluster.nodes),
@@ -279,7 +286,7 @@ impl<'a> Decision<'a> {
                     + 2 * plugins::node_affinity::score(pod, node)
                     + 2 * spread
                     + 2 * affinity
-                    + plugins::image_locality::score(pod, node, self.cluster.image_spread, total)
+                    + plugins::image_locality::score(&self.images, node, self.cluster.image_spread, total)
             })
             .collect()
     }

@@ -34,26 +34,30 @@ pub fn node_images(node: &Node) -> HashMap<String, i64> {
         .collect()
 }
 
-/// 0..=100 for `node`; `spread` says on how many of `total` nodes each image is.
-pub fn score(pod: &Pod, node: &NodeInfo, spread: &HashMap<String, usize>, total: usize) -> i64 {
-    let Some(spec) = pod.spec.as_ref() else { return 0 };
-    let images = spec
-        .init_containers
+/// The pod's images as nodes name them, once per decision.
+pub fn pod_images(pod: &Pod) -> Vec<String> {
+    pod.spec
         .iter()
-        .flatten()
-        .chain(&spec.containers)
-        .filter_map(|c| c.image.as_deref());
-    let mut containers = 0i64;
-    let mut sum = 0i64;
-    for image in images {
-        containers += 1;
-        let name = normalized(image);
-        if let Some(size) = node.images.get(&name) {
-            let share = spread.get(&name).copied().unwrap_or(1) as f64 / total.max(1) as f64;
-            sum += (*size as f64 * share) as i64;
-        }
+        .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+        .map(|c| normalized(c.image.as_deref().unwrap_or_default()))
+        .collect()
+}
+
+/// 0..=100 for `node`; `spread` says on how many of `total` nodes each image is.
+pub fn score(images: &[String], node: &NodeInfo, spread: &HashMap<String, usize>, total: usize) -> i64 {
+    if node.images.is_empty() {
+        return 0;
     }
-    let max_threshold = MAX_CONTAINER_THRESHOLD * containers.max(1);
+    let sum: i64 = images
+        .iter()
+        .filter_map(|name| {
+            let size = node.images.get(name)?;
+            let share = spread.get(name).copied().unwrap_or(1) as f64 / total.max(1) as f64;
+            Some((*size as f64 * share) as i64)
+        })
+        .sum();
+    let containers = i64::try_from(images.len()).unwrap_or(i64::MAX).max(1);
+    let max_threshold = MAX_CONTAINER_THRESHOLD * containers;
     let clamped = sum.clamp(MIN_THRESHOLD, max_threshold);
     100 * (clamped - MIN_THRESHOLD) / (max_threshold - MIN_THRESHOLD)
 }
@@ -83,9 +87,10 @@ mod tests {
         let spread: HashMap<String, usize> = [("nginx:1.7.9".to_string(), 1), ("pause:3.9".to_string(), 1)].into();
         let p = pod(json!({"spec": {"containers": [{"name": "c", "image": "nginx:1.7.9"}]}}));
         // 500 MiB on 1 of 2 nodes: 250 MiB, (250-23)/(1000-23) of the range.
-        assert_eq!(score(&p, &with, &spread, 2), 100 * (250 - 23) / (1000 - 23));
-        assert_eq!(score(&p, &without, &spread, 2), 0);
+        let images = pod_images(&p);
+        assert_eq!(score(&images, &with, &spread, 2), 100 * (250 - 23) / (1000 - 23));
+        assert_eq!(score(&images, &without, &spread, 2), 0);
         let small = pod(json!({"spec": {"containers": [{"name": "c", "image": "pause:3.9"}]}}));
-        assert_eq!(score(&small, &with, &spread, 1), 0);
+        assert_eq!(score(&pod_images(&small), &with, &spread, 1), 0);
     }
 }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm};
 use rkube_api::selector::LabelSelector;
 
-use crate::framework::{FilterResult, NodeInfo, Refusal, selector_of};
+use crate::framework::{FilterResult, NodeInfo, Refusal, labels_match, selector_of};
 
 /// A term ready to match pods.
 struct Term {
@@ -39,7 +39,7 @@ impl Term {
         // An empty namespace list with a namespaceSelector means all namespaces here
         // (namespace labels are not consulted yet).
         (self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == namespace))
-            && self.selector.matches(&pod.metadata.labels.clone().unwrap_or_default())
+            && labels_match(&self.selector, pod.metadata.labels.as_ref())
     }
 }
 

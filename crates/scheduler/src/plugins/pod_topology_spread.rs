@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use k8s_openapi::api::core::v1::{Pod, TopologySpreadConstraint};
 use rkube_api::selector::LabelSelector;
 
-use crate::framework::{FilterResult, NodeInfo, Objects, Refusal, selector_of};
+use crate::framework::{FilterResult, NodeInfo, Objects, Refusal, labels_match, selector_of};
 use crate::plugins::{node_affinity, taint_toleration};
 
 const HOSTNAME: &str = "kubernetes.io/hostname";
@@ -57,7 +57,7 @@ impl Constraint {
         let matching = node.pods.iter().filter(|p| {
             p.metadata.namespace.as_deref() == Some(namespace)
                 && p.metadata.deletion_timestamp.is_none()
-                && self.selector.matches(&p.metadata.labels.clone().unwrap_or_default())
+                && labels_match(&self.selector, p.metadata.labels.as_ref())
         });
         i64::try_from(matching.count()).unwrap_or(i64::MAX)
     }
@@ -136,27 +136,40 @@ fn default_constraints(selector: LabelSelector) -> Vec<Constraint> {
 }
 
 /// The hard constraints and the matching-pod counts per domain, over all nodes.
-pub struct PreFilter {
+pub struct PreFilter<'a> {
     constraints: Vec<Constraint>,
     self_match: Vec<bool>,
-    counts: Vec<HashMap<String, i64>>,
+    /// Per constraint, matching pods per domain (the node label values).
+    counts: Vec<HashMap<&'a str, i64>>,
 }
 
-impl PreFilter {
-    pub fn new(pod: &Pod, nodes: &[&NodeInfo]) -> Self {
-        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+impl<'a> PreFilter<'a> {
+    pub fn new(pod: &Pod, nodes: &[&'a NodeInfo]) -> Self {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
         let constraints = constraints(pod, "DoNotSchedule");
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
-        let self_match = constraints.iter().map(|c| c.selector.matches(&labels)).collect();
-        let mut counts = vec![HashMap::new(); constraints.len()];
+        let self_match = constraints
+            .iter()
+            .map(|c| labels_match(&c.selector, pod.metadata.labels.as_ref()))
+            .collect();
+        let mut counts: Vec<HashMap<&'a str, i64>> = vec![HashMap::new(); constraints.len()];
         if !constraints.is_empty() {
-            for node in nodes.iter().filter(|n| has_all_keys(n, &constraints)) {
+            let mut values: Vec<&'a str> = Vec::with_capacity(constraints.len());
+            for node in nodes {
+                // Nodes without every topology key take no part.
+                values.clear();
+                values.extend(constraints.iter().map_while(|c| label(node, &c.topology_key)));
+                if values.len() < constraints.len() {
+                    continue;
+                }
                 for (i, c) in constraints.iter().enumerate() {
-                    if !c.includes(pod, node) {
-                        continue;
+                    if c.includes(pod, node) {
+                        let matching = if node.pods.is_empty() {
+                            0
+                        } else {
+                            c.count(namespace, node)
+                        };
+                        *counts[i].entry(values[i]).or_default() += matching;
                     }
-                    let value = label(node, &c.topology_key).unwrap_or_default().to_string();
-                    *counts[i].entry(value).or_default() += c.count(&namespace, node);
                 }
             }
         }

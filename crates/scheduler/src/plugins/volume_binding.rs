@@ -12,7 +12,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 
-use crate::framework::{FilterResult, NodeInfo, Objects, Refusal, selector_of};
+use crate::framework::{FilterResult, NodeInfo, Objects, Refusal, labels_match, selector_of};
 use crate::plugins::node_affinity::node_selector_matches;
 
 const NODE_CONFLICT: &str = "node(s) had volume node affinity conflict";
@@ -124,7 +124,7 @@ fn serves(volume: &PersistentVolume, claim: &PersistentVolumeClaim) -> bool {
     let modes = spec.access_modes.as_deref().unwrap_or_default();
     let mode = |m: Option<&str>| m.unwrap_or("Filesystem").to_string();
     let selector = selector_of(wants.selector.as_ref(), &[]);
-    let selected = wants.selector.is_none() || selector.matches(&volume.metadata.labels.clone().unwrap_or_default());
+    let selected = wants.selector.is_none() || labels_match(&selector, volume.metadata.labels.as_ref());
     available
         && volume.metadata.deletion_timestamp.is_none()
         && spec.storage_class_name.as_deref().unwrap_or_default() == class_name(claim)
