@@ -1,6 +1,8 @@
 //! Admission of new pods, as upstream's Priority plugin does it: the priority and
 //! preemption policy come from the pod's PriorityClass (or the global default class), and a
-//! pod may not state values that disagree with its class.
+//! pod may not state values that disagree with its class. Also what upstream's pod strategy
+//! does on create: pod affinity terms' `matchLabelKeys`/`mismatchLabelKeys` become
+//! requirements of their label selectors, with the pod's own label values.
 
 use http::StatusCode;
 use rkube_api::find;
@@ -40,6 +42,7 @@ async fn priority_classes(state: &State) -> Result<Vec<Value>, ApiError> {
 /// Sets `spec.priority`, `spec.priorityClassName` and `spec.preemptionPolicy` of a pod
 /// being created.
 pub(crate) async fn admit_pod(state: &State, pod: &mut Value, name: &str) -> Result<(), ApiError> {
+    merge_label_keys(pod);
     let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
         return Ok(());
     };
@@ -120,5 +123,104 @@ pub(crate) fn keep_priority(current: &Value, new: &mut Value) {
         {
             spec.insert(field.into(), value.clone());
         }
+    }
+}
+
+/// Upstream's `applyMatchLabelKeysAndMismatchLabelKeys` over every pod affinity term.
+fn merge_label_keys(pod: &mut Value) {
+    let labels = pod.pointer("/metadata/labels").cloned().unwrap_or_default();
+    let Some(affinity) = pod.pointer_mut("/spec/affinity").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for kind in ["podAffinity", "podAntiAffinity"] {
+        let Some(kind) = affinity.get_mut(kind).and_then(Value::as_object_mut) else {
+            continue;
+        };
+        let required = kind
+            .get_mut("requiredDuringSchedulingIgnoredDuringExecution")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten();
+        for term in required {
+            merge_into_term(term, &labels);
+        }
+        let preferred = kind
+            .get_mut("preferredDuringSchedulingIgnoredDuringExecution")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten();
+        for weighted in preferred {
+            if let Some(term) = weighted.get_mut("podAffinityTerm") {
+                merge_into_term(term, &labels);
+            }
+        }
+    }
+}
+
+fn merge_into_term(term: &mut Value, labels: &Value) {
+    let keys = |field: &str| -> Vec<String> {
+        term.get(field)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect()
+    };
+    let (matching, mismatching) = (keys("matchLabelKeys"), keys("mismatchLabelKeys"));
+    // A term without a selector selects nothing, with or without the keys.
+    let Some(selector) = term.get_mut("labelSelector").filter(|s| s.is_object()) else {
+        return;
+    };
+    let additions: Vec<Value> = matching
+        .iter()
+        .map(|k| (k, "In"))
+        .chain(mismatching.iter().map(|k| (k, "NotIn")))
+        .filter_map(|(key, operator)| {
+            let value = labels.get(key)?.as_str()?;
+            Some(json!({"key": key, "operator": operator, "values": [value]}))
+        })
+        .collect();
+    if additions.is_empty() {
+        return;
+    }
+    let expressions = selector
+        .as_object_mut()
+        .map(|s| s.entry("matchExpressions").or_insert_with(|| json!([])));
+    if let Some(list) = expressions.and_then(Value::as_array_mut) {
+        list.extend(additions);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_keys_become_selector_requirements() {
+        let mut pod = json!({"metadata": {"labels": {"app": "web", "pod-template-hash": "abc"}},
+            "spec": {"affinity": {"podAntiAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "zone",
+                    "labelSelector": {"matchLabels": {"app": "web"}},
+                    "matchLabelKeys": ["pod-template-hash", "absent"]}],
+                "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "podAffinityTerm":
+                    {"topologyKey": "zone", "mismatchLabelKeys": ["app"], "labelSelector": {}}}]},
+              "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                  {"topologyKey": "zone", "matchLabelKeys": ["app"]}]}}}});
+        merge_label_keys(&mut pod);
+        let anti = &pod["spec"]["affinity"]["podAntiAffinity"];
+        assert_eq!(
+            anti["requiredDuringSchedulingIgnoredDuringExecution"][0]["labelSelector"]["matchExpressions"],
+            json!([{"key": "pod-template-hash", "operator": "In", "values": ["abc"]}])
+        );
+        assert_eq!(
+            anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["labelSelector"],
+            json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]}]})
+        );
+        assert!(
+            pod["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+                .get("labelSelector")
+                .is_none(),
+            "no selector: still selects nothing"
+        );
     }
 }

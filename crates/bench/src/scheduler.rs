@@ -247,11 +247,10 @@ async fn end_to_end(args: &SchedulerArgs, case: &Case, report: &mut Report) -> a
             match stream.next().await {
                 Some(Ok(WatchEvent::Modified(p) | WatchEvent::Added(p))) => {
                     let name = p.metadata.name.unwrap_or_default();
-                    if name.starts_with(prefix) && p.spec.and_then(|s| s.node_name).is_some() {
-                        bound.insert(name);
-                        if bound.len() % 2000 == 0 {
-                            progress(&format!("{} of {count} bound", bound.len()));
-                        }
+                    let newly_bound =
+                        name.starts_with(prefix) && p.spec.and_then(|s| s.node_name).is_some() && bound.insert(name);
+                    if newly_bound && bound.len() % 2000 == 0 {
+                        progress(&format!("{} of {count} bound", bound.len()));
                     }
                 }
                 Some(_) => {}

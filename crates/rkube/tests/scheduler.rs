@@ -244,14 +244,22 @@ async fn anti_affinity_spreads_replicas() {
             "metadata": {"name": name, "labels": {"app": "spread"}},
             "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}],
                      "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-                         {"labelSelector": {"matchLabels": {"app": "spread"}}, "topologyKey": "kubernetes.io/hostname"}]}}}
+                         {"labelSelector": {"matchLabels": {"app": "spread"}}, "topologyKey": "kubernetes.io/hostname",
+                          "matchLabelKeys": ["app"]}]}}}
         }))
         .unwrap()
     };
     let mut hosts = std::collections::BTreeSet::new();
     for i in 0..3 {
         let name = format!("replica-{i}");
-        pods.create(&PostParams::default(), &replica(&name)).await.unwrap();
+        let created = pods.create(&PostParams::default(), &replica(&name)).await.unwrap();
+        // matchLabelKeys become requirements of the selector, with the pod's own values.
+        let term = &serde_json::to_value(&created).unwrap()["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            [0];
+        assert_eq!(
+            term["labelSelector"]["matchExpressions"],
+            json!([{"key": "app", "operator": "In", "values": ["spread"]}])
+        );
         // One at a time, so each decision sees the previous binding through the API too.
         let node = eventually(&format!("{name} to be bound"), WITHIN, async || {
             pods.get(&name).await.ok()?.spec?.node_name

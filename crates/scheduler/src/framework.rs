@@ -29,8 +29,9 @@ pub struct NodeInfo {
     pub used_ports: HashSet<(String, String, i32)>,
     /// The pods placed here, for pod (anti-)affinity.
     pub pods: Vec<Arc<Pod>>,
-    /// Those of them with required anti-affinity, which every decision must check.
-    pub pods_with_anti_affinity: Vec<Arc<Pod>>,
+    /// Those of them with pod (anti-)affinity terms, parsed: every decision checks their
+    /// required anti-affinity and scores their other terms.
+    pub pods_with_affinity: Vec<(Arc<Pod>, Arc<plugins::inter_pod_affinity::PodTerms>)>,
     /// The images the node holds (normalized names) and their sizes.
     pub images: Arc<HashMap<String, i64>>,
 }
@@ -46,21 +47,14 @@ impl NodeInfo {
             non_zero: (0, 0),
             used_ports: HashSet::new(),
             pods: Vec::new(),
-            pods_with_anti_affinity: Vec::new(),
+            pods_with_affinity: Vec::new(),
         }
     }
 
     pub fn add_pod(&mut self, pod: &Arc<Pod>) {
         self.pods.push(Arc::clone(pod));
-        let anti = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.affinity.as_ref())
-            .and_then(|a| a.pod_anti_affinity.as_ref())
-            .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
-            .is_some_and(|terms| !terms.is_empty());
-        if anti {
-            self.pods_with_anti_affinity.push(Arc::clone(pod));
+        if let Some(terms) = plugins::inter_pod_affinity::PodTerms::of_placed(pod) {
+            self.pods_with_affinity.push((Arc::clone(pod), Arc::new(terms)));
         }
         self.requested.add(&pod_requests(pod));
         let (cpu, memory) = pod_requests_non_zero(pod);
@@ -114,6 +108,8 @@ pub fn labels_match(selector: &LabelSelector, labels: Option<&BTreeMap<String, S
 /// The objects besides nodes and pods that plugins consult, mirrored from the API.
 #[derive(Debug, Default, Clone)]
 pub struct Objects {
+    /// Namespace labels, for pod affinity terms' namespace selectors.
+    pub namespaces: plugins::inter_pod_affinity::NamespaceLabels,
     /// Service selectors by namespace and name, for the default topology spread.
     pub services: HashMap<String, BTreeMap<String, BTreeMap<String, String>>>,
     /// Selectors (selector text) of ReplicaSets, ReplicationControllers and StatefulSets
@@ -182,7 +178,7 @@ impl<'a> Decision<'a> {
             pod,
             wanted: Wanted::of(pod),
             images: plugins::image_locality::pod_images(pod),
-            affinity: plugins::inter_pod_affinity::PreFilter::new(pod, cluster.nodes),
+            affinity: plugins::inter_pod_affinity::PreFilter::new(pod, cluster.nodes, &cluster.objects.namespaces),
             spread: plugins::pod_topology_spread::PreFilter::new(pod, cluster.nodes),
             restrictions: plugins::volume_restrictions::PreFilter::new(pod, cluster.objects, cluster.nodes),
             volumes,

@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, ReplicationController, Service};
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ReplicationController, Service,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -173,6 +175,7 @@ pub async fn run(client: kube::Client, name: String) {
     // Each mirror is a task of its own (aborted with the set when this future is dropped),
     // which keeps this future, and the stack that polls it, small.
     let mut mirrors = tokio::task::JoinSet::new();
+    mirrors.spawn(mirror::<Namespace>(Arc::clone(&scheduler)));
     mirrors.spawn(mirror::<Service>(Arc::clone(&scheduler)));
     mirrors.spawn(mirror::<ReplicaSet>(Arc::clone(&scheduler)));
     mirrors.spawn(mirror::<StatefulSet>(Arc::clone(&scheduler)));

@@ -1,12 +1,12 @@
 //! The objects besides nodes and pods that plugins consult, mirrored from watches into
-//! [`Objects`]: Services and workload controllers (default topology spread), claims,
+//! [`Objects`]: Namespaces (pod affinity's namespace selectors), Services and workload controllers (default topology spread), claims,
 //! volumes and storage classes (volume binding), disruption budgets (preemption).
 
 use std::fmt::Debug;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, ReplicationController, Service};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, ReplicationController, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::Resource;
@@ -28,6 +28,24 @@ fn key<K: Resource>(object: &K) -> (String, String) {
         object.meta().namespace.clone().unwrap_or_default(),
         object.meta().name.clone().unwrap_or_default(),
     )
+}
+
+impl Mirrored for Namespace {
+    const WAKES_PODS: bool = false;
+    fn put(self, objects: &mut Objects) {
+        let name = self.metadata.name.clone().unwrap_or_default();
+        objects
+            .namespaces
+            .insert(name, self.metadata.labels.unwrap_or_default());
+    }
+    fn remove(&self, objects: &mut Objects) {
+        objects
+            .namespaces
+            .remove(self.metadata.name.as_deref().unwrap_or_default());
+    }
+    fn clear(objects: &mut Objects) {
+        objects.namespaces.clear();
+    }
 }
 
 impl Mirrored for Service {

@@ -1,21 +1,34 @@
 //! InterPodAffinity: a pod's required affinity (be in a topology domain — a node, a zone —
 //! with pods matching a term) and anti-affinity (never share one with them), the
-//! anti-affinity of pods already placed towards the incoming pod, and preferred terms as
-//! scores. The domains are worked out once per decision (upstream's PreFilter), then each
-//! node is checked against them.
+//! anti-affinity of pods already placed towards the incoming pod, and as scores: the pod's
+//! preferred terms, and placed pods' required affinity (weight 1) and preferred terms
+//! towards it. The domains are worked out once per decision (upstream's PreFilter and
+//! PreScore), then each node is checked against them. Terms select pods in the namespaces
+//! they name and in those their `namespaceSelector` matches.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm};
+use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm, WeightedPodAffinityTerm};
 use rkube_api::selector::LabelSelector;
 
 use crate::framework::{FilterResult, NodeInfo, Refusal, labels_match, selector_of};
 
+/// Namespace labels by namespace name.
+pub type NamespaceLabels = HashMap<String, BTreeMap<String, String>>;
+
+/// Upstream's `hardPodAffinityWeight`: what a placed pod's required affinity towards the
+/// incoming pod adds to its domain's score.
+const HARD_AFFINITY_WEIGHT: i64 = 1;
+
 /// A term ready to match pods.
-struct Term {
+#[derive(Debug)]
+pub struct Term {
     selector: LabelSelector,
-    /// Namespaces whose pods count; the owning pod's own when the term names none.
+    /// Namespaces the term names; the owning pod's own when it names none and has no
+    /// namespace selector.
     namespaces: Vec<String>,
+    /// Namespaces whose labels match count too (an empty selector: every namespace).
+    namespace_selector: Option<LabelSelector>,
     topology_key: String,
     weight: i64,
 }
@@ -29,17 +42,78 @@ impl Term {
         Self {
             selector: selector_of(term.label_selector.as_ref(), &[]),
             namespaces,
+            namespace_selector: term.namespace_selector.as_ref().map(|s| selector_of(Some(s), &[])),
             topology_key: term.topology_key.clone(),
             weight,
         }
     }
 
-    fn matches(&self, pod: &Pod) -> bool {
+    fn matches(&self, pod: &Pod, namespace_labels: &NamespaceLabels) -> bool {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-        // An empty namespace list with a namespaceSelector means all namespaces here
-        // (namespace labels are not consulted yet).
-        (self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == namespace))
-            && labels_match(&self.selector, pod.metadata.labels.as_ref())
+        let in_namespace = self.namespaces.iter().any(|n| n == namespace)
+            || self
+                .namespace_selector
+                .as_ref()
+                .is_some_and(|s| labels_match(s, namespace_labels.get(namespace)));
+        in_namespace && labels_match(&self.selector, pod.metadata.labels.as_ref())
+    }
+}
+
+/// A pod's terms, parsed once (when the pod is placed, for placed pods).
+#[derive(Debug, Default)]
+pub struct PodTerms {
+    pub required_affinity: Vec<Term>,
+    pub required_anti: Vec<Term>,
+    pub preferred_affinity: Vec<Term>,
+    pub preferred_anti: Vec<Term>,
+}
+
+impl PodTerms {
+    pub fn of(pod: &Pod) -> Self {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let affinity = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
+        let required = |list: Option<&Vec<PodAffinityTerm>>| -> Vec<Term> {
+            list.into_iter().flatten().map(|t| Term::new(t, namespace, 1)).collect()
+        };
+        let preferred = |list: Option<&Vec<WeightedPodAffinityTerm>>| -> Vec<Term> {
+            list.into_iter()
+                .flatten()
+                .map(|w| Term::new(&w.pod_affinity_term, namespace, i64::from(w.weight)))
+                .collect()
+        };
+        let pod_affinity = affinity.and_then(|a| a.pod_affinity.as_ref());
+        let pod_anti = affinity.and_then(|a| a.pod_anti_affinity.as_ref());
+        Self {
+            required_affinity: required(
+                pod_affinity.and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref()),
+            ),
+            required_anti: required(
+                pod_anti.and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref()),
+            ),
+            preferred_affinity: preferred(
+                pod_affinity.and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref()),
+            ),
+            preferred_anti: preferred(
+                pod_anti.and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref()),
+            ),
+        }
+    }
+
+    /// Terms parsed only for pods that have any.
+    pub fn of_placed(pod: &Pod) -> Option<Self> {
+        let affinity = pod.spec.as_ref()?.affinity.as_ref()?;
+        if affinity.pod_affinity.is_none() && affinity.pod_anti_affinity.is_none() {
+            return None;
+        }
+        let terms = Self::of(pod);
+        (!terms.is_empty()).then_some(terms)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.required_affinity.is_empty()
+            && self.required_anti.is_empty()
+            && self.preferred_affinity.is_empty()
+            && self.preferred_anti.is_empty()
     }
 }
 
@@ -47,29 +121,7 @@ fn label<'a>(node: &'a NodeInfo, key: &str) -> Option<&'a str> {
     node.node.metadata.labels.as_ref()?.get(key).map(String::as_str)
 }
 
-fn terms(pod: &Pod) -> (Vec<Term>, Vec<Term>, Vec<Term>, Vec<Term>) {
-    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-    let affinity = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
-    let required = |list: Option<&Vec<PodAffinityTerm>>| -> Vec<Term> {
-        list.into_iter().flatten().map(|t| Term::new(t, namespace, 1)).collect()
-    };
-    let pod_affinity = affinity.and_then(|a| a.pod_affinity.as_ref());
-    let pod_anti = affinity.and_then(|a| a.pod_anti_affinity.as_ref());
-    let preferred = |list: Option<&Vec<k8s_openapi::api::core::v1::WeightedPodAffinityTerm>>| -> Vec<Term> {
-        list.into_iter()
-            .flatten()
-            .map(|w| Term::new(&w.pod_affinity_term, namespace, i64::from(w.weight)))
-            .collect()
-    };
-    (
-        required(pod_affinity.and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())),
-        required(pod_anti.and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())),
-        preferred(pod_affinity.and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref())),
-        preferred(pod_anti.and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref())),
-    )
-}
-
-/// The topology domains that decide where one pod may go.
+/// The topology domains that decide where one pod may go, and the scores of domains.
 pub struct PreFilter {
     affinity: Vec<Term>,
     /// Per affinity term, the domain values holding a matching pod.
@@ -81,70 +133,92 @@ pub struct PreFilter {
     anti_domains: HashSet<(String, String)>,
     /// (topology key, value) domains placed pods' anti-affinity forbids to this pod.
     existing_anti_domains: HashSet<(String, String)>,
-    preferred: Vec<(Term, i64)>,
-    /// Matching placed pods per (topology key, value), for each preferred term.
-    preferred_counts: Vec<BTreeMap<String, i64>>,
+    /// Score per topology key and value (upstream's `topologyToScore`).
+    domain_scores: HashMap<String, HashMap<String, i64>>,
 }
 
 impl PreFilter {
-    pub fn new(pod: &Pod, nodes: &[&NodeInfo]) -> Self {
-        let (affinity, anti, preferred_affinity, preferred_anti) = terms(pod);
-        let preferred: Vec<(Term, i64)> = preferred_affinity
-            .into_iter()
-            .map(|t| (t, 1))
-            .chain(preferred_anti.into_iter().map(|t| (t, -1)))
-            .collect();
+    pub fn new(pod: &Pod, nodes: &[&NodeInfo], namespace_labels: &NamespaceLabels) -> Self {
+        let own = PodTerms::of(pod);
         let mut state = Self {
-            affinity_domains: vec![HashSet::new(); affinity.len()],
+            affinity_domains: vec![HashSet::new(); own.required_affinity.len()],
             first_of_group: false,
             anti_domains: HashSet::new(),
             existing_anti_domains: HashSet::new(),
-            preferred_counts: vec![BTreeMap::new(); preferred.len()],
-            affinity,
-            preferred,
+            domain_scores: HashMap::new(),
+            affinity: Vec::new(),
         };
-        let own_terms = !state.affinity.is_empty() || !anti.is_empty() || !state.preferred.is_empty();
+        let mut add_score = |key: &str, value: &str, weight: i64| {
+            *state
+                .domain_scores
+                .entry(key.to_string())
+                .or_default()
+                .entry(value.to_string())
+                .or_default() += weight;
+        };
+        let own_terms = !own.is_empty();
         for node in nodes {
-            // Placed pods whose required anti-affinity selects the incoming pod.
-            for placed in &node.pods_with_anti_affinity {
-                let (_, their_anti, _, _) = terms(placed);
-                for term in their_anti.iter().filter(|t| t.matches(pod)) {
+            // Placed pods' terms towards the incoming pod.
+            for (_, theirs) in &node.pods_with_affinity {
+                for term in theirs.required_anti.iter().filter(|t| t.matches(pod, namespace_labels)) {
                     if let Some(value) = label(node, &term.topology_key) {
                         state
                             .existing_anti_domains
                             .insert((term.topology_key.clone(), value.to_string()));
                     }
                 }
+                let weighted = theirs
+                    .required_affinity
+                    .iter()
+                    .map(|t| (t, HARD_AFFINITY_WEIGHT))
+                    .chain(theirs.preferred_affinity.iter().map(|t| (t, t.weight)))
+                    .chain(theirs.preferred_anti.iter().map(|t| (t, -t.weight)));
+                for (term, weight) in weighted {
+                    if let Some(value) = label(node, &term.topology_key)
+                        && term.matches(pod, namespace_labels)
+                    {
+                        add_score(&term.topology_key, value, weight);
+                    }
+                }
             }
             if !own_terms {
                 continue;
             }
+            // The incoming pod's terms towards placed pods.
             for placed in &node.pods {
-                for (i, term) in state.affinity.iter().enumerate() {
-                    if term.matches(placed)
-                        && let Some(value) = label(node, &term.topology_key)
+                for (i, term) in own.required_affinity.iter().enumerate() {
+                    if let Some(value) = label(node, &term.topology_key)
+                        && term.matches(placed, namespace_labels)
                     {
                         state.affinity_domains[i].insert(value.to_string());
                     }
                 }
-                for term in anti.iter().filter(|t| t.matches(placed)) {
-                    if let Some(value) = label(node, &term.topology_key) {
+                for term in &own.required_anti {
+                    if let Some(value) = label(node, &term.topology_key)
+                        && term.matches(placed, namespace_labels)
+                    {
                         state
                             .anti_domains
                             .insert((term.topology_key.clone(), value.to_string()));
                     }
                 }
-                for (i, (term, _)) in state.preferred.iter().enumerate() {
-                    if term.matches(placed)
-                        && let Some(value) = label(node, &term.topology_key)
+                let weighted = own
+                    .preferred_affinity
+                    .iter()
+                    .map(|t| (t, t.weight))
+                    .chain(own.preferred_anti.iter().map(|t| (t, -t.weight)));
+                for (term, weight) in weighted {
+                    if let Some(value) = label(node, &term.topology_key)
+                        && term.matches(placed, namespace_labels)
                     {
-                        *state.preferred_counts[i].entry(value.to_string()).or_default() += 1;
+                        add_score(&term.topology_key, value, weight);
                     }
                 }
             }
         }
-        state.first_of_group =
-            state.affinity_domains.iter().all(HashSet::is_empty) && state.affinity.iter().all(|t| t.matches(pod));
+        state.first_of_group = state.affinity_domains.iter().all(HashSet::is_empty)
+            && own.required_affinity.iter().all(|t| t.matches(pod, namespace_labels));
+        state.affinity = own.required_affinity;
         state
     }
 
@@ -182,16 +256,11 @@ impl PreFilter {
         Ok(())
     }
 
-    /// Preferred affinity weights times matching pods in the node's domains, minus the
-    /// same for preferred anti-affinity; normalized over the nodes by the caller.
+    /// The sum of the scores of the node's domains; normalized over the nodes by the caller.
     pub fn raw_score(&self, node: &NodeInfo) -> i64 {
-        self.preferred
+        self.domain_scores
             .iter()
-            .zip(&self.preferred_counts)
-            .map(|((term, sign), counts)| {
-                let count = label(node, &term.topology_key).and_then(|v| counts.get(v)).copied();
-                sign * term.weight * count.unwrap_or(0)
-            })
+            .filter_map(|(key, values)| values.get(label(node, key)?))
             .sum()
     }
 }
@@ -225,7 +294,7 @@ mod tests {
 
         let spread = pod(json!({"metadata": {"labels": {"app": "web"}},
             "spec": {"affinity": term("podAntiAffinity", "web", "kubernetes.io/hostname")}}));
-        let state = PreFilter::new(&spread, &nodes);
+        let state = PreFilter::new(&spread, &nodes, &NamespaceLabels::new());
         assert_eq!(
             state.filter(&a),
             Err(Refusal::Unschedulable(vec![
@@ -236,7 +305,7 @@ mod tests {
 
         let near = pod(json!({"metadata": {"labels": {"app": "cache"}},
             "spec": {"affinity": term("podAffinity", "web", "zone")}}));
-        let state = PreFilter::new(&near, &nodes);
+        let state = PreFilter::new(&near, &nodes, &NamespaceLabels::new());
         assert!(state.filter(&a).is_ok());
         assert_eq!(
             state.filter(&b),
@@ -248,7 +317,11 @@ mod tests {
         // The first pod of a group that selects itself may go anywhere.
         let first = pod(json!({"metadata": {"labels": {"app": "db"}},
             "spec": {"affinity": term("podAffinity", "db", "zone")}}));
-        assert!(PreFilter::new(&first, &nodes).filter(&b).is_ok());
+        assert!(
+            PreFilter::new(&first, &nodes, &NamespaceLabels::new())
+                .filter(&b)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -260,7 +333,7 @@ mod tests {
         let b = in_zone("b", "east");
         let c = in_zone("c", "west");
         let web = pod(json!({"metadata": {"labels": {"app": "web"}}}));
-        let state = PreFilter::new(&web, &[&a, &b, &c]);
+        let state = PreFilter::new(&web, &[&a, &b, &c], &NamespaceLabels::new());
         for blocked in [&a, &b] {
             assert_eq!(
                 state.filter(blocked),
@@ -281,7 +354,76 @@ mod tests {
             json!({"spec": {"affinity": {"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
             {"weight": 50, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "zone"}}]}}}}),
         );
-        let state = PreFilter::new(&p, &[&a, &b]);
+        let state = PreFilter::new(&p, &[&a, &b], &NamespaceLabels::new());
         assert_eq!((state.raw_score(&a), state.raw_score(&b)), (50, 0));
+    }
+
+    #[test]
+    fn namespace_selectors_widen_the_terms() {
+        let mut a = in_zone("a", "east");
+        a.add_pod(&Arc::new(pod(
+            json!({"metadata": {"name": "db", "namespace": "data", "labels": {"app": "db"}}}),
+        )));
+        let b = in_zone("b", "west");
+        let near = |namespace_selector: serde_json::Value| {
+            pod(
+                json!({"spec": {"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone",
+                 "namespaceSelector": namespace_selector}]}}}}),
+            )
+        };
+        let namespaces: NamespaceLabels = [
+            ("data".to_string(), [("team".to_string(), "storage".to_string())].into()),
+            ("default".to_string(), BTreeMap::new()),
+        ]
+        .into();
+        // The pod's own namespace has no db; a selector naming the team finds it.
+        let by_team = near(json!({"matchLabels": {"team": "storage"}}));
+        let state = PreFilter::new(&by_team, &[&a, &b], &namespaces);
+        assert!(state.filter(&a).is_ok());
+        assert!(state.filter(&b).is_err());
+        // An empty selector means every namespace.
+        assert!(
+            PreFilter::new(&near(json!({})), &[&a, &b], &namespaces)
+                .filter(&a)
+                .is_ok()
+        );
+        // A selector matching no namespace finds nothing, so only the first-of-group rule
+        // could apply (it does not: the pod is not a db).
+        let nobody = near(json!({"matchLabels": {"team": "nobody"}}));
+        assert!(PreFilter::new(&nobody, &[&a, &b], &namespaces).filter(&a).is_err());
+    }
+
+    #[test]
+    fn placed_pods_terms_towards_the_incoming_pod_score() {
+        let mut a = in_zone("a", "east");
+        let mut b = in_zone("b", "west");
+        let c = in_zone("c", "north");
+        // In east, a pod that prefers web near it; in west, one that prefers web away.
+        a.add_pod(&Arc::new(pod(
+            json!({"metadata": {"name": "fan"}, "spec": {"affinity": {"podAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 30, "podAffinityTerm":
+                {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "zone"}}]}}}}),
+        )));
+        b.add_pod(&Arc::new(pod(
+            json!({"metadata": {"name": "hater"}, "spec": {"affinity": {"podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 20, "podAffinityTerm":
+                {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "zone"}}]}}}}),
+        )));
+        let web = pod(json!({"metadata": {"labels": {"app": "web"}}}));
+        let state = PreFilter::new(&web, &[&a, &b, &c], &NamespaceLabels::new());
+        assert_eq!(
+            (state.raw_score(&a), state.raw_score(&b), state.raw_score(&c)),
+            (30, -20, 0)
+        );
+        // A placed pod's required affinity towards the pod counts with weight 1.
+        let mut d = in_zone("d", "south");
+        d.add_pod(&Arc::new(pod(
+            json!({"metadata": {"name": "needy"}, "spec": {"affinity": {"podAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "zone"}]}}}}),
+        )));
+        let state = PreFilter::new(&web, &[&d, &c], &NamespaceLabels::new());
+        assert_eq!((state.raw_score(&d), state.raw_score(&c)), (1, 0));
     }
 }
