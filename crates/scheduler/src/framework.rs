@@ -266,6 +266,8 @@ impl<'a> Decision<'a> {
         );
         let spread = plugins::pod_topology_spread::scores(pod, self.cluster.objects, feasible, self.cluster.nodes);
         let total = self.cluster.nodes.len();
+        // ImageLocality can only tell nodes apart when some node holds one of the images.
+        let images_somewhere = self.images.iter().any(|i| self.cluster.image_spread.contains_key(i));
         feasible
             .iter()
             .zip(raw)
@@ -282,7 +284,11 @@ impl<'a> Decision<'a> {
                     + 2 * plugins::node_affinity::score(pod, node)
                     + 2 * spread
                     + 2 * affinity
-                    + plugins::image_locality::score(&self.images, node, self.cluster.image_spread, total)
+                    + if images_somewhere {
+                        plugins::image_locality::score(&self.images, node, self.cluster.image_spread, total)
+                    } else {
+                        0
+                    }
             })
             .collect()
     }

@@ -8,12 +8,15 @@ use crate::plugins::taint_toleration::tolerated;
 
 pub fn filter(pod: &Pod, node: &NodeInfo) -> FilterResult {
     let cordoned = node.node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+    if !cordoned {
+        return Ok(());
+    }
     let taint = Taint {
         key: "node.kubernetes.io/unschedulable".into(),
         effect: "NoSchedule".into(),
         ..Taint::default()
     };
-    if cordoned && !tolerated(pod, &taint) {
+    if !tolerated(pod, &taint) {
         return Err(Refusal::Unresolvable(vec!["node(s) were unschedulable".into()]));
     }
     Ok(())
