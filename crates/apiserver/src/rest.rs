@@ -509,6 +509,13 @@ pub(crate) async fn create(
     check_namespace(info, &mut object, ns)?;
     let dry_run = write.dry_run;
     let meta = metadata_mut(&mut object).ok_or_else(|| bad_request("metadata must be an object"))?;
+    // Admission names the object as requested: before a generated name exists, by its
+    // generateName prefix, as upstream's do.
+    let requested_name = ["name", "generateName"]
+        .iter()
+        .find_map(|f| meta.get(*f).and_then(Value::as_str).filter(|n| !n.is_empty()))
+        .unwrap_or_default()
+        .to_string();
     let name = match meta.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
         Some(name) => name.to_string(),
         None => match meta
@@ -545,7 +552,7 @@ pub(crate) async fn create(
         check_namespace_open(state, ns).await?;
     }
     if (info.group, info.kind) == ("", "Pod") {
-        admission::admit_pod(state, &mut object, &name).await?;
+        admission::admit_pod(state, &mut object, &requested_name).await?;
     }
     let meta = metadata_mut(&mut object).ok_or_else(|| bad_request("metadata must be an object"))?;
     meta.insert("name".into(), json!(name));

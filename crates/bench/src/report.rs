@@ -110,7 +110,6 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Resident memory of a process in MiB, from /proc.
 /// Starts the rkube binary given (or the one beside this binary) as a server for a run.
 pub async fn start_server(
     rkube: Option<&std::path::Path>,
@@ -137,6 +136,7 @@ pub async fn start_server(
     Ok(server)
 }
 
+/// Resident memory of a process in MiB, from /proc.
 pub fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;

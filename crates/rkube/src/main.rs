@@ -37,7 +37,14 @@ fn main() -> ExitCode {
         tracing::debug!("a TLS crypto provider was already installed");
     }
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Deserializing the largest API types (PersistentVolume, Deployment) inside deep
+    // futures needs more than tokio's default 2 MiB of stack in unoptimised builds; the
+    // extra is address space, not memory, until used.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(8 << 20)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("rkube: cannot start the runtime: {err}");

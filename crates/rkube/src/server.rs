@@ -1,9 +1,11 @@
-//! `rkube server`: the control plane. So far: the datastore, the API server and the scheduler.
+//! `rkube server`: the control plane. So far: the datastore, the API server, the scheduler
+//! and the controller manager.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::Context;
+use rkube_client::leader::Election;
 use rkube_pki::{Ca, Kubeconfig, TokenFile};
 use rkube_store::{CompactionPolicy, Datastore, OpenOptions};
 
@@ -53,6 +55,10 @@ pub struct ServerArgs {
     /// Run without the scheduler (pods then stay Pending unless bound otherwise).
     #[arg(long)]
     disable_scheduler: bool,
+
+    /// Run without the controller manager (workloads then create no pods).
+    #[arg(long)]
+    disable_controller_manager: bool,
 
     /// Addresses for services (IPv4 CIDR); its first address is the `kubernetes` service.
     #[arg(long, default_value = "10.43.0.0/16", value_parser = parse_cidr, value_name = "CIDR")]
@@ -172,62 +178,73 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         advertise: SocketAddr::new(advertise_ip, port),
         services,
     };
-    // The scheduler is an API client like any other, with its own identity; it waits for
-    // the API server it is started beside.
-    let scheduler = if args.disable_scheduler {
-        None
-    } else {
-        let identity = ca
-            .issue_client("system:kube-scheduler", &[])
-            .context("scheduler certificate")?;
-        let kubeconfig = Kubeconfig {
-            name: "default",
-            server: &server_url,
-            ca_pem: &ca.cert_pem,
-            client: &identity,
-        }
-        .render();
-        let kubeconfig = kube::config::Kubeconfig::from_yaml(&kubeconfig).context("scheduler kubeconfig")?;
-        let options = kube::config::KubeConfigOptions::default();
-        let client_config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-            .await
-            .context("scheduler client")?;
-        let client = kube::Client::try_from(client_config).context("scheduler client")?;
-        let identity = format!(
-            "{}_{}_{}",
-            hostname().unwrap_or_else(|| "rkube".into()),
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        );
-        let election = rkube_scheduler::leader::Election::new("kube-system", "kube-scheduler", identity);
+    // The scheduler and the controller manager are API clients like any other, each with
+    // its own identity and leader election; they wait for the API server beside them.
+    let identity = format!(
+        "{}_{}_{}",
+        hostname().unwrap_or_else(|| "rkube".into()),
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let mut components = Vec::new();
+    if !args.disable_scheduler {
+        let client = component_client(&ca, &server_url, "system:kube-scheduler").await?;
+        let election = Election::new("kube-system", "kube-scheduler", identity.clone());
         let task = tokio::spawn(rkube_scheduler::run_elected(
             client.clone(),
             rkube_scheduler::DEFAULT_SCHEDULER.to_string(),
             election.clone(),
         ));
-        Some((task, client, election))
-    };
+        components.push((task, client, election));
+    }
+    if !args.disable_controller_manager {
+        let client = component_client(&ca, &server_url, "system:kube-controller-manager").await?;
+        let election = Election::new("kube-system", "kube-controller-manager", identity.clone());
+        let task = tokio::spawn(rkube_controllers::run_elected(client.clone(), election.clone()));
+        components.push((task, client, election));
+    }
     rkube_apiserver::serve(config, async move {
         if let Err(err) = crate::shutdown_signal().await {
             tracing::error!(%err, "waiting for a signal");
         }
-        // Stop scheduling and hand the lease over while the API server still answers.
-        if let Some((task, client, election)) = scheduler {
+        // Stop the components and hand their leases over while the API server still answers.
+        for (task, client, election) in components {
             task.abort();
-            let releasing = rkube_scheduler::leader::release(client, &election);
+            let releasing = rkube_client::leader::release(client, &election);
             if tokio::time::timeout(std::time::Duration::from_secs(2), releasing)
                 .await
                 .is_err()
             {
-                tracing::warn!("releasing the scheduler's lease timed out");
+                tracing::warn!(lease = election.name, "releasing a lease timed out");
             }
         }
     })
     .await?;
     tracing::info!("stopping");
     Ok(())
+}
+
+/// A client for a control-plane component, authenticated as `user` by a certificate of
+/// its own.
+async fn component_client(ca: &Ca, server_url: &str, user: &str) -> anyhow::Result<kube::Client> {
+    let identity = ca
+        .issue_client(user, &[])
+        .with_context(|| format!("{user} certificate"))?;
+    let kubeconfig = Kubeconfig {
+        name: "default",
+        server: server_url,
+        ca_pem: &ca.cert_pem,
+        client: &identity,
+    }
+    .render();
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&kubeconfig).context("component kubeconfig")?;
+    let options = kube::config::KubeConfigOptions::default();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .context("component client")?;
+    kube::Client::try_from(config).context("component client")
 }
 
 /// Names and addresses the serving certificate covers: the host, loopback, the node's

@@ -570,8 +570,21 @@ spec:
         None,
         "not bound before its claim"
     );
-    // What the provisioner does once it made the volume (the controller of a later issue):
-    // the claim is bound, and the scheduler binds the pod to the node it chose.
+    // What the provisioner and the volume controller do (the controllers' issue): a
+    // volume on the chosen node, bound to the claim; then the scheduler binds the pod.
+    let volume: k8s_openapi::api::core::v1::PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": "pvc-scratch"},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "dynamic",
+                 "hostPath": {"path": "/tmp/pvc-scratch"},
+                 "claimRef": {"namespace": "default", "name": "scratch"},
+                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                     {"key": "kubernetes.io/hostname", "operator": "In", "values": [selected]}]}]}}}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(client.clone())
+        .create(&PostParams::default(), &volume)
+        .await
+        .unwrap();
     let provisioned = json!({"metadata": {"annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
                              "spec": {"volumeName": "pvc-scratch"}});
     claims

@@ -6,11 +6,10 @@
 //! plugins, then bound through `pods/binding`. A pod that fits nowhere gets the
 //! `PodScheduled=False` condition and a `FailedScheduling` event with upstream's message,
 //! and waits for a cluster event that could change that. Only the holder of the
-//! `kube-system/kube-scheduler` Lease schedules ([`leader`]).
+//! `kube-system/kube-scheduler` Lease schedules (`rkube_client::leader`).
 
 pub mod cache;
 pub mod framework;
-pub mod leader;
 pub mod mirror;
 pub mod plugins;
 pub mod queue;
@@ -38,6 +37,8 @@ use crate::mirror::Mirrored;
 use crate::plugins::default_preemption::Preemption;
 use crate::plugins::volume_binding::{BIND_COMPLETED, BOUND_BY_CONTROLLER, SELECTED_NODE, VolumeAction};
 use crate::queue::Queue;
+use rkube_client::events::{Recorder, reference};
+use rkube_client::leader;
 
 /// How long binding waits for the pod's claims to be bound (upstream's `bindTimeoutSeconds`).
 const VOLUME_BIND_TIMEOUT: Duration = Duration::from_secs(600);
@@ -80,6 +81,7 @@ fn wants_scheduling(pod: &Pod, name: &str) -> bool {
 struct Scheduler {
     name: String,
     client: kube::Client,
+    recorder: Recorder,
     pods: Store<Pod>,
     queue: Queue,
     cache: Mutex<Cache>,
@@ -98,6 +100,7 @@ pub async fn run(client: kube::Client, name: String) {
     let (nodes, node_writer) = reflector::store();
     let (pods, pod_writer) = reflector::store();
     let scheduler = Arc::new(Scheduler {
+        recorder: Recorder::new(client.clone(), &name),
         name,
         client: client.clone(),
         pods: pods.clone(),
@@ -356,6 +359,9 @@ impl Scheduler {
             let claim = action.claim();
             let namespace = claim.metadata.namespace.as_deref().unwrap_or_default();
             let name = claim.metadata.name.as_deref().unwrap_or_default();
+            // What the API returned goes into the cache at once (upstream's assume cache):
+            // the checks below must not wait for the watch to show the scheduler its own
+            // writes.
             let result = match action {
                 VolumeAction::Bind { volume, .. } => {
                     let patch = json!({
@@ -364,17 +370,29 @@ impl Scheduler {
                             "namespace": namespace, "name": name, "uid": claim.metadata.uid,
                             "resourceVersion": claim.metadata.resource_version}},
                     });
-                    Api::<PersistentVolume>::all(self.client.clone())
+                    match Api::<PersistentVolume>::all(self.client.clone())
                         .patch(volume, &PatchParams::default(), &Patch::Merge(&patch))
                         .await
-                        .map(|_| ())
+                    {
+                        Ok(patched) => {
+                            patched.put(&mut self.cache.lock().await.objects);
+                            Ok(())
+                        }
+                        Err(err) => Err(err),
+                    }
                 }
                 VolumeAction::Provision { .. } => {
                     let patch = json!({"metadata": {"annotations": {SELECTED_NODE: choice.node}}});
-                    Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), namespace)
+                    match Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), namespace)
                         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                         .await
-                        .map(|_| ())
+                    {
+                        Ok(patched) => {
+                            patched.put(&mut self.cache.lock().await.objects);
+                            Ok(())
+                        }
+                        Err(err) => Err(err),
+                    }
                 }
             };
             result.map_err(|err| format!("claim {namespace}/{name}: {err}"))?;
@@ -528,22 +546,7 @@ impl Scheduler {
     }
 
     async fn record_event(&self, pod: &Pod, kind: &str, reason: &str, message: &str) -> Result<(), kube::Error> {
-        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-        let name = pod.metadata.name.as_deref().unwrap_or_default();
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let seconds = now_seconds();
-        let event = json!({
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": format!("{name}.{:x}", now.as_nanosecond()), "namespace": namespace},
-            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": name,
-                               "uid": pod.metadata.uid, "resourceVersion": pod.metadata.resource_version},
-            "reason": reason, "message": message, "type": kind,
-            "source": {"component": self.name}, "reportingComponent": self.name,
-            "reportingInstance": self.name, "firstTimestamp": seconds, "lastTimestamp": seconds, "count": 1,
-        });
-        let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(self.client.clone(), namespace);
-        let event = serde_json::from_value(event).map_err(kube::Error::SerdeError)?;
-        events.create(&PostParams::default(), &event).await.map(|_| ())
+        self.recorder.record(&reference(pod), kind, reason, message).await
     }
 }
 

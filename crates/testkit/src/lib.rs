@@ -6,7 +6,7 @@ pub mod server;
 
 pub use etcd::{EtcdCluster, EtcdError};
 pub use hollow::{HollowError, HollowNodes, HollowOptions, HollowStats};
-pub use server::{Kubectl, RkubeServer, ServerError, resolve_kubectl};
+pub use server::{Control, Kubectl, RkubeServer, ServerError, resolve_kubectl};
 
 /// Polls `check` until it yields a value, panicking with `what` after `within`. For tests
 /// of things that happen asynchronously (a pod scheduled, a lease renewed); the timeout

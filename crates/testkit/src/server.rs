@@ -18,7 +18,16 @@ pub struct RkubeServer {
     dir: tempfile::TempDir,
     pub kubeconfig: PathBuf,
     pub url: String,
-    scheduler: bool,
+    control: Control,
+}
+
+/// Which control-plane components run beside the API server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    ApiOnly,
+    Scheduler,
+    /// The scheduler and the controller manager.
+    Full,
 }
 
 impl RkubeServer {
@@ -26,24 +35,29 @@ impl RkubeServer {
     /// port the OS picks, without the scheduler (the API alone, so tests own every pod's
     /// fate); returns once the kubeconfig is written and /readyz answers.
     pub fn start(binary: &Path, extra_args: &[&str]) -> Result<Self, ServerError> {
-        Self::start_as(binary, extra_args, false)
+        Self::start_as(binary, extra_args, Control::ApiOnly)
     }
 
     /// Like [`RkubeServer::start`], with the scheduler running.
     pub fn start_with_scheduler(binary: &Path, extra_args: &[&str]) -> Result<Self, ServerError> {
-        Self::start_as(binary, extra_args, true)
+        Self::start_as(binary, extra_args, Control::Scheduler)
     }
 
-    fn start_as(binary: &Path, extra_args: &[&str], scheduler: bool) -> Result<Self, ServerError> {
+    /// Like [`RkubeServer::start`], with the scheduler and the controller manager running.
+    pub fn start_full(binary: &Path, extra_args: &[&str]) -> Result<Self, ServerError> {
+        Self::start_as(binary, extra_args, Control::Full)
+    }
+
+    pub fn start_as(binary: &Path, extra_args: &[&str], control: Control) -> Result<Self, ServerError> {
         let dir = tempfile::Builder::new().prefix("rkube-server-").tempdir()?;
         let kubeconfig = dir.path().join("kubeconfig.yaml");
-        let child = spawn(binary, dir.path(), extra_args, scheduler)?;
+        let child = spawn(binary, dir.path(), extra_args, control)?;
         let mut server = Self {
             child,
             dir,
             kubeconfig,
             url: String::new(),
-            scheduler,
+            control,
         };
         server.wait_ready(Duration::from_secs(60))?;
         Ok(server)
@@ -56,7 +70,7 @@ impl RkubeServer {
         Command::new("kill").args(["-TERM", &pid]).status()?;
         self.child.wait()?;
         std::fs::remove_file(&self.kubeconfig)?;
-        self.child = spawn(binary, self.dir.path(), extra_args, self.scheduler)?;
+        self.child = spawn(binary, self.dir.path(), extra_args, self.control)?;
         self.wait_ready(Duration::from_secs(60))
     }
 
@@ -138,7 +152,7 @@ impl RkubeServer {
     }
 }
 
-fn spawn(binary: &Path, dir: &Path, extra_args: &[&str], scheduler: bool) -> std::io::Result<Child> {
+fn spawn(binary: &Path, dir: &Path, extra_args: &[&str], control: Control) -> std::io::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -156,7 +170,8 @@ fn spawn(binary: &Path, dir: &Path, extra_args: &[&str], scheduler: bool) -> std
             "127.0.0.1",
             "--disable-agent",
         ])
-        .args((!scheduler).then_some("--disable-scheduler"))
+        .args((control == Control::ApiOnly).then_some("--disable-scheduler"))
+        .args((control != Control::Full).then_some("--disable-controller-manager"))
         .args(extra_args)
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use rkube_testkit::{Kubectl, RkubeServer};
+use rkube_testkit::{Control, Kubectl, RkubeServer};
 
 pub fn server(extra: &[&str]) -> RkubeServer {
     RkubeServer::start(Path::new(env!("CARGO_BIN_EXE_rkube")), extra).unwrap()
@@ -12,18 +12,22 @@ pub fn server(extra: &[&str]) -> RkubeServer {
 
 /// From async tests: a server (with the scheduler if asked) and a kube-rs client for it.
 pub async fn server_and_client(scheduler: bool) -> (RkubeServer, kube::Client) {
+    let control = if scheduler {
+        Control::Scheduler
+    } else {
+        Control::ApiOnly
+    };
+    cluster_and_client(control).await
+}
+
+/// From async tests: a server with the given components and a kube-rs client for it.
+pub async fn cluster_and_client(control: Control) -> (RkubeServer, kube::Client) {
     drop(rustls::crypto::ring::default_provider().install_default());
     let binary = Path::new(env!("CARGO_BIN_EXE_rkube"));
-    let server = tokio::task::spawn_blocking(move || {
-        if scheduler {
-            RkubeServer::start_with_scheduler(binary, &[])
-        } else {
-            RkubeServer::start(binary, &[])
-        }
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let server = tokio::task::spawn_blocking(move || RkubeServer::start_as(binary, &[], control))
+        .await
+        .unwrap()
+        .unwrap();
     let client = server.client().await.unwrap();
     (server, client)
 }

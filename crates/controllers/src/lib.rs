@@ -1,0 +1,75 @@
+//! rkube's controller manager: each controller a level-triggered `reconcile(key)` over
+//! informer caches (kube-rs reflectors), fed by a rate-limited [`workqueue`] that
+//! requeues failures and never drops a key, with upstream's [`expectations`] so that a
+//! cache that lags behind the controller's own writes never makes it act twice. Only the
+//! holder of the `kube-system/kube-controller-manager` Lease runs the controllers.
+
+pub mod deployment;
+pub mod expectations;
+pub mod pods;
+pub mod replicaset;
+pub mod workqueue;
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::ReplicationController;
+use kube::{Resource, ResourceExt};
+use rkube_client::leader;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("{key}: {action}: {source}")]
+    Api {
+        key: String,
+        action: &'static str,
+        source: kube::Error,
+    },
+    #[error("{key}: the new replica set's name is taken by another; retrying with another hash")]
+    Conflict { key: String },
+}
+
+impl ControllerError {
+    pub fn api(key: &str, action: &'static str, source: kube::Error) -> Self {
+        Self::Api {
+            key: key.to_string(),
+            action,
+            source,
+        }
+    }
+}
+
+/// What the API said, for events: its message alone when it answered with a Status.
+pub fn api_message(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `namespace/name`, or `name` for cluster-scoped objects: the work queues' keys.
+pub fn key_of<K: Resource>(object: &K) -> String {
+    match object.namespace() {
+        Some(namespace) => format!("{namespace}/{}", object.name_any()),
+        None => object.name_any(),
+    }
+}
+
+pub fn split_key(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or(("", key))
+}
+
+/// Runs every controller until the future is dropped.
+pub async fn run(client: kube::Client) {
+    // Each controller a task of its own (aborted with the set when this future is dropped).
+    let mut controllers = tokio::task::JoinSet::new();
+    controllers.spawn(deployment::run(client.clone()));
+    controllers.spawn(replicaset::run::<ReplicaSet>(client.clone()));
+    controllers.spawn(replicaset::run::<ReplicationController>(client));
+    controllers.join_all().await;
+}
+
+/// Runs the controllers whenever this process holds the election's lease.
+pub async fn run_elected(client: kube::Client, election: leader::Election) {
+    loop {
+        leader::lead(client.clone(), &election, run(client.clone())).await;
+    }
+}

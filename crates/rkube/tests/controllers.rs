@@ -1,0 +1,358 @@
+//! The controller manager in `rkube server`, on hollow nodes: ReplicaSets and
+//! ReplicationControllers keep their replicas (creating, deleting, adopting, releasing),
+//! report their status, and record their events.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{Event, Pod, ReplicationController};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use rkube_testkit::{Control, HollowNodes, HollowOptions, eventually};
+use serde_json::json;
+
+mod common;
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+async fn owned_pods(pods: &Api<Pod>, selector: &str) -> Vec<Pod> {
+    pods.list(&ListParams::default().labels(selector))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_sets_keep_their_replicas() {
+    let (server, client) = common::cluster_and_client(Control::Full).await;
+    let _nodes = HollowNodes::start(
+        client.clone(),
+        HollowOptions {
+            count: 2,
+            ..HollowOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let rs: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}}
+    }))
+    .unwrap();
+    sets.create(&PostParams::default(), &rs).await.unwrap();
+    let status = |want: i32| {
+        let sets = sets.clone();
+        async move {
+            eventually(&format!("{want} ready replicas"), WITHIN, async || {
+                let rs = sets.get("web").await.ok()?;
+                let status = rs.status?;
+                (status.replicas == want
+                    && status.ready_replicas.unwrap_or(0) == want
+                    && status.available_replicas.unwrap_or(0) == want
+                    && status.observed_generation == rs.metadata.generation)
+                    .then_some(())
+            })
+            .await
+        }
+    };
+    status(3).await;
+    let running = owned_pods(&pods, "app=web").await;
+    assert_eq!(running.len(), 3);
+    for pod in &running {
+        assert!(pod.metadata.name.as_deref().unwrap().starts_with("web-"));
+        let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+            ("ReplicaSet", "web", Some(true))
+        );
+    }
+    let out = common::ok(server.kubectl().run(&["get", "rs", "web"]).unwrap());
+    assert!(
+        out.lines().nth(1).unwrap().split_whitespace().collect::<Vec<_>>()[1..4] == ["3", "3", "3"],
+        "{out}"
+    );
+
+    // A deleted pod is replaced.
+    let victim = running[0].metadata.name.clone().unwrap();
+    pods.delete(&victim, &DeleteParams::default()).await.unwrap();
+    eventually("a replacement", WITHIN, async || {
+        let now = owned_pods(&pods, "app=web").await;
+        (now.len() == 3 && now.iter().all(|p| p.metadata.name.as_deref() != Some(&victim))).then_some(())
+    })
+    .await;
+    status(3).await;
+
+    // Scaled down: the extra pods go.
+    let scale = json!({"spec": {"replicas": 1}});
+    sets.patch("web", &PatchParams::default(), &Patch::Merge(&scale))
+        .await
+        .unwrap();
+    status(1).await;
+    eventually("two pods gone", WITHIN, async || {
+        (owned_pods(&pods, "app=web").await.len() == 1).then_some(())
+    })
+    .await;
+
+    // An orphan that matches is adopted (and is one too many, so one goes); a pod whose
+    // labels stop matching is released and replaced.
+    let orphan: Pod = serde_json::from_value(json!({"metadata": {"name": "stray", "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}))
+    .unwrap();
+    pods.create(&PostParams::default(), &orphan).await.unwrap();
+    eventually("the orphan adopted or deleted", WITHIN, async || {
+        let now = owned_pods(&pods, "app=web").await;
+        let stray = now.iter().find(|p| p.metadata.name.as_deref() == Some("stray"));
+        let adopted = stray.is_none_or(|p| p.metadata.owner_references.is_some());
+        (now.len() == 1 && adopted).then_some(())
+    })
+    .await;
+    let kept = owned_pods(&pods, "app=web").await[0].metadata.name.clone().unwrap();
+    let relabel = json!({"metadata": {"labels": {"app": "elsewhere"}}});
+    pods.patch(&kept, &PatchParams::default(), &Patch::Merge(&relabel))
+        .await
+        .unwrap();
+    let released = eventually("the relabelled pod released", WITHIN, async || {
+        let pod = pods.get(&kept).await.ok()?;
+        pod.metadata
+            .owner_references
+            .as_ref()
+            .is_none_or(|o| o.is_empty())
+            .then_some(pod.clone())
+    })
+    .await;
+    assert_eq!(released.metadata.labels.unwrap()["app"], "elsewhere");
+    status(1).await;
+
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let reasons: Vec<String> = events
+        .list(&ListParams::default().fields("involvedObject.name=web,involvedObject.kind=ReplicaSet"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(reasons.iter().any(|r| r == "SuccessfulCreate"), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r == "SuccessfulDelete"), "{reasons:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_controllers_and_bad_templates() {
+    let (_server, client) = common::cluster_and_client(Control::Full).await;
+    let _nodes = HollowNodes::start(client.clone(), HollowOptions::default())
+        .await
+        .unwrap();
+    let controllers: Api<ReplicationController> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let rc: ReplicationController = serde_json::from_value(json!({
+        "metadata": {"name": "legacy"},
+        "spec": {"replicas": 2, "template": {"metadata": {"labels": {"app": "legacy"}},
+                 "spec": {"containers": [{"name": "web", "image": "nginx:1.7.9"}]}}}
+    }))
+    .unwrap();
+    controllers.create(&PostParams::default(), &rc).await.unwrap();
+    eventually("two ready replicas", WITHIN, async || {
+        let status = controllers.get("legacy").await.ok()?.status?;
+        (status.ready_replicas == Some(2)).then_some(())
+    })
+    .await;
+    assert_eq!(owned_pods(&pods, "app=legacy").await.len(), 2);
+
+    // A template whose pods admission refuses: the failure shows in a condition and an event.
+    let bad: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": "bad"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "bad"}},
+                 "template": {"metadata": {"labels": {"app": "bad"}},
+                              "spec": {"priorityClassName": "missing",
+                                       "containers": [{"name": "web", "image": "nginx"}]}}}
+    }))
+    .unwrap();
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    sets.create(&PostParams::default(), &bad).await.unwrap();
+    let condition = eventually("a ReplicaFailure condition", WITHIN, async || {
+        let conditions = sets.get("bad").await.ok()?.status?.conditions?;
+        conditions.into_iter().find(|c| c.type_ == "ReplicaFailure")
+    })
+    .await;
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_deref()),
+        ("True", Some("FailedCreate"))
+    );
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let failed = eventually("a FailedCreate event", WITHIN, async || {
+        let list = events
+            .list(&ListParams::default().fields("involvedObject.name=bad"))
+            .await
+            .ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("FailedCreate"))
+    })
+    .await;
+    assert_eq!(
+        failed.message.unwrap(),
+        "Error creating: pods \"bad-\" is forbidden: no PriorityClass with name missing was found"
+    );
+}
+
+fn fleet(prefix: &str, count: usize, zone: &str) -> HollowOptions {
+    HollowOptions {
+        count,
+        prefix: prefix.into(),
+        labels: [("zone".to_string(), zone.to_string())].into(),
+        ..HollowOptions::default()
+    }
+}
+
+/// shared/examples/seed/15 as users apply it: its Deployment waits, saying why, while no
+/// node is labelled zone=dmz, then lands only on dmz nodes; a new template rolls out
+/// (history, status, undo) and scaling follows `kubectl scale`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_roll_out_on_labelled_nodes() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let (server, client) = common::cluster_and_client(Control::Full).await;
+    let _lan = HollowNodes::start(client.clone(), fleet("lan", 1, "lan"))
+        .await
+        .unwrap();
+    let kubectl = server.kubectl();
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/examples/seed/15-nodeselector-nodeport.yaml");
+    common::ok(kubectl.run(&["create", "-f", seed.to_str().unwrap()]).unwrap());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let waiting = eventually("the replicas to report why they wait", WITHIN, async || {
+        let pending = owned_pods(&pods, "app=dmz-app").await;
+        let name = pending.first()?.metadata.name.clone()?;
+        let list = events
+            .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+            .await
+            .ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("FailedScheduling"))
+    })
+    .await;
+    assert_eq!(
+        waiting.message.as_deref(),
+        Some(
+            "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. \
+             preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+        )
+    );
+    let _dmz = HollowNodes::start(client.clone(), fleet("dmz", 2, "dmz"))
+        .await
+        .unwrap();
+    common::ok(
+        kubectl
+            .run(&["rollout", "status", "deployment/dmz-app", "--timeout=60s"])
+            .unwrap(),
+    );
+    let running = owned_pods(&pods, "app=dmz-app").await;
+    assert_eq!(running.len(), 2);
+    for pod in &running {
+        let node = pod.spec.as_ref().unwrap().node_name.clone().unwrap();
+        assert!(node.starts_with("dmz-"), "{node}");
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let d = deployments.get("dmz-app").await.unwrap();
+    let status = d.status.unwrap();
+    assert_eq!(
+        (
+            status.replicas,
+            status.updated_replicas,
+            status.ready_replicas,
+            status.available_replicas
+        ),
+        (Some(2), Some(2), Some(2), Some(2))
+    );
+    let conditions: Vec<(String, String, String)> = status
+        .conditions
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.type_, c.status, c.reason.unwrap_or_default()))
+        .collect();
+    assert!(
+        conditions.contains(&("Available".into(), "True".into(), "MinimumReplicasAvailable".into())),
+        "{conditions:?}"
+    );
+    assert!(
+        conditions.contains(&("Progressing".into(), "True".into(), "NewReplicaSetAvailable".into())),
+        "{conditions:?}"
+    );
+    assert_eq!(
+        d.metadata.annotations.unwrap()["deployment.kubernetes.io/revision"],
+        "1"
+    );
+
+    // A new template: a second ReplicaSet takes over, the first is scaled to 0.
+    let update = json!({"metadata": {"annotations": {"kubernetes.io/change-cause": "nginx 1.27"}},
+        "spec": {"template": {"spec": {"containers": [{"name": "web", "image": "nginx:1.27", "ports": [{"containerPort": 80}]}]}}}});
+    deployments
+        .patch("dmz-app", &PatchParams::default(), &Patch::Merge(&update))
+        .await
+        .unwrap();
+    common::ok(
+        kubectl
+            .run(&["rollout", "status", "deployment/dmz-app", "--timeout=60s"])
+            .unwrap(),
+    );
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let mut listed: Vec<(String, i32, String)> = sets
+        .list(&ListParams::default().labels("app=dmz-app"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|rs| {
+            let revision = rs.metadata.annotations.unwrap()["deployment.kubernetes.io/revision"].clone();
+            (revision, rs.spec.unwrap().replicas.unwrap(), rs.metadata.name.unwrap())
+        })
+        .collect();
+    listed.sort();
+    assert_eq!((listed[0].0.as_str(), listed[0].1), ("1", 0));
+    assert_eq!((listed[1].0.as_str(), listed[1].1), ("2", 2));
+    assert!(listed[1].2.starts_with("dmz-app-"));
+    let images: Vec<String> = owned_pods(&pods, "app=dmz-app")
+        .await
+        .into_iter()
+        .map(|p| p.spec.unwrap().containers[0].image.clone().unwrap())
+        .collect();
+    assert_eq!(images, ["nginx:1.27", "nginx:1.27"]);
+    let history = common::ok(kubectl.run(&["rollout", "history", "deployment/dmz-app"]).unwrap());
+    assert!(history.contains("nginx 1.27"), "{history}");
+
+    // Undo goes back to the first template (as revision 3).
+    common::ok(kubectl.run(&["rollout", "undo", "deployment/dmz-app"]).unwrap());
+    common::ok(
+        kubectl
+            .run(&["rollout", "status", "deployment/dmz-app", "--timeout=60s"])
+            .unwrap(),
+    );
+    let images: Vec<String> = owned_pods(&pods, "app=dmz-app")
+        .await
+        .into_iter()
+        .map(|p| p.spec.unwrap().containers[0].image.clone().unwrap())
+        .collect();
+    assert_eq!(images, ["nginx:1.7.9", "nginx:1.7.9"]);
+    let d = deployments.get("dmz-app").await.unwrap();
+    assert_eq!(
+        d.metadata.annotations.unwrap()["deployment.kubernetes.io/revision"],
+        "3"
+    );
+
+    // Scaling.
+    common::ok(kubectl.run(&["scale", "deployment/dmz-app", "--replicas=4"]).unwrap());
+    common::ok(
+        kubectl
+            .run(&["rollout", "status", "deployment/dmz-app", "--timeout=60s"])
+            .unwrap(),
+    );
+    assert_eq!(owned_pods(&pods, "app=dmz-app").await.len(), 4);
+}
