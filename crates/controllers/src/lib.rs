@@ -6,6 +6,7 @@
 
 pub mod deployment;
 pub mod expectations;
+pub mod garbage_collector;
 pub mod pods;
 pub mod replicaset;
 pub mod workqueue;
@@ -62,6 +63,7 @@ pub async fn run(client: kube::Client) {
     // Each controller a task of its own (aborted with the set when this future is dropped).
     let mut controllers = tokio::task::JoinSet::new();
     controllers.spawn(deployment::run(client.clone()));
+    controllers.spawn(garbage_collector::run(client.clone()));
     controllers.spawn(replicaset::run::<ReplicaSet>(client.clone()));
     controllers.spawn(replicaset::run::<ReplicationController>(client));
     controllers.join_all().await;

@@ -356,3 +356,104 @@ async fn deployments_roll_out_on_labelled_nodes() {
     );
     assert_eq!(owned_pods(&pods, "app=dmz-app").await.len(), 4);
 }
+
+/// `kubectl delete` with each propagation policy: Background (the default) takes the
+/// dependents after the owner, Orphan leaves them without the owner, Foreground deletes
+/// them first and the owner last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_propagates_as_asked() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let (server, client) = common::cluster_and_client(Control::Full).await;
+    let _nodes = HollowNodes::start(client.clone(), HollowOptions::default())
+        .await
+        .unwrap();
+    let kubectl = server.kubectl();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let dir = tempfile::tempdir().unwrap();
+    let create = async |name: &str| {
+        // (`kubectl create deployment` sends protobuf, which comes with issue 4.)
+        let manifest = format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: 2\n  \
+             selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    \
+             spec: {{containers: [{{name: web, image: 'nginx:1.27'}}]}}\n"
+        );
+        common::ok(common::apply_file(
+            &kubectl,
+            dir.path(),
+            &format!("{name}.yaml"),
+            &manifest,
+            "create",
+        ));
+        common::ok(
+            kubectl
+                .run(&["rollout", "status", &format!("deployment/{name}"), "--timeout=60s"])
+                .unwrap(),
+        );
+    };
+    let remaining = async |selector: &str| -> (usize, usize) {
+        let sets = sets
+            .list(&ListParams::default().labels(selector))
+            .await
+            .unwrap()
+            .items
+            .len();
+        let pods = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .unwrap()
+            .items
+            .len();
+        (sets, pods)
+    };
+
+    create("background").await;
+    common::ok(kubectl.run(&["delete", "deployment", "background"]).unwrap());
+    eventually("its replica set and pods gone", WITHIN, async || {
+        (remaining("app=background").await == (0, 0)).then_some(())
+    })
+    .await;
+
+    create("orphaned").await;
+    common::ok(
+        kubectl
+            .run(&["delete", "deployment", "orphaned", "--cascade=orphan"])
+            .unwrap(),
+    );
+    eventually("the deployment gone", WITHIN, async || {
+        deployments.get_opt("orphaned").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let left = sets
+        .list(&ListParams::default().labels("app=orphaned"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(left.len(), 1, "the replica set stays");
+    assert!(left[0].metadata.owner_references.as_ref().is_none_or(|o| o.is_empty()));
+    assert_eq!(remaining("app=orphaned").await, (1, 2));
+
+    create("foreground").await;
+    common::ok(
+        kubectl
+            .run(&[
+                "delete",
+                "deployment",
+                "foreground",
+                "--cascade=foreground",
+                "--wait=false",
+            ])
+            .unwrap(),
+    );
+    let held = deployments.get_opt("foreground").await.unwrap();
+    if let Some(held) = held {
+        // Until its dependents are gone it stays, marked for deletion.
+        assert!(held.metadata.deletion_timestamp.is_some());
+    }
+    eventually("everything gone, the owner last", WITHIN, async || {
+        let gone = deployments.get_opt("foreground").await.ok()?.is_none();
+        (gone && remaining("app=foreground").await == (0, 0)).then_some(())
+    })
+    .await;
+}
