@@ -152,6 +152,23 @@ static RESOURCES: &[ResourceInfo] = &[
     // core/v1
     ResourceInfo {
         verbs: NAMESPACE_VERBS,
+        // `finalize` is how the namespace controller says the content is gone.
+        subresources: &[
+            Subresource {
+                name: "finalize",
+                group: "",
+                version: "v1",
+                kind: "Namespace",
+                verbs: &["update"],
+            },
+            Subresource {
+                name: "status",
+                group: "",
+                version: "v1",
+                kind: "Namespace",
+                verbs: &["get", "patch", "update"],
+            },
+        ],
         ..resource!("", "v1", "Namespace", "namespaces", "namespace", Cluster,
             short: &["ns"], categories: NONE, storage: "namespaces", status: true)
     },

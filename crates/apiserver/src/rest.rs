@@ -65,6 +65,15 @@ pub(crate) async fn handle(
             )
             .await;
         }
+        (Some("finalize"), Some(name)) if (info.group, info.plural) == ("", "namespaces") => {
+            if method != Method::PUT {
+                return Err(ApiError::method_not_allowed(&method));
+            }
+            let body = read_body(request).await?;
+            let object = decode_body(content_type.as_deref(), &body)?;
+            let finalized = finalize_namespace(state, name, &object, query.dry_run).await?;
+            return Ok(respond(StatusCode::OK, info, finalized, &query, false));
+        }
         (Some(_), _) => return Err(ApiError::not_found_path(request.uri().path())),
     }
     let status_only = path.subresource == Some("status");
@@ -486,6 +495,44 @@ async fn check_namespace_open(state: &State, ns: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `PUT namespaces/<name>/finalize`: only `spec.finalizers` changes; a namespace being
+/// deleted with no finalizer of either kind left is gone.
+async fn finalize_namespace(state: &State, name: &str, body: &Value, dry_run: bool) -> Result<Value, ApiError> {
+    let info = namespaces();
+    check_name_matches(body, name)?;
+    let (mut current, revision) = current_with_revision(state, info, None, name).await?;
+    let finalizers = body.pointer("/spec/finalizers").cloned().unwrap_or_else(|| json!([]));
+    if !finalizers.is_array() || finalizers.as_array().is_some_and(|f| f.iter().any(|v| !v.is_string())) {
+        return Err(bad_request("spec.finalizers must be a list of strings"));
+    }
+    current["spec"]["finalizers"] = finalizers.clone();
+    if dry_run {
+        return Ok(current);
+    }
+    let deleting = meta_str(&current, "deletionTimestamp").is_some();
+    let no_finalizers = metadata(&current)
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+        && finalizers.as_array().is_none_or(Vec::is_empty);
+    let key = info.key(None, name);
+    if deleting && no_finalizers {
+        state
+            .store
+            .delete(&key, Some(revision))
+            .await
+            .map_err(|e| store_error(e, info, name))?;
+        return Ok(current);
+    }
+    let new_revision = state
+        .store
+        .update(&key, to_store(&current)?.into(), revision)
+        .await
+        .map_err(|e| store_error(e, info, name))?;
+    object::set_resource_version(&mut current, new_revision);
+    Ok(current)
+}
+
 /// Defaults every kind gets from its registry strategy today.
 fn default_kind(info: &ResourceInfo, object: &mut Value) {
     if (info.group, info.plural) == ("", "namespaces") {
@@ -699,7 +746,13 @@ async fn write_update(
         return Ok(new);
     }
     let key = info.key(ns, name);
-    if deleting && finalizers_empty && (info.group, info.plural) != ("", "namespaces") {
+    // A namespace also waits for its content to be gone (`spec.finalizers`).
+    let content_gone = (info.group, info.plural) != ("", "namespaces")
+        || new
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty);
+    if deleting && finalizers_empty && content_gone {
         state
             .store
             .delete(&key, Some(expected))

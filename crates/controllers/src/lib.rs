@@ -7,6 +7,7 @@
 pub mod deployment;
 pub mod expectations;
 pub mod garbage_collector;
+pub mod namespace;
 pub mod pods;
 pub mod replicaset;
 pub mod workqueue;
@@ -38,6 +39,9 @@ impl ControllerError {
     }
 }
 
+/// Upstream's `--concurrent-namespace-syncs`.
+pub const NAMESPACE_WORKERS: usize = 10;
+
 /// What the API said, for events: its message alone when it answered with a Status.
 pub fn api_message(err: &kube::Error) -> String {
     match err {
@@ -64,6 +68,7 @@ pub async fn run(client: kube::Client) {
     let mut controllers = tokio::task::JoinSet::new();
     controllers.spawn(deployment::run(client.clone()));
     controllers.spawn(garbage_collector::run(client.clone()));
+    controllers.spawn(namespace::run(client.clone()));
     controllers.spawn(replicaset::run::<ReplicaSet>(client.clone()));
     controllers.spawn(replicaset::run::<ReplicationController>(client));
     controllers.join_all().await;

@@ -457,3 +457,72 @@ async fn deletion_propagates_as_asked() {
     })
     .await;
 }
+
+/// A namespace gets its `default` ServiceAccount; deleting it deletes everything in it
+/// (reporting what remains, here a ConfigMap held by a finalizer), then the namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_are_deleted_with_their_content() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
+    let (server, client) = common::cluster_and_client(Control::Full).await;
+    let _nodes = HollowNodes::start(client.clone(), HollowOptions::default())
+        .await
+        .unwrap();
+    let kubectl = server.kubectl();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let shop: Namespace = serde_json::from_value(json!({"metadata": {"name": "shop"}})).unwrap();
+    namespaces.create(&PostParams::default(), &shop).await.unwrap();
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "shop");
+    eventually("the default service account", WITHIN, async || {
+        accounts.get_opt("default").await.ok()?
+    })
+    .await;
+    accounts.delete("default", &DeleteParams::default()).await.unwrap();
+    eventually("the default service account back", WITHIN, async || {
+        accounts.get_opt("default").await.ok()?
+    })
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let content = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  replicas: 2\n  \
+                   selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    \
+                   spec: {containers: [{name: web, image: 'nginx:1.27'}]}\n---\napiVersion: v1\nkind: ConfigMap\n\
+                   metadata: {name: held, namespace: shop, finalizers: [example.com/hold]}\ndata: {a: b}\n";
+    common::ok(common::apply_file(&kubectl, dir.path(), "shop.yaml", content, "create"));
+    common::ok(
+        kubectl
+            .run(&["rollout", "status", "-n", "shop", "deployment/web", "--timeout=60s"])
+            .unwrap(),
+    );
+
+    common::ok(kubectl.run(&["delete", "namespace", "shop", "--wait=false"]).unwrap());
+    let condition = eventually("the held ConfigMap reported", WITHIN, async || {
+        let conditions = namespaces.get("shop").await.ok()?.status?.conditions?;
+        conditions
+            .into_iter()
+            .find(|c| c.type_ == "NamespaceFinalizersRemaining" && c.status == "True")
+    })
+    .await;
+    assert_eq!(
+        condition.message.as_deref(),
+        Some("Some content in the namespace has finalizers remaining: example.com/hold in 1 resource instances")
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    eventually("the pods gone", WITHIN, async || {
+        pods.list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "shop");
+    let release = json!({"metadata": {"finalizers": null}});
+    maps.patch("held", &PatchParams::default(), &Patch::Merge(&release))
+        .await
+        .unwrap();
+    eventually("the namespace gone", WITHIN, async || {
+        namespaces.get_opt("shop").await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
