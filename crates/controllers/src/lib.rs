@@ -5,6 +5,7 @@
 //! holder of the `kube-system/kube-controller-manager` Lease runs the controllers.
 
 pub mod deployment;
+pub mod endpoints;
 pub mod expectations;
 pub mod garbage_collector;
 pub mod namespace;
@@ -67,6 +68,7 @@ pub async fn run(client: kube::Client) {
     // Each controller a task of its own (aborted with the set when this future is dropped).
     let mut controllers = tokio::task::JoinSet::new();
     controllers.spawn(deployment::run(client.clone()));
+    controllers.spawn(endpoints::run(client.clone()));
     controllers.spawn(garbage_collector::run(client.clone()));
     controllers.spawn(namespace::run(client.clone()));
     controllers.spawn(replicaset::run::<ReplicaSet>(client.clone()));

@@ -526,3 +526,95 @@ async fn namespaces_are_deleted_with_their_content() {
     })
     .await;
 }
+
+/// shared/examples/seed/12 with pods behind it: selector Services get Endpoints and
+/// EndpointSlices of the ready pods (both ports of the multi-port one); the hand-written
+/// Endpoints of the selector-less Service stay as written; a pod that stops being ready
+/// moves to notReadyAddresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_get_endpoints_of_their_pods() {
+    use k8s_openapi::api::core::v1::Endpoints;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let (server, client) = common::cluster_and_client(Control::Full).await;
+    let _nodes = HollowNodes::start(client.clone(), HollowOptions::default())
+        .await
+        .unwrap();
+    let kubectl = server.kubectl();
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seed/12-services.yaml");
+    common::ok(kubectl.run(&["create", "-f", seed.to_str().unwrap()]).unwrap());
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let rs: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": "myapp"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "MyApp"}},
+                 "template": {"metadata": {"labels": {"app": "MyApp"}},
+                              "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}}
+    }))
+    .unwrap();
+    sets.create(&PostParams::default(), &rs).await.unwrap();
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    let ready = async |name: &str, count: usize| {
+        eventually(&format!("{count} ready addresses for {name}"), WITHIN, async || {
+            let e = endpoints.get_opt(name).await.ok()??;
+            let subsets = e.subsets?;
+            let addresses = subsets.first()?.addresses.clone().unwrap_or_default();
+            (addresses.len() == count).then_some(subsets)
+        })
+        .await
+    };
+    let subsets = ready("my-multiport-service", 2).await;
+    let mut ports: Vec<(String, i32)> = subsets[0]
+        .ports
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name.unwrap_or_default(), p.port))
+        .collect();
+    ports.sort();
+    assert_eq!(ports, [("http".to_string(), 9376), ("https".to_string(), 9377)]);
+    let subsets = ready("my-service", 2).await;
+    let address = &subsets[0].addresses.as_ref().unwrap()[0];
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let ips: Vec<String> = owned_pods(&pods, "app=MyApp")
+        .await
+        .into_iter()
+        .filter_map(|p| p.status?.pod_ip)
+        .collect();
+    assert!(ips.contains(&address.ip), "{} not in {ips:?}", address.ip);
+    assert_eq!(address.target_ref.as_ref().unwrap().kind.as_deref(), Some("Pod"));
+
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let listed = slices
+        .list(&ListParams::default().labels("kubernetes.io/service-name=my-service"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].endpoints.len(), 2);
+    assert!(
+        listed[0]
+            .endpoints
+            .iter()
+            .all(|e| e.conditions.as_ref().unwrap().ready == Some(true))
+    );
+    assert_eq!(listed[0].metadata.owner_references.as_ref().unwrap()[0].kind, "Service");
+
+    let external = endpoints.get("my-external-service").await.unwrap();
+    assert_eq!(
+        external.subsets.unwrap()[0].addresses.as_ref().unwrap()[0].ip,
+        "10.0.0.3"
+    );
+
+    // Deleting a Service takes its Endpoints and slices with it.
+    common::ok(kubectl.run(&["delete", "service", "my-service"]).unwrap());
+    eventually("my-service's endpoints gone", WITHIN, async || {
+        let gone = endpoints.get_opt("my-service").await.ok()?.is_none();
+        let slices_gone = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=my-service"))
+            .await
+            .ok()?
+            .items
+            .is_empty();
+        (gone && slices_gone).then_some(())
+    })
+    .await;
+}
