@@ -31,6 +31,9 @@ const HEADLESS: &str = "service.kubernetes.io/headless";
 const MAX_PER_SLICE: usize = 100;
 const WORKERS: usize = 5;
 
+/// (port name, port number, protocol): one Service port as a pod serves it.
+pub type ResolvedPort = (String, i32, String);
+
 /// One pod as an endpoint, with the ports it serves the Service's ports on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodEndpoint {
@@ -42,7 +45,7 @@ pub struct PodEndpoint {
     pub serving: bool,
     pub terminating: bool,
     /// (port name, port number, protocol) per Service port the pod resolves.
-    pub ports: Vec<(String, i32, String)>,
+    pub ports: Vec<ResolvedPort>,
 }
 
 /// Upstream's `ShouldPodBeInEndpoints`.
@@ -85,7 +88,7 @@ pub fn desired(service: &Service, pods: &[&Pod]) -> Vec<PodEndpoint> {
     let ports = spec.ports.clone().unwrap_or_default();
     let mut out = Vec::new();
     for pod in pods.iter().filter(|p| belongs(p, true)) {
-        let resolved: Vec<(String, i32, String)> = ports
+        let resolved: Vec<ResolvedPort> = ports
             .iter()
             .filter_map(|p| {
                 resolve(p, pod).map(|n| {
@@ -127,7 +130,9 @@ pub fn desired(service: &Service, pods: &[&Pod]) -> Vec<PodEndpoint> {
 /// The Endpoints subsets: addresses grouped by the ports they serve (upstream's
 /// `RepackSubsets`), terminating pods left out.
 pub fn subsets(endpoints: &[PodEndpoint]) -> Vec<Value> {
-    let mut groups: BTreeMap<Vec<(String, i32, String)>, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    // Ready and not-ready addresses per set of ports.
+    type Addresses = (Vec<Value>, Vec<Value>);
+    let mut groups: BTreeMap<Vec<ResolvedPort>, Addresses> = BTreeMap::new();
     for e in endpoints.iter().filter(|e| !e.terminating) {
         let mut address = json!({"ip": e.ip, "targetRef": e.target});
         if let Some(node) = &e.node {
@@ -175,7 +180,7 @@ pub fn subsets(endpoints: &[PodEndpoint]) -> Vec<Value> {
 
 /// The slices' contents: endpoints grouped by port mapping, at most 100 per slice.
 pub fn slices(endpoints: &[PodEndpoint]) -> Vec<(Vec<Value>, Vec<Value>)> {
-    let mut groups: BTreeMap<Vec<(String, i32, String)>, Vec<Value>> = BTreeMap::new();
+    let mut groups: BTreeMap<Vec<ResolvedPort>, Vec<Value>> = BTreeMap::new();
     for e in endpoints {
         let mut endpoint = json!({"addresses": [e.ip], "targetRef": e.target,
             "conditions": {"ready": e.ready, "serving": e.serving, "terminating": e.terminating}});
