@@ -356,21 +356,28 @@ fn access_modes(object: &Value, pointer: &str) -> String {
         .join(",")
 }
 
+/// Upstream's precedence: a finished Job says so whatever else its conditions say.
 fn job_status(job: &Value) -> &'static str {
-    for condition in list(job, "/status/conditions") {
-        if text(condition, "/status") != "True" {
-            continue;
-        }
-        match text(condition, "/type") {
-            "Complete" => return "Complete",
-            "Failed" => return "Failed",
-            "Suspended" => return "Suspended",
-            "FailureTarget" => return "FailureTarget",
-            "SuccessCriteriaMet" => return "SuccessCriteriaMet",
-            _ => {}
-        }
+    let has = |kind: &str| {
+        list(job, "/status/conditions")
+            .iter()
+            .any(|c| text(c, "/type") == kind && text(c, "/status") == "True")
+    };
+    if has("Complete") {
+        "Complete"
+    } else if has("Failed") {
+        "Failed"
+    } else if !text(job, "/metadata/deletionTimestamp").is_empty() {
+        "Terminating"
+    } else if has("Suspended") {
+        "Suspended"
+    } else if has("FailureTarget") {
+        "FailureTarget"
+    } else if has("SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else {
+        "Running"
     }
-    "Running"
 }
 
 /// The cells of one row (aligned with [`columns`]); `age` formats a timestamp relative to

@@ -4,11 +4,15 @@
 //! cache that lags behind the controller's own writes never makes it act twice. Only the
 //! holder of the `kube-system/kube-controller-manager` Lease runs the controllers.
 
+pub mod cron;
+pub mod cronjob;
 pub mod deployment;
 pub mod endpoints;
 pub mod expectations;
 pub mod garbage_collector;
+pub mod job;
 pub mod namespace;
+pub mod node_ipam;
 pub mod pods;
 pub mod replicaset;
 pub mod workqueue;
@@ -63,22 +67,32 @@ pub fn split_key(key: &str) -> (&str, &str) {
     key.split_once('/').unwrap_or(("", key))
 }
 
+/// What the controllers need to know of the cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// Pod addresses; each node gets a /24 of it.
+    pub cluster_cidr: (std::net::Ipv4Addr, u8),
+}
+
 /// Runs every controller until the future is dropped.
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, config: Config) {
     // Each controller a task of its own (aborted with the set when this future is dropped).
     let mut controllers = tokio::task::JoinSet::new();
     controllers.spawn(deployment::run(client.clone()));
     controllers.spawn(endpoints::run(client.clone()));
     controllers.spawn(garbage_collector::run(client.clone()));
+    controllers.spawn(job::run(client.clone()));
+    controllers.spawn(cronjob::run(client.clone()));
     controllers.spawn(namespace::run(client.clone()));
+    controllers.spawn(node_ipam::run(client.clone(), config.cluster_cidr));
     controllers.spawn(replicaset::run::<ReplicaSet>(client.clone()));
     controllers.spawn(replicaset::run::<ReplicationController>(client));
     controllers.join_all().await;
 }
 
 /// Runs the controllers whenever this process holds the election's lease.
-pub async fn run_elected(client: kube::Client, election: leader::Election) {
+pub async fn run_elected(client: kube::Client, election: leader::Election, config: Config) {
     loop {
-        leader::lead(client.clone(), &election, run(client.clone())).await;
+        leader::lead(client.clone(), &election, run(client.clone(), config)).await;
     }
 }

@@ -60,6 +60,10 @@ pub struct ServerArgs {
     #[arg(long)]
     disable_controller_manager: bool,
 
+    /// Addresses for pods (IPv4 CIDR); each node gets a /24 of it.
+    #[arg(long, default_value = "10.42.0.0/16", value_parser = parse_cidr, value_name = "CIDR")]
+    cluster_cidr: (Ipv4Addr, u8),
+
     /// Addresses for services (IPv4 CIDR); its first address is the `kubernetes` service.
     #[arg(long, default_value = "10.43.0.0/16", value_parser = parse_cidr, value_name = "CIDR")]
     service_cidr: (Ipv4Addr, u8),
@@ -202,7 +206,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if !args.disable_controller_manager {
         let client = component_client(&ca, &server_url, "system:kube-controller-manager").await?;
         let election = Election::new("kube-system", "kube-controller-manager", identity.clone());
-        let task = tokio::spawn(rkube_controllers::run_elected(client.clone(), election.clone()));
+        let config = rkube_controllers::Config {
+            cluster_cidr: args.cluster_cidr,
+        };
+        let task = tokio::spawn(rkube_controllers::run_elected(client.clone(), election.clone(), config));
         components.push((task, client, election));
     }
     rkube_apiserver::serve(config, async move {

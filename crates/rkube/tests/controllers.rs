@@ -618,3 +618,245 @@ async fn services_get_endpoints_of_their_pods() {
     })
     .await;
 }
+
+/// Jobs as shared/examples/seed/19 has one (3 completions, 2 at a time), indexed ones,
+/// suspended ones, deadlines, and a TTL that takes the finished Job and its pods away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_to_completion() {
+    use k8s_openapi::api::batch::v1::Job;
+    let (server, client) = common::cluster_and_client(Control::Full).await;
+    let _fast = HollowNodes::start(client.clone(), HollowOptions::default())
+        .await
+        .unwrap();
+    // Pods on these run for a minute: long enough for a deadline to pass.
+    let _slow = HollowNodes::start(
+        client.clone(),
+        HollowOptions {
+            prefix: "slow".into(),
+            labels: [("speed".to_string(), "slow".to_string())].into(),
+            taints: vec![json!({"key": "slow", "value": "yes", "effect": "NoSchedule"})],
+            finish_after: Duration::from_secs(60),
+            ..HollowOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let kubectl = server.kubectl();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let dir = tempfile::tempdir().unwrap();
+    // The Job of seed 19 (its CronJob is another test's).
+    let seed = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seed/19-job-cronjob.yaml"),
+    )
+    .unwrap();
+    let job_only = seed.split("\n---\n").next().unwrap();
+    common::ok(common::apply_file(
+        &kubectl,
+        dir.path(),
+        "once.yaml",
+        job_only,
+        "create",
+    ));
+    common::ok(
+        kubectl
+            .run(&["wait", "--for=condition=complete", "job/once", "--timeout=60s"])
+            .unwrap(),
+    );
+    let status = jobs.get("once").await.unwrap().status.unwrap();
+    assert_eq!((status.succeeded, status.failed, status.active), (Some(3), None, None));
+    assert!(status.completion_time.is_some() && status.start_time.is_some());
+    let kinds: Vec<String> = status.conditions.unwrap().into_iter().map(|c| c.type_).collect();
+    assert_eq!(kinds, ["SuccessCriteriaMet", "Complete"]);
+    let table = common::ok(kubectl.run(&["get", "job", "once"]).unwrap());
+    assert!(table.contains("Complete") && table.contains("3/3"), "{table}");
+
+    let indexed = "apiVersion: batch/v1\nkind: Job\nmetadata: {name: indexed}\nspec:\n  completions: 3\n  parallelism: 3\n  \
+                   completionMode: Indexed\n  template:\n    spec:\n      restartPolicy: Never\n      \
+                   containers: [{name: work, image: busybox}]\n";
+    common::ok(common::apply_file(
+        &kubectl,
+        dir.path(),
+        "indexed.yaml",
+        indexed,
+        "create",
+    ));
+    common::ok(
+        kubectl
+            .run(&["wait", "--for=condition=complete", "job/indexed", "--timeout=60s"])
+            .unwrap(),
+    );
+    assert_eq!(
+        jobs.get("indexed")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .completed_indexes
+            .as_deref(),
+        Some("0-2")
+    );
+    let mut indexes: Vec<String> = pods
+        .list(&ListParams::default().labels("job-name=indexed"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|p| p.metadata.annotations.unwrap()["batch.kubernetes.io/job-completion-index"].clone())
+        .collect();
+    indexes.sort();
+    assert_eq!(indexes, ["0", "1", "2"]);
+
+    // Suspended: no pods until resumed.
+    let suspended = "apiVersion: batch/v1\nkind: Job\nmetadata: {name: later}\nspec:\n  suspend: true\n  template:\n    \
+                     spec:\n      restartPolicy: Never\n      containers: [{name: work, image: busybox}]\n";
+    common::ok(common::apply_file(
+        &kubectl,
+        dir.path(),
+        "later.yaml",
+        suspended,
+        "create",
+    ));
+    eventually("the Suspended condition", WITHIN, async || {
+        let conditions = jobs.get("later").await.ok()?.status?.conditions?;
+        conditions
+            .into_iter()
+            .find(|c| c.type_ == "Suspended" && c.status == "True")
+    })
+    .await;
+    assert!(
+        pods.list(&ListParams::default().labels("job-name=later"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    jobs.patch(
+        "later",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"suspend": false}})),
+    )
+    .await
+    .unwrap();
+    common::ok(
+        kubectl
+            .run(&["wait", "--for=condition=complete", "job/later", "--timeout=60s"])
+            .unwrap(),
+    );
+
+    // A deadline shorter than the pods run fails the Job and stops its pods.
+    let deadline = "apiVersion: batch/v1\nkind: Job\nmetadata: {name: hurried}\nspec:\n  activeDeadlineSeconds: 2\n  \
+                    template:\n    spec:\n      restartPolicy: Never\n      nodeSelector: {speed: slow}\n      \
+                    tolerations: [{key: slow, operator: Exists}]\n      containers: [{name: work, image: busybox}]\n";
+    common::ok(common::apply_file(
+        &kubectl,
+        dir.path(),
+        "hurried.yaml",
+        deadline,
+        "create",
+    ));
+    common::ok(
+        kubectl
+            .run(&["wait", "--for=condition=failed", "job/hurried", "--timeout=60s"])
+            .unwrap(),
+    );
+    let failed = jobs.get("hurried").await.unwrap().status.unwrap().conditions.unwrap();
+    let failed = failed.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!(failed.reason.as_deref(), Some("DeadlineExceeded"));
+
+    // TTL: gone once finished, pods too.
+    let ttl = "apiVersion: batch/v1\nkind: Job\nmetadata: {name: brief}\nspec:\n  ttlSecondsAfterFinished: 0\n  \
+               template:\n    spec:\n      restartPolicy: Never\n      containers: [{name: work, image: busybox}]\n";
+    common::ok(common::apply_file(&kubectl, dir.path(), "brief.yaml", ttl, "create"));
+    eventually("the finished job and its pods gone", WITHIN, async || {
+        let gone = jobs.get_opt("brief").await.ok()?.is_none();
+        let pods_gone = pods
+            .list(&ListParams::default().labels("job-name=brief"))
+            .await
+            .ok()?
+            .items
+            .is_empty();
+        (gone && pods_gone).then_some(())
+    })
+    .await;
+}
+
+/// The CronJob of shared/examples/seed/19: at the next minute a Job named after the
+/// scheduled minute runs to completion, and the CronJob's status says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_jobs_run_on_schedule() {
+    use k8s_openapi::api::batch::v1::{CronJob, Job};
+    let (server, client) = common::cluster_and_client(Control::Full).await;
+    let _nodes = HollowNodes::start(client.clone(), HollowOptions::default())
+        .await
+        .unwrap();
+    let kubectl = server.kubectl();
+    let dir = tempfile::tempdir().unwrap();
+    let seed = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seed/19-job-cronjob.yaml"),
+    )
+    .unwrap();
+    let cron_only = seed.split("\n---\n").nth(1).unwrap();
+    common::ok(common::apply_file(
+        &kubectl,
+        dir.path(),
+        "cron.yaml",
+        cron_only,
+        "create",
+    ));
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    // The next minute starts within 60 s.
+    let job = eventually("the first scheduled job", Duration::from_secs(90), async || {
+        jobs.list(&ListParams::default()).await.ok()?.items.into_iter().next()
+    })
+    .await;
+    let name = job.metadata.name.clone().unwrap();
+    let minutes: i64 = name.strip_prefix("every-minute-").unwrap().parse().unwrap();
+    let scheduled = job.metadata.annotations.unwrap()["batch.kubernetes.io/cronjob-scheduled-timestamp"].clone();
+    let at: k8s_openapi::jiff::Timestamp = scheduled.parse().unwrap();
+    assert_eq!(at.as_second() / 60, minutes, "{scheduled}");
+    common::ok(
+        kubectl
+            .run(&[
+                "wait",
+                "--for=condition=complete",
+                &format!("job/{name}"),
+                "--timeout=60s",
+            ])
+            .unwrap(),
+    );
+    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), "default");
+    let status = eventually("the CronJob's status", WITHIN, async || {
+        let status = cronjobs.get("every-minute").await.ok()?.status?;
+        (status.last_successful_time.is_some() && status.active.as_ref().is_none_or(|a| a.is_empty())).then_some(status)
+    })
+    .await;
+    assert_eq!(status.last_schedule_time.unwrap().0, at);
+}
+
+/// Nodes registered without a pod CIDR get the lowest free /24 of 10.42.0.0/16.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_get_pod_cidrs() {
+    use k8s_openapi::api::core::v1::Node;
+    let (_server, client) = common::cluster_and_client(Control::Full).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    for name in ["worker-a", "worker-b"] {
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        nodes.create(&PostParams::default(), &node).await.unwrap();
+    }
+    let mut cidrs = Vec::new();
+    for name in ["worker-a", "worker-b"] {
+        let cidr = eventually(&format!("a pod CIDR for {name}"), WITHIN, async || {
+            let spec = nodes.get(name).await.ok()?.spec?;
+            assert_eq!(
+                spec.pod_cidrs.clone().unwrap_or_default(),
+                spec.pod_cidr.clone().into_iter().collect::<Vec<_>>()
+            );
+            spec.pod_cidr
+        })
+        .await;
+        cidrs.push(cidr);
+    }
+    cidrs.sort();
+    assert_eq!(cidrs, ["10.42.0.0/24", "10.42.1.0/24"]);
+}

@@ -1,0 +1,635 @@
+//! The Job controller (and TTL-after-finished), as upstream's: a Job runs pods from its
+//! template until `completions` have succeeded (NonIndexed: any pods; Indexed: one per
+//! index, `completedIndexes`), at most `parallelism` at once; failed pods are replaced
+//! after an exponential backoff (10 s doubling, at most 6 minutes) until `backoffLimit`
+//! failures; `activeDeadlineSeconds` and `suspend` stop it; the conditions are upstream's
+//! (SuccessCriteriaMet then Complete, FailureTarget then Failed, Suspended). A finished
+//! Job with `ttlSecondsAfterFinished` is deleted, with its pods, once that time has passed.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use rkube_client::events::{Recorder, reference};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use crate::expectations::Expectations;
+use crate::pods::{controller_of, from_template, is_ready};
+use crate::workqueue::WorkQueue;
+use crate::{ControllerError, api_message, key_of, split_key};
+
+const INDEX: &str = "batch.kubernetes.io/job-completion-index";
+const BACKOFF_BASE: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(360);
+const WORKERS: usize = 5;
+
+fn now_text() -> String {
+    Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn phase(pod: &Pod) -> Option<&str> {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref())
+}
+
+fn index_of(pod: &Pod) -> Option<i32> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(INDEX))
+        .and_then(|i| i.parse().ok())
+}
+
+/// "0-2,4,6-7", as upstream writes `completedIndexes`.
+pub fn index_ranges(indexes: &BTreeSet<i32>) -> String {
+    let mut parts = Vec::new();
+    let mut iter = indexes.iter().copied().peekable();
+    while let Some(start) = iter.next() {
+        let mut end = start;
+        while iter.peek() == Some(&(end + 1)) {
+            end += 1;
+            iter.next();
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+    }
+    parts.join(",")
+}
+
+/// The delay before replacing a pod after `failures` failures (upstream's pod backoff).
+pub fn backoff(failures: i32) -> Duration {
+    if failures <= 0 {
+        return Duration::ZERO;
+    }
+    let factor = 2u32
+        .checked_pow(u32::try_from(failures - 1).unwrap_or(u32::MAX))
+        .unwrap_or(u32::MAX);
+    BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_MAX)
+}
+
+fn condition(kind: &str, status: &str, reason: &str, message: &str) -> Value {
+    json!({"type": kind, "status": status, "reason": reason, "message": message,
+           "lastProbeTime": now_text(), "lastTransitionTime": now_text()})
+}
+
+fn has_condition(job: &Job, kind: &str) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == kind && c.status == "True"))
+}
+
+fn finished(job: &Job) -> Option<Timestamp> {
+    let status = job.status.as_ref()?;
+    let done = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")?;
+    done.last_transition_time.as_ref().map(|t| t.0)
+}
+
+pub struct Controller {
+    client: kube::Client,
+    recorder: Recorder,
+    queue: Arc<WorkQueue>,
+    jobs: Store<Job>,
+    pods: Store<Pod>,
+    expectations: Mutex<Expectations>,
+    seen: Mutex<HashSet<String>>,
+}
+
+fn controller_ref(job: &Job) -> OwnerReference {
+    OwnerReference {
+        api_version: "batch/v1".into(),
+        kind: "Job".into(),
+        name: job.name_any(),
+        uid: job.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+impl Controller {
+    async fn event(&self, job: &Job, kind: &str, reason: &str, message: &str) {
+        if let Err(err) = self.recorder.record(&reference(job), kind, reason, message).await {
+            tracing::debug!(%err, reason, "recording an event failed");
+        }
+    }
+
+    async fn reconcile(&self, key: &str) -> Result<Option<Duration>, ControllerError> {
+        let (namespace, name) = split_key(key);
+        let Some(job) = self.jobs.get(&ObjectRef::new(name).within(namespace)) else {
+            self.expectations.lock().await.forget(key);
+            return Ok(None);
+        };
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), namespace);
+        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let uid = job.uid().unwrap_or_default();
+        let all = self.pods.state();
+        let owned: Vec<&Pod> = all
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|p| p.namespace().as_deref() == Some(namespace))
+            .filter(|p| controller_of(p).is_some_and(|c| c.uid == uid))
+            .collect();
+        // TTL after finished.
+        if let Some(done) = finished(&job) {
+            let Some(ttl) = job.spec.as_ref().and_then(|s| s.ttl_seconds_after_finished) else {
+                return Ok(None);
+            };
+            let expires = done + SignedDuration::from_secs(i64::from(ttl));
+            let now = Timestamp::now();
+            if expires > now {
+                let left = expires.duration_since(now).as_secs().max(1);
+                return Ok(Some(Duration::from_secs(u64::try_from(left).unwrap_or(1))));
+            }
+            let params = DeleteParams::background();
+            return match jobs.delete(name, &params).await {
+                Ok(_) => Ok(None),
+                Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+                Err(source) => Err(ControllerError::api(key, "deleting a finished job", source)),
+            };
+        }
+        if !self.expectations.lock().await.satisfied(key) {
+            return Ok(None);
+        }
+        let spec = job.spec.clone().unwrap_or_default();
+        let status = job.status.clone().unwrap_or_default();
+        let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+        let active: Vec<&Pod> = owned
+            .iter()
+            .copied()
+            .filter(|p| !matches!(phase(p), Some("Succeeded" | "Failed")) && p.metadata.deletion_timestamp.is_none())
+            .collect();
+        let succeeded_pods: Vec<&Pod> = owned
+            .iter()
+            .copied()
+            .filter(|p| phase(p) == Some("Succeeded"))
+            .collect();
+        let failed_now = i32::try_from(owned.iter().filter(|p| phase(p) == Some("Failed")).count()).unwrap_or(0);
+        let failed = status.failed.unwrap_or(0).max(failed_now);
+        let completed: BTreeSet<i32> = succeeded_pods.iter().filter_map(|p| index_of(p)).collect();
+        let succeeded = if indexed {
+            i32::try_from(completed.len()).unwrap_or(0)
+        } else {
+            status
+                .succeeded
+                .unwrap_or(0)
+                .max(i32::try_from(succeeded_pods.len()).unwrap_or(0))
+        };
+        let parallelism = spec.parallelism.unwrap_or(1);
+        let completions = spec.completions;
+        let suspended = spec.suspend.unwrap_or(false);
+        let backoff_limit = spec.backoff_limit.unwrap_or(6);
+        let mut conditions: Vec<Value> = status
+            .conditions
+            .iter()
+            .flatten()
+            .filter_map(|c| serde_json::to_value(c).ok())
+            .collect();
+        let set = |conditions: &mut Vec<Value>, new: Value| {
+            let kind = new["type"].clone();
+            match conditions.iter_mut().find(|c| c["type"] == kind) {
+                Some(existing) if existing["status"] == new["status"] => {}
+                Some(existing) => *existing = new,
+                None => conditions.push(new),
+            }
+        };
+        let start = status.start_time.as_ref().map(|t| t.0);
+        let deadline_passed = spec.active_deadline_seconds.zip(start).is_some_and(|(seconds, start)| {
+            !suspended && start + SignedDuration::from_secs(seconds) <= Timestamp::now()
+        });
+        let complete = match completions {
+            Some(n) => succeeded >= n,
+            None => succeeded > 0 && active.is_empty(),
+        };
+        let failure = if failed > backoff_limit {
+            Some(("BackoffLimitExceeded", "Job has reached the specified backoff limit"))
+        } else if deadline_passed {
+            Some(("DeadlineExceeded", "Job was active longer than specified deadline"))
+        } else {
+            None
+        };
+        let mut terminal = None;
+        if let Some((reason, message)) = failure {
+            self.delete_pods(key, &pods_api, &active).await?;
+            set(&mut conditions, condition("FailureTarget", "True", reason, message));
+            if active.is_empty() {
+                set(&mut conditions, condition("Failed", "True", reason, message));
+                terminal = Some(reason);
+            }
+        } else if complete {
+            let message = "Reached expected number of succeeded pods";
+            set(
+                &mut conditions,
+                condition("SuccessCriteriaMet", "True", "CompletionsReached", message),
+            );
+            self.delete_pods(key, &pods_api, &active).await?;
+            if active.is_empty() {
+                set(
+                    &mut conditions,
+                    condition("Complete", "True", "CompletionsReached", message),
+                );
+                terminal = Some("Completed");
+            }
+        } else if suspended {
+            self.delete_pods(key, &pods_api, &active).await?;
+            set(
+                &mut conditions,
+                condition("Suspended", "True", "JobSuspended", "Job suspended"),
+            );
+        } else {
+            if has_condition(&job, "Suspended") {
+                set(
+                    &mut conditions,
+                    condition("Suspended", "False", "JobResumed", "Job resumed"),
+                );
+            }
+            // Replacements wait out the backoff from the last failure.
+            let wait = backoff(failed);
+            let last_failure = owned
+                .iter()
+                .filter(|p| phase(p) == Some("Failed"))
+                .filter_map(|p| {
+                    let finished = p
+                        .status
+                        .iter()
+                        .flat_map(|s| s.container_statuses.iter().flatten())
+                        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref().map(|t| t.0))
+                        .max();
+                    finished.or_else(|| p.metadata.creation_timestamp.as_ref().map(|t| t.0))
+                })
+                .max();
+            let ready_at = last_failure.map(|t| t + SignedDuration::try_from(wait).unwrap_or_default());
+            if let Some(ready_at) = ready_at.filter(|t| *t > Timestamp::now()) {
+                let left = ready_at.duration_since(Timestamp::now()).as_secs().max(1);
+                self.write_status(
+                    key, &jobs, &job, &active, succeeded, failed, &completed, indexed, conditions, None,
+                )
+                .await?;
+                return Ok(Some(Duration::from_secs(u64::try_from(left).unwrap_or(1))));
+            }
+            self.manage(
+                &job,
+                key,
+                &pods_api,
+                &active,
+                succeeded,
+                &completed,
+                indexed,
+                parallelism,
+                completions,
+            )
+            .await?;
+        }
+        if let Some(reason) = terminal {
+            let (kind, message) = if reason == "Completed" {
+                ("Normal", "Job completed".to_string())
+            } else {
+                ("Warning", format!("Job has failed: {reason}"))
+            };
+            self.event(&job, kind, reason, &message).await;
+        }
+        self.write_status(
+            key, &jobs, &job, &active, succeeded, failed, &completed, indexed, conditions, terminal,
+        )
+        .await?;
+        let requeue = spec
+            .active_deadline_seconds
+            .zip(start)
+            .filter(|_| terminal.is_none() && !suspended)
+            .map(|(seconds, start)| {
+                let left = (start + SignedDuration::from_secs(seconds))
+                    .duration_since(Timestamp::now())
+                    .as_secs();
+                Duration::from_secs(u64::try_from(left.max(1)).unwrap_or(1))
+            });
+        Ok(requeue)
+    }
+
+    async fn delete_pods(&self, key: &str, api: &Api<Pod>, pods: &[&Pod]) -> Result<(), ControllerError> {
+        if pods.is_empty() {
+            return Ok(());
+        }
+        self.expectations
+            .lock()
+            .await
+            .expect_deletions(key, pods.iter().map(|p| key_of(*p)));
+        let params = DeleteParams::default();
+        let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+        let results = join_all(names.iter().map(|name| api.delete(name, &params))).await;
+        for (pod, result) in pods.iter().zip(results) {
+            if let Err(err) = result {
+                self.expectations.lock().await.deletion_observed(key, &key_of(*pod));
+                if !matches!(&err, kube::Error::Api(s) if s.code == 404) {
+                    return Err(ControllerError::api(key, "deleting pods", err));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn manage(
+        &self,
+        job: &Job,
+        key: &str,
+        api: &Api<Pod>,
+        active: &[&Pod],
+        succeeded: i32,
+        completed: &BTreeSet<i32>,
+        indexed: bool,
+        parallelism: i32,
+        completions: Option<i32>,
+    ) -> Result<(), ControllerError> {
+        let Some(template) = job.spec.as_ref().map(|s| &s.template) else {
+            return Ok(());
+        };
+        let active_count = i32::try_from(active.len()).unwrap_or(0);
+        let wanted_active = match completions {
+            _ if indexed => {
+                let total = completions.unwrap_or(0);
+                parallelism.min(total - succeeded)
+            }
+            Some(total) => parallelism.min(total - succeeded),
+            None if succeeded > 0 => 0,
+            None => parallelism,
+        }
+        .max(0);
+        if active_count > wanted_active {
+            // Newest first, as upstream removes extra pods.
+            let mut extra: Vec<&Pod> = active.to_vec();
+            extra.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.as_ref().map(|t| t.0)));
+            let extra = &extra[..usize::try_from(active_count - wanted_active).unwrap_or(0)];
+            return self.delete_pods(key, api, extra).await;
+        }
+        let missing = usize::try_from(wanted_active - active_count).unwrap_or(0);
+        if missing == 0 {
+            return Ok(());
+        }
+        // Indexed: the lowest indexes neither completed nor running.
+        let running: BTreeSet<i32> = active.iter().filter_map(|p| index_of(p)).collect();
+        let indexes: Vec<Option<i32>> = if indexed {
+            (0..completions.unwrap_or(0))
+                .filter(|i| !completed.contains(i) && !running.contains(i))
+                .take(missing)
+                .map(Some)
+                .collect()
+        } else {
+            vec![None; missing]
+        };
+        self.expectations.lock().await.expect_creations(key, indexes.len());
+        let params = PostParams::default();
+        let pods: Vec<Pod> = indexes
+            .iter()
+            .map(|index| {
+                let owner_name = match index {
+                    Some(i) => format!("{}-{i}", job.name_any()),
+                    None => job.name_any(),
+                };
+                let mut pod = from_template(template, &owner_name, controller_ref(job));
+                if let Some(i) = index {
+                    pod.metadata
+                        .annotations
+                        .get_or_insert_default()
+                        .insert(INDEX.into(), i.to_string());
+                    pod.metadata
+                        .labels
+                        .get_or_insert_default()
+                        .insert(INDEX.into(), i.to_string());
+                    if let Some(spec) = pod.spec.as_mut() {
+                        spec.hostname = Some(owner_name.clone());
+                        for container in &mut spec.containers {
+                            container
+                                .env
+                                .get_or_insert_default()
+                                .push(k8s_openapi::api::core::v1::EnvVar {
+                                    name: "JOB_COMPLETION_INDEX".into(),
+                                    value: Some(i.to_string()),
+                                    value_from: None,
+                                });
+                        }
+                    }
+                }
+                pod
+            })
+            .collect();
+        let results = join_all(pods.iter().map(|p| api.create(&params, p))).await;
+        for result in results {
+            match result {
+                Ok(created) => {
+                    let message = format!("Created pod: {}", created.name_any());
+                    self.event(job, "Normal", "SuccessfulCreate", &message).await;
+                }
+                Err(err) => {
+                    self.expectations.lock().await.creation_observed(key);
+                    let message = format!("Error creating: {}", api_message(&err));
+                    self.event(job, "Warning", "FailedCreate", &message).await;
+                    return Err(ControllerError::api(key, "creating pods", err));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn write_status(
+        &self,
+        key: &str,
+        api: &Api<Job>,
+        job: &Job,
+        active: &[&Pod],
+        succeeded: i32,
+        failed: i32,
+        completed: &BTreeSet<i32>,
+        indexed: bool,
+        conditions: Vec<Value>,
+        terminal: Option<&str>,
+    ) -> Result<(), ControllerError> {
+        let previous = job.status.clone().unwrap_or_default();
+        let suspended = job.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
+        let omit_zero = |n: usize| if n == 0 { Value::Null } else { json!(n) };
+        let ready = active.iter().filter(|p| is_ready(p)).count();
+        let start = match &previous.start_time {
+            Some(t) => json!(t),
+            None if !suspended => json!(now_text()),
+            None => Value::Null,
+        };
+        let mut status = json!({
+            "active": omit_zero(active.len()),
+            "ready": ready,
+            "succeeded": omit_zero(usize::try_from(succeeded).unwrap_or(0)),
+            "failed": omit_zero(usize::try_from(failed).unwrap_or(0)),
+            "startTime": start,
+            "conditions": if conditions.is_empty() { Value::Null } else { json!(conditions) },
+            "uncountedTerminatedPods": {},
+        });
+        if indexed {
+            status["completedIndexes"] = json!(index_ranges(completed));
+        }
+        if terminal == Some("Completed") && previous.completion_time.is_none() {
+            status["completionTime"] = json!(now_text());
+        }
+        let current = serde_json::to_value(&previous).unwrap_or_default();
+        let changed = status.as_object().into_iter().flatten().any(|(field, value)| {
+            let have = current.get(field).unwrap_or(&Value::Null);
+            if field == "conditions" {
+                let strip = |v: &Value| -> Vec<(Value, Value)> {
+                    v.as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| (c["type"].clone(), c["status"].clone()))
+                        .collect()
+                };
+                return strip(have) != strip(value);
+            }
+            match field.as_str() {
+                // Always empty: pods are counted as they are seen.
+                "uncountedTerminatedPods" => false,
+                "ready" => have.as_i64().unwrap_or(0) != value.as_i64().unwrap_or(0),
+                _ => have != value,
+            }
+        });
+        if changed {
+            api.patch_status(
+                &job.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": status})),
+            )
+            .await
+            .map_err(|source| ControllerError::api(key, "updating the status", source))?;
+        }
+        Ok(())
+    }
+
+    async fn pod_event(&self, pod: &Pod, deleted: bool) {
+        let Some(owner) = controller_of(pod).filter(|o| o.kind == "Job") else {
+            return;
+        };
+        let key = format!("{}/{}", pod.namespace().unwrap_or_default(), owner.name);
+        let uid = pod.uid().unwrap_or_default();
+        let first_sight = !deleted && self.seen.lock().await.insert(uid.clone());
+        if deleted {
+            self.seen.lock().await.remove(&uid);
+        }
+        {
+            let mut expectations = self.expectations.lock().await;
+            if deleted || pod.metadata.deletion_timestamp.is_some() {
+                expectations.deletion_observed(&key, &key_of(pod));
+            } else if first_sight {
+                expectations.creation_observed(&key);
+            }
+        }
+        self.queue.add(&key).await;
+    }
+}
+
+/// Runs the controller until the future is dropped.
+pub async fn run(client: kube::Client) {
+    let (jobs, job_writer) = reflector::store::<Job>();
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let controller = Arc::new(Controller {
+        recorder: Recorder::new(client.clone(), "job-controller"),
+        client: client.clone(),
+        queue: WorkQueue::new(),
+        jobs: jobs.clone(),
+        pods: pods.clone(),
+        expectations: Mutex::new(Expectations::default()),
+        seen: Mutex::new(HashSet::new()),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let controller = Arc::clone(&controller);
+        let events = watcher(Api::<Job>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(job_writer);
+        tasks.spawn(async move {
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(job) | watcher::Event::InitApply(job)) => {
+                        controller.queue.add(&key_of(&job)).await;
+                    }
+                    Ok(watcher::Event::Delete(job)) => controller.expectations.lock().await.forget(&key_of(&job)),
+                    _ => {}
+                }
+            }
+        });
+    }
+    {
+        let controller = Arc::clone(&controller);
+        let events = watcher(Api::<Pod>::all(client), watcher::Config::default())
+            .default_backoff()
+            .reflect(pod_writer);
+        tasks.spawn(async move {
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                        controller.pod_event(&pod, false).await
+                    }
+                    Ok(watcher::Event::Delete(pod)) => controller.pod_event(&pod, true).await,
+                    _ => {}
+                }
+            }
+        });
+    }
+    jobs.wait_until_ready().await.ok();
+    pods.wait_until_ready().await.ok();
+    for _ in 0..WORKERS {
+        let controller = Arc::clone(&controller);
+        tasks.spawn(async move {
+            loop {
+                let key = controller.queue.get().await;
+                match controller.reconcile(&key).await {
+                    Ok(requeue) => {
+                        controller.queue.forget(&key).await;
+                        if let Some(after) = requeue {
+                            controller.queue.add_after(&key, after);
+                        }
+                    }
+                    Err(err) => {
+                        tracing::info!(%err, key, "job sync failed; retrying");
+                        controller.queue.add_rate_limited(&key).await;
+                    }
+                }
+                controller.queue.done(&key).await;
+            }
+        });
+    }
+    tasks.join_all().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completed_indexes_read_as_upstream() {
+        let set: BTreeSet<i32> = [0, 1, 2, 4, 6, 7].into();
+        assert_eq!(index_ranges(&set), "0-2,4,6-7");
+        assert_eq!(index_ranges(&BTreeSet::new()), "");
+    }
+
+    #[test]
+    fn failures_back_off_exponentially() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert_eq!(backoff(1), Duration::from_secs(10));
+        assert_eq!(backoff(3), Duration::from_secs(40));
+        assert_eq!(backoff(20), BACKOFF_MAX);
+    }
+}
