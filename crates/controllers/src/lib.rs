@@ -13,6 +13,7 @@ pub mod garbage_collector;
 pub mod job;
 pub mod namespace;
 pub mod node_ipam;
+pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;
 pub mod workqueue;
@@ -85,6 +86,7 @@ pub async fn run(client: kube::Client, config: Config) {
     controllers.spawn(cronjob::run(client.clone()));
     controllers.spawn(namespace::run(client.clone()));
     controllers.spawn(node_ipam::run(client.clone(), config.cluster_cidr));
+    controllers.spawn(node_lifecycle::run(client.clone()));
     controllers.spawn(replicaset::run::<ReplicaSet>(client.clone()));
     controllers.spawn(replicaset::run::<ReplicationController>(client));
     controllers.join_all().await;

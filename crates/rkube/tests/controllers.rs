@@ -860,3 +860,87 @@ async fn nodes_get_pod_cidrs() {
     cidrs.sort();
     assert_eq!(cidrs, ["10.42.0.0/24", "10.42.1.0/24"]);
 }
+
+/// A node whose kubelet stops: after 40 s its conditions go Unknown and it is tainted
+/// unreachable; its pods leave after their toleration (2 s here) and their Deployment
+/// recreates them on the node that is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_leave_an_unreachable_node() {
+    use k8s_openapi::api::core::v1::Node;
+    let (server, client) = common::cluster_and_client(Control::Full).await;
+    let doomed = HollowNodes::start(client.clone(), fleet("doomed", 1, "a"))
+        .await
+        .unwrap();
+    let kubectl = server.kubectl();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: hardy}\nspec:\n  replicas: 2\n  \
+                    selector: {matchLabels: {app: hardy}}\n  template:\n    metadata: {labels: {app: hardy}}\n    spec:\n      \
+                    tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}]\n      \
+                    containers: [{name: web, image: 'nginx:1.27'}]\n";
+    common::ok(common::apply_file(
+        &kubectl,
+        dir.path(),
+        "hardy.yaml",
+        manifest,
+        "create",
+    ));
+    common::ok(
+        kubectl
+            .run(&["rollout", "status", "deployment/hardy", "--timeout=60s"])
+            .unwrap(),
+    );
+    let survivor = HollowNodes::start(client.clone(), fleet("survivor", 1, "b"))
+        .await
+        .unwrap();
+    drop(doomed);
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = eventually("the node tainted unreachable", Duration::from_secs(90), async || {
+        let node = nodes.get("doomed-0").await.ok()?;
+        let tainted = node
+            .spec
+            .as_ref()?
+            .taints
+            .as_ref()?
+            .iter()
+            .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute");
+        tainted.then_some(node)
+    })
+    .await;
+    let ready = node
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_deref()),
+        ("Unknown", Some("NodeStatusUnknown"))
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    eventually(
+        "both replicas running on the survivor",
+        Duration::from_secs(60),
+        async || {
+            let running: Vec<Pod> = owned_pods(&pods, "app=hardy")
+                .await
+                .into_iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .collect();
+            let moved = running.len() == 2
+                && running.iter().all(|p| {
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(survivor.names()[0].as_str())
+                });
+            moved.then_some(())
+        },
+    )
+    .await;
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let evicted = events.list(&ListParams::default()).await.unwrap().items;
+    assert!(
+        evicted
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("TaintManagerEviction"))
+    );
+}
