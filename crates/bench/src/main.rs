@@ -2,6 +2,7 @@
 //! tests assert behaviour.
 
 mod api;
+mod controllers;
 mod hollow;
 mod report;
 mod scheduler;
@@ -30,6 +31,8 @@ enum Bench {
     HollowNodes(hollow::HollowArgs),
     /// The scheduler: in process and end to end on hollow nodes (runs a real rkube server).
     Scheduler(scheduler::SchedulerArgs),
+    /// The controller manager: Deployments to Running pods on hollow nodes (runs a real rkube server).
+    Controllers(controllers::ControllersArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +51,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Api(args) => api::run(args, cli.json).await,
             Bench::HollowNodes(args) => hollow::run(args, cli.json).await,
             Bench::Scheduler(args) => scheduler::run(args, cli.json).await,
+            Bench::Controllers(args) => controllers::run(args, cli.json).await,
         }
     })
 }

@@ -116,6 +116,20 @@ pub async fn start_server(
     args: &'static [&'static str],
     scheduler: bool,
 ) -> anyhow::Result<rkube_testkit::RkubeServer> {
+    let control = if scheduler {
+        rkube_testkit::Control::Scheduler
+    } else {
+        rkube_testkit::Control::ApiOnly
+    };
+    start_server_with(rkube, args, control).await
+}
+
+/// [`start_server`] with the given control-plane components.
+pub async fn start_server_with(
+    rkube: Option<&std::path::Path>,
+    args: &'static [&'static str],
+    control: rkube_testkit::Control,
+) -> anyhow::Result<rkube_testkit::RkubeServer> {
     let binary = match rkube {
         Some(path) => path.to_path_buf(),
         None => std::env::current_exe()?.with_file_name("rkube"),
@@ -125,15 +139,20 @@ pub async fn start_server(
         "{} not found: build it (cargo build --release -p rkube) or pass --rkube",
         binary.display()
     );
-    let server = tokio::task::spawn_blocking(move || {
-        if scheduler {
-            rkube_testkit::RkubeServer::start_with_scheduler(&binary, args)
-        } else {
-            rkube_testkit::RkubeServer::start(&binary, args)
-        }
-    })
-    .await??;
+    let server =
+        tokio::task::spawn_blocking(move || rkube_testkit::RkubeServer::start_as(&binary, args, control)).await??;
     Ok(server)
+}
+
+/// CPU time (user + system) a process has used, in seconds, from /proc.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // The kernel's clock tick is 100 Hz on every Linux this runs on.
+    Some(ticks / 100.0)
 }
 
 /// Resident memory of a process in MiB, from /proc.

@@ -131,3 +131,18 @@ fn scheduler_bench_reports_every_workload_both_ways() {
         assert!(seen.contains(figure), "missing {figure}: {seen:?}");
     }
 }
+
+#[test]
+fn controllers_bench_reports_its_figures() {
+    let rkube = std::path::Path::new(env!("CARGO_BIN_EXE_rkube-bench")).with_file_name("rkube");
+    let out = bench()
+        .args(["controllers", "--quick", "--json", "--rkube"])
+        .arg(&rkube)
+        .output()
+        .unwrap();
+    let seen = figures(&out, "controllers");
+    for metric in ["pods_running_per_sec", "all_available", "server_cpu", "server_rss"] {
+        let figure = format!("end to end/10 deployments x 3 on 5 nodes {metric}");
+        assert!(seen.contains(&figure), "missing {figure}: {seen:?}");
+    }
+}

@@ -1,0 +1,182 @@
+//! `rkube-bench controllers`: the controller manager end to end, as the issue sets it:
+//! Deployments × replicas on hollow nodes (a real server with its scheduler and
+//! controllers); pods created and Running per second, time until every Deployment is
+//! Available, and the server's CPU and memory (the controller manager runs in it).
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use rkube_testkit::{Control, HollowNodes, HollowOptions};
+use serde_json::json;
+
+use crate::report::{Report, cpu_seconds, rss_mib, start_server_with};
+
+#[derive(clap::Args, Debug)]
+pub struct ControllersArgs {
+    #[arg(long, default_value_t = 1000)]
+    deployments: usize,
+
+    #[arg(long, default_value_t = 10)]
+    replicas: usize,
+
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+
+    /// Concurrent clients creating Deployments.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+
+    /// The rkube binary (default: beside this one).
+    #[arg(long)]
+    rkube: Option<std::path::PathBuf>,
+
+    /// A short run for smoke-testing the benchmark itself.
+    #[arg(long)]
+    quick: bool,
+}
+
+fn progress(message: &str) {
+    eprintln!("[controllers] {message}");
+}
+
+pub async fn run(mut args: ControllersArgs, json: bool) -> anyhow::Result<()> {
+    if args.quick {
+        args.deployments = args.deployments.min(10);
+        args.replicas = args.replicas.min(3);
+        args.nodes = args.nodes.min(5);
+    }
+    let total = args.deployments * args.replicas;
+    let case = format!(
+        "{} deployments x {} on {} nodes",
+        args.deployments, args.replicas, args.nodes
+    );
+    let mut report = Report::new("controllers", json);
+    let server = start_server_with(args.rkube.as_deref(), &[], Control::Full)
+        .await
+        .context("starting rkube server")?;
+    let client = server.client().await?;
+    progress(&format!("registering {} hollow nodes", args.nodes));
+    // Enough room for every pod: 110 per node by default.
+    let pods_per_node = u32::try_from(total.div_ceil(args.nodes.max(1)) + 10)
+        .unwrap_or(u32::MAX)
+        .max(110);
+    let hollow = HollowNodes::start(
+        client.clone(),
+        HollowOptions {
+            count: args.nodes,
+            prefix: "bench".into(),
+            cpu: "64".into(),
+            memory: "256Gi".into(),
+            pods: pods_per_node,
+            ..HollowOptions::default()
+        },
+    )
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let revision = pods
+        .list_metadata(&ListParams::default().limit(1))
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let cpu_before = cpu_seconds(server.pid()).unwrap_or(0.0);
+    let started = Instant::now();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let replicas = args.replicas;
+    let creating = futures_util::stream::iter(0..args.deployments)
+        .map(|i| {
+            let deployments = deployments.clone();
+            async move {
+                let name = format!("bench-{i}");
+                let d: Deployment = serde_json::from_value(json!({
+                    "metadata": {"name": name},
+                    "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                             "template": {"metadata": {"labels": {"app": name}},
+                                          "spec": {"containers": [{"name": "pause", "image": "registry.local/pause:3.10",
+                                              "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}}
+                }))?;
+                deployments.create(&PostParams::default(), &d).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(args.clients)
+        .collect::<Vec<_>>();
+    let watching = async {
+        let mut stream = pods
+            .watch(&WatchParams::default().timeout(290), &revision)
+            .await?
+            .boxed();
+        let (mut created, mut running) = (HashSet::new(), HashSet::new());
+        let mut first_running: Option<Duration> = None;
+        let deadline = Instant::now() + Duration::from_secs(1800);
+        while running.len() < total && Instant::now() < deadline {
+            match stream.next().await {
+                Some(Ok(WatchEvent::Added(p) | WatchEvent::Modified(p))) => {
+                    let name = p.metadata.name.clone().unwrap_or_default();
+                    created.insert(name.clone());
+                    let is_running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                    if is_running && running.insert(name) {
+                        first_running.get_or_insert_with(|| started.elapsed());
+                        if running.len() % 1000 == 0 {
+                            progress(&format!("{} of {total} pods running", running.len()));
+                        }
+                    }
+                }
+                Some(_) => {}
+                None => stream = pods.watch(&WatchParams::default().timeout(290), "0").await?.boxed(),
+            }
+        }
+        anyhow::ensure!(running.len() >= total, "only {} of {total} pods ran", running.len());
+        anyhow::Ok(started.elapsed())
+    };
+    progress(&format!("creating {} deployments", args.deployments));
+    let (created, all_running) = tokio::join!(creating, watching);
+    created.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let all_running = all_running?;
+    // Every Deployment Available.
+    loop {
+        let list = deployments.list(&ListParams::default()).await?;
+        let available = list
+            .items
+            .iter()
+            .filter(|d| {
+                d.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Available" && c.status == "True"))
+                    && d.status.as_ref().and_then(|s| s.available_replicas)
+                        == Some(i32::try_from(replicas).unwrap_or(0))
+            })
+            .count();
+        if available >= args.deployments {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1800),
+            "deployments not available in time"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let all_available = started.elapsed();
+    let cpu = cpu_seconds(server.pid()).unwrap_or(0.0) - cpu_before;
+    report.add(
+        "end to end",
+        &case,
+        "pods_running_per_sec",
+        "1/s",
+        total as f64 / all_running.as_secs_f64(),
+    );
+    report.add("end to end", &case, "all_available", "s", all_available.as_secs_f64());
+    report.add("end to end", &case, "server_cpu", "s", cpu);
+    if let Some(rss) = rss_mib(server.pid()) {
+        report.add("end to end", &case, "server_rss", "MiB", rss);
+    }
+    drop(hollow);
+    report.print_table();
+    Ok(())
+}
