@@ -379,25 +379,11 @@ pub async fn run(client: kube::Client) {
     }
     cronjobs.wait_until_ready().await.ok();
     jobs.wait_until_ready().await.ok();
-    for _ in 0..WORKERS {
+    {
         let controller = Arc::clone(&controller);
-        tasks.spawn(async move {
-            loop {
-                let key = controller.queue.get().await;
-                match controller.reconcile(&key).await {
-                    Ok(requeue) => {
-                        controller.queue.forget(&key).await;
-                        if let Some(after) = requeue {
-                            controller.queue.add_after(&key, after);
-                        }
-                    }
-                    Err(err) => {
-                        tracing::info!(%err, key, "cronjob sync failed; retrying");
-                        controller.queue.add_rate_limited(&key).await;
-                    }
-                }
-                controller.queue.done(&key).await;
-            }
+        crate::workqueue::spawn_workers(&mut tasks, &controller.queue.clone(), WORKERS, "cronjob", move |key| {
+            let controller = Arc::clone(&controller);
+            async move { controller.reconcile(&key).await }
         });
     }
     tasks.join_all().await;

@@ -468,21 +468,18 @@ pub async fn run(client: kube::Client) {
     services.wait_until_ready().await.ok();
     pods.wait_until_ready().await.ok();
     slices.wait_until_ready().await.ok();
-    for _ in 0..WORKERS {
+    {
         let controller = Arc::clone(&controller);
-        tasks.spawn(async move {
-            loop {
-                let key = controller.queue.get().await;
-                match controller.reconcile(&key).await {
-                    Ok(()) => controller.queue.forget(&key).await,
-                    Err(err) => {
-                        tracing::info!(%err, key, "endpoints sync failed; retrying");
-                        controller.queue.add_rate_limited(&key).await;
-                    }
-                }
-                controller.queue.done(&key).await;
-            }
-        });
+        crate::workqueue::spawn_workers(
+            &mut tasks,
+            &controller.queue.clone(),
+            WORKERS,
+            "endpoints",
+            move |key| {
+                let controller = Arc::clone(&controller);
+                async move { controller.reconcile(&key).await.map(|()| None) }
+            },
+        );
     }
     tasks.join_all().await;
 }

@@ -438,26 +438,18 @@ pub async fn run(client: kube::Client) {
         notified.await;
     }
     tracing::info!(resources = total, "garbage collector synced");
-    for _ in 0..WORKERS {
+    {
         let collector = Arc::clone(&collector);
-        tasks.spawn(async move {
-            loop {
-                let work = collector.queue.get().await;
-                match collector.process(&work).await {
-                    Ok(requeue) => {
-                        collector.queue.forget(&work).await;
-                        if let Some(after) = requeue {
-                            collector.queue.add_after(&work, after);
-                        }
-                    }
-                    Err(err) => {
-                        tracing::info!(%err, work, "garbage collection failed; retrying");
-                        collector.queue.add_rate_limited(&work).await;
-                    }
-                }
-                collector.queue.done(&work).await;
-            }
-        });
+        crate::workqueue::spawn_workers(
+            &mut tasks,
+            &collector.queue.clone(),
+            WORKERS,
+            "garbagecollector",
+            move |key| {
+                let collector = Arc::clone(&collector);
+                async move { collector.process(&key).await }
+            },
+        );
     }
     tasks.join_all().await;
 }

@@ -291,26 +291,18 @@ pub async fn run(client: kube::Client) {
         });
     }
     namespaces.wait_until_ready().await.ok();
-    for _ in 0..crate::NAMESPACE_WORKERS {
+    {
         let controller = Arc::clone(&controller);
-        tasks.spawn(async move {
-            loop {
-                let key = controller.queue.get().await;
-                match controller.reconcile(&key).await {
-                    Ok(requeue) => {
-                        controller.queue.forget(&key).await;
-                        if let Some(after) = requeue {
-                            controller.queue.add_after(&key, after);
-                        }
-                    }
-                    Err(err) => {
-                        tracing::info!(%err, key, "namespace sync failed; retrying");
-                        controller.queue.add_rate_limited(&key).await;
-                    }
-                }
-                controller.queue.done(&key).await;
-            }
-        });
+        crate::workqueue::spawn_workers(
+            &mut tasks,
+            &controller.queue.clone(),
+            crate::NAMESPACE_WORKERS,
+            "namespace",
+            move |key| {
+                let controller = Arc::clone(&controller);
+                async move { controller.reconcile(&key).await }
+            },
+        );
     }
     tasks.join_all().await;
 }

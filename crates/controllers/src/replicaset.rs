@@ -475,27 +475,12 @@ pub async fn run<K: Replicated>(client: kube::Client) {
         pods.wait_until_ready().await.ok();
         // Each worker a task of its own: deep futures polled inline would need a deep stack.
         let mut workers = tokio::task::JoinSet::new();
-        for _ in 0..WORKERS {
+        let queue = Arc::clone(&controller.queue);
+        let controller = Arc::clone(&controller);
+        crate::workqueue::spawn_workers(&mut workers, &queue, WORKERS, "replicaset", move |key| {
             let controller = Arc::clone(&controller);
-            workers.spawn(async move {
-                loop {
-                    let key = controller.queue.get().await;
-                    match controller.reconcile(&key).await {
-                        Ok(requeue) => {
-                            controller.queue.forget(&key).await;
-                            if let Some(after) = requeue {
-                                controller.queue.add_after(&key, after);
-                            }
-                        }
-                        Err(err) => {
-                            tracing::info!(%err, key, "sync failed; retrying");
-                            controller.queue.add_rate_limited(&key).await;
-                        }
-                    }
-                    controller.queue.done(&key).await;
-                }
-            });
-        }
+            async move { controller.reconcile(&key).await }
+        });
         workers.join_all().await;
     };
     tokio::join!(watching_owners, watching_pods, working);

@@ -107,6 +107,44 @@ impl WorkQueue {
     }
 }
 
+/// Runs `workers` workers on `queue` in `tasks`: each takes a key, reconciles it, and puts
+/// it back after the delay the reconcile asks for, or after the key's backoff when the
+/// reconcile failed.
+pub fn spawn_workers<F, Fut, E>(
+    tasks: &mut tokio::task::JoinSet<()>,
+    queue: &Arc<WorkQueue>,
+    workers: usize,
+    controller: &'static str,
+    reconcile: F,
+) where
+    F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Option<Duration>, E>> + Send,
+    E: std::fmt::Display,
+{
+    for _ in 0..workers {
+        let (queue, reconcile) = (Arc::clone(queue), reconcile.clone());
+        tasks.spawn(async move {
+            loop {
+                let key = queue.get().await;
+                // Errors become text at once: only the message outlives the match.
+                match reconcile(key.clone()).await.map_err(|e| e.to_string()) {
+                    Ok(requeue) => {
+                        queue.forget(&key).await;
+                        if let Some(after) = requeue {
+                            queue.add_after(&key, after);
+                        }
+                    }
+                    Err(err) => {
+                        tracing::info!(err, key, controller, "sync failed; retrying");
+                        queue.add_rate_limited(&key).await;
+                    }
+                }
+                queue.done(&key).await;
+            }
+        });
+    }
+}
+
 /// client-go's `ItemExponentialFailureRateLimiter(5ms, 1000s)`.
 fn backoff(failures: u32) -> Duration {
     let factor = 2u32.checked_pow(failures).unwrap_or(u32::MAX);

@@ -15,6 +15,15 @@ mod common;
 
 const WITHIN: Duration = Duration::from_secs(30);
 
+/// One document of a seed manifest, as users copy it.
+fn seed_document(file: &str, index: usize) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/examples/seed")
+        .join(file);
+    let text = std::fs::read_to_string(path).unwrap();
+    text.split("\n---\n").nth(index).unwrap().to_string()
+}
+
 async fn owned_pods(pods: &Api<Pod>, selector: &str) -> Vec<Pod> {
     pods.list(&ListParams::default().labels(selector))
         .await
@@ -646,16 +655,12 @@ async fn jobs_run_to_completion() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let dir = tempfile::tempdir().unwrap();
     // The Job of seed 19 (its CronJob is another test's).
-    let seed = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seed/19-job-cronjob.yaml"),
-    )
-    .unwrap();
-    let job_only = seed.split("\n---\n").next().unwrap();
+    let job_only = seed_document("19-job-cronjob.yaml", 0);
     common::ok(common::apply_file(
         &kubectl,
         dir.path(),
         "once.yaml",
-        job_only,
+        &job_only,
         "create",
     ));
     common::ok(
@@ -792,16 +797,12 @@ async fn cron_jobs_run_on_schedule() {
         .unwrap();
     let kubectl = server.kubectl();
     let dir = tempfile::tempdir().unwrap();
-    let seed = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seed/19-job-cronjob.yaml"),
-    )
-    .unwrap();
-    let cron_only = seed.split("\n---\n").nth(1).unwrap();
+    let cron_only = seed_document("19-job-cronjob.yaml", 1);
     common::ok(common::apply_file(
         &kubectl,
         dir.path(),
         "cron.yaml",
-        cron_only,
+        &cron_only,
         "create",
     ));
     let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
