@@ -708,6 +708,17 @@ async fn write_update(
     if (info.group, info.kind) == ("", "Pod") {
         admission::keep_priority(current, &mut new);
     }
+    // A namespace's content finalizers change only through `finalize`, as upstream's.
+    if (info.group, info.plural) == ("", "namespaces") && !status_only {
+        match current.pointer("/spec/finalizers") {
+            Some(finalizers) => new["spec"]["finalizers"] = finalizers.clone(),
+            None => {
+                if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+                    spec.remove("finalizers");
+                }
+            }
+        }
+    }
     let current_meta = metadata(current).cloned().unwrap_or_default();
     let meta = metadata_mut(&mut new).ok_or_else(|| bad_request("metadata must be an object"))?;
     for field in [

@@ -200,8 +200,14 @@ impl Collector {
         reference: &OwnerReference,
     ) -> Result<OwnerState, kube::Error> {
         let Some(info) = resource_of(reference) else {
-            // A kind this server does not serve cannot be there.
-            return Ok(OwnerState::Dangling);
+            // A kind this server does not serve (yet): as upstream, whose lookup fails for
+            // unknown kinds, the dependent is not collected on that owner's account.
+            tracing::debug!(
+                kind = reference.kind,
+                api_version = reference.api_version,
+                "owner of an unknown kind"
+            );
+            return Ok(OwnerState::Solid);
         };
         match self.api(info, namespace).get_opt(&reference.name).await? {
             Some(owner) if owner.metadata.uid.as_deref() == Some(reference.uid.as_str()) => {

@@ -465,6 +465,22 @@ async fn deletion_propagates_as_asked() {
         (gone && remaining("app=foreground").await == (0, 0)).then_some(())
     })
     .await;
+
+    // A dangling owner of a served kind takes its dependent; an owner of a kind this
+    // server does not know does not.
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for (name, api_version, kind) in [("foreign", "example.com/v1", "Widget"), ("dangling", "v1", "ConfigMap")] {
+        let map: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name, "ownerReferences": [
+            {"apiVersion": api_version, "kind": kind, "name": "gone", "uid": "00000000-0000-0000-0000-000000000000"}]}}))
+        .unwrap();
+        maps.create(&PostParams::default(), &map).await.unwrap();
+    }
+    eventually("the dangling dependent collected", WITHIN, async || {
+        maps.get_opt("dangling").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(maps.get_opt("foreign").await.unwrap().is_some());
 }
 
 /// A namespace gets its `default` ServiceAccount; deleting it deletes everything in it
@@ -503,6 +519,16 @@ async fn namespaces_are_deleted_with_their_content() {
             .unwrap(),
     );
 
+    // The content finalizer changes only through `finalize`, not by an update.
+    let cleared = namespaces
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"finalizers": []}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(cleared.spec.unwrap().finalizers.unwrap(), ["kubernetes"]);
     common::ok(kubectl.run(&["delete", "namespace", "shop", "--wait=false"]).unwrap());
     let condition = eventually("the held ConfigMap reported", WITHIN, async || {
         let conditions = namespaces.get("shop").await.ok()?.status?.conditions?;
