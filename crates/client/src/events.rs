@@ -45,12 +45,6 @@ pub struct Recorder {
     seen: Mutex<HashMap<Key, (String, i32)>>,
 }
 
-fn now_seconds() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
-}
-
 impl Recorder {
     pub fn new(client: kube::Client, component: &str) -> Self {
         Self {
@@ -84,7 +78,7 @@ impl Recorder {
             message: message.into(),
         };
         let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        let now = now_seconds();
+        let now = crate::now_text();
         let repeat = self.seen.lock().await.get(&key).cloned();
         if let Some((name, count)) = repeat {
             let patch = json!({"count": count + 1, "lastTimestamp": now});

@@ -4,3 +4,15 @@
 
 pub mod events;
 pub mod leader;
+
+use k8s_openapi::jiff::Timestamp;
+
+/// A time as the API writes `metav1.Time`: RFC 3339 in UTC, to the second.
+pub fn api_time(time: Timestamp) -> String {
+    time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Now, as [`api_time`] writes it.
+pub fn now_text() -> String {
+    api_time(Timestamp::now())
+}

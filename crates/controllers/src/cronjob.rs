@@ -251,10 +251,7 @@ impl Controller {
         } else {
             requeue = None;
         }
-        let time = |t: Option<Timestamp>| {
-            t.map(|t| json!(t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()))
-                .unwrap_or(Value::Null)
-        };
+        let time = |t: Option<Timestamp>| t.map(|t| json!(rkube_client::api_time(t))).unwrap_or(Value::Null);
         let status = json!({"active": if active_refs.is_empty() { Value::Null } else { json!(active_refs) },
                             "lastScheduleTime": time(last_schedule),
                             "lastSuccessfulTime": time(last_success.or(previous.last_successful_time.as_ref().map(|t| t.0)))});
@@ -311,17 +308,8 @@ impl Controller {
             .collect();
         let extra = done.len().saturating_sub(usize::try_from(limit.max(0)).unwrap_or(0));
         for job in done.into_iter().take(extra) {
-            match api.delete(&job.name_any(), &DeleteParams::background()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(source) => {
-                    return Err(ControllerError::api(
-                        &key_of(job.as_ref()),
-                        "deleting an old job",
-                        source,
-                    ));
-                }
-            }
+            crate::ignore_not_found(api.delete(&job.name_any(), &DeleteParams::background()).await)
+                .map_err(|source| ControllerError::api(&key_of(job.as_ref()), "deleting an old job", source))?;
         }
         Ok(())
     }

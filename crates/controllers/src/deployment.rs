@@ -43,10 +43,6 @@ const NOT_COPIED: &[&str] = &[
 ];
 const WORKERS: usize = 5;
 
-fn now_text() -> String {
-    Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
 fn replicas_of(rs: &ReplicaSet) -> i32 {
     rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
 }
@@ -351,14 +347,11 @@ impl Controller {
                 }
                 _ => continue,
             };
-            match api
+            let patched = api
                 .patch(&rs.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(source) => return Err(ControllerError::api(&key, "claiming a replica set", source)),
-            }
+                .await;
+            crate::ignore_not_found(patched)
+                .map_err(|source| ControllerError::api(&key, "claiming a replica set", source))?;
         }
         Ok(owned)
     }
@@ -684,11 +677,8 @@ impl Controller {
         empty.sort_by_key(|rs| (revision_of(rs), rs.metadata.creation_timestamp.as_ref().map(|t| t.0)));
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &d.namespace().unwrap_or_default());
         for rs in empty.into_iter().take(usize::try_from(extra).unwrap_or(0)) {
-            match api.delete(&rs.name_any(), &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(source) => return Err(ControllerError::api(&key_of(d), "cleaning up old replica sets", source)),
-            }
+            crate::ignore_not_found(api.delete(&rs.name_any(), &DeleteParams::default()).await)
+                .map_err(|source| ControllerError::api(&key_of(d), "cleaning up old replica sets", source))?;
         }
         Ok(())
     }
@@ -720,7 +710,7 @@ impl Controller {
         old: &[&ReplicaSet],
     ) -> Result<Option<Duration>, ControllerError> {
         let mut status = self.status_of(d, new_rs, old);
-        let now = now_text();
+        let now = rkube_client::now_text();
         let mut conditions: Vec<Value> = d
             .status
             .as_ref()

@@ -254,11 +254,11 @@ impl Controller {
         let Some(service) = selected else {
             // Gone, or without a selector: our objects go; the user's Endpoints stay.
             if service.is_none() {
-                ignore_gone(endpoints_api.delete(name, &DeleteParams::default()).await.map(|_| ()))
+                crate::ignore_not_found(endpoints_api.delete(name, &DeleteParams::default()).await.map(|_| ()))
                     .map_err(|source| ControllerError::api(key, "deleting endpoints", source))?;
             }
             for slice in ours {
-                ignore_gone(
+                crate::ignore_not_found(
                     slices_api
                         .delete(&slice.name_any(), &DeleteParams::default())
                         .await
@@ -366,7 +366,7 @@ impl Controller {
             }
         }
         for extra in existing {
-            ignore_gone(
+            crate::ignore_not_found(
                 slices_api
                     .delete(&extra.name_any(), &DeleteParams::default())
                     .await
@@ -400,13 +400,6 @@ impl Controller {
                     .iter()
                     .any(|e| e.target_ref.as_ref().and_then(|t| t.uid.clone()) == uid)
         })
-    }
-}
-
-fn ignore_gone(result: Result<(), kube::Error>) -> Result<(), kube::Error> {
-    match result {
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        other => other,
     }
 }
 

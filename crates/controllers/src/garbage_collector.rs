@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy};
 use kube::runtime::{WatchStreamExt, watcher};
 use rkube_api::{ResourceInfo, resources};
 use serde_json::json;
@@ -95,16 +95,6 @@ pub fn monitored() -> Vec<&'static ResourceInfo> {
         .collect()
 }
 
-fn api_resource(info: &ResourceInfo) -> ApiResource {
-    ApiResource {
-        group: info.group.into(),
-        version: info.version.into(),
-        api_version: info.api_version(),
-        kind: info.kind.into(),
-        plural: info.plural.into(),
-    }
-}
-
 /// The resource an owner reference names.
 fn resource_of(reference: &OwnerReference) -> Option<&'static ResourceInfo> {
     let (group, version) = reference
@@ -137,7 +127,7 @@ pub struct Collector {
 
 impl Collector {
     fn api(&self, info: &ResourceInfo, namespace: Option<&str>) -> Api<DynamicObject> {
-        let resource = api_resource(info);
+        let resource = crate::api_resource(info);
         match namespace.filter(|_| info.namespaced()) {
             Some(namespace) => Api::namespaced_with(self.client.clone(), namespace, &resource),
             None => Api::all_with(self.client.clone(), &resource),
@@ -370,8 +360,7 @@ impl Collector {
 }
 
 fn ignore_gone(result: Result<(), kube::Error>) -> Result<(), kube::Error> {
-    match result {
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+    match crate::ignore_not_found(result) {
         // A uid precondition that fails means another object now has the name.
         Err(kube::Error::Api(status)) if status.code == 409 && status.message.contains("UID") => Ok(()),
         other => other,
@@ -392,7 +381,7 @@ pub async fn run(client: kube::Client) {
         let collector = Arc::clone(&collector);
         let synced = Arc::clone(&synced);
         tasks.spawn(async move {
-            let api: Api<DynamicObject> = Api::all_with(collector.client.clone(), &api_resource(info));
+            let api: Api<DynamicObject> = Api::all_with(collector.client.clone(), &crate::api_resource(info));
             let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
             let mut first_sync = true;
             let mut listed: HashSet<String> = HashSet::new();
@@ -419,7 +408,7 @@ pub async fn run(client: kube::Client) {
                                 .collect()
                         };
                         for uid in stale {
-                            let mut gone = DynamicObject::new("", &api_resource(info));
+                            let mut gone = DynamicObject::new("", &crate::api_resource(info));
                             gone.metadata.uid = Some(uid);
                             collector.forget(&gone).await;
                         }

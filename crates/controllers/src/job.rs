@@ -34,10 +34,6 @@ const BACKOFF_BASE: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(360);
 const WORKERS: usize = 5;
 
-fn now_text() -> String {
-    Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
 fn phase(pod: &Pod) -> Option<&str> {
     pod.status.as_ref().and_then(|s| s.phase.as_deref())
 }
@@ -82,7 +78,7 @@ pub fn backoff(failures: i32) -> Duration {
 
 fn condition(kind: &str, status: &str, reason: &str, message: &str) -> Value {
     json!({"type": kind, "status": status, "reason": reason, "message": message,
-           "lastProbeTime": now_text(), "lastTransitionTime": now_text()})
+           "lastProbeTime": rkube_client::now_text(), "lastTransitionTime": rkube_client::now_text()})
 }
 
 fn has_condition(job: &Job, kind: &str) -> bool {
@@ -466,7 +462,7 @@ impl Controller {
         let ready = active.iter().filter(|p| is_ready(p)).count();
         let start = match &previous.start_time {
             Some(t) => json!(t),
-            None if !suspended => json!(now_text()),
+            None if !suspended => json!(rkube_client::now_text()),
             None => Value::Null,
         };
         let mut status = json!({
@@ -482,7 +478,7 @@ impl Controller {
             status["completedIndexes"] = json!(index_ranges(completed));
         }
         if terminal == Some("Completed") && previous.completion_time.is_none() {
-            status["completionTime"] = json!(now_text());
+            status["completionTime"] = json!(rkube_client::now_text());
         }
         let current = serde_json::to_value(&previous).unwrap_or_default();
         let changed = status.as_object().into_iter().flatten().any(|(field, value)| {

@@ -48,6 +48,26 @@ impl ControllerError {
 /// Upstream's `--concurrent-namespace-syncs`.
 pub const NAMESPACE_WORKERS: usize = 10;
 
+/// A write whose object may be gone meanwhile: gone is as good as done.
+pub fn ignore_not_found<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// The dynamic-API description of a catalogued resource.
+pub fn api_resource(info: &rkube_api::ResourceInfo) -> kube::api::ApiResource {
+    kube::api::ApiResource {
+        group: info.group.into(),
+        version: info.version.into(),
+        api_version: info.api_version(),
+        kind: info.kind.into(),
+        plural: info.plural.into(),
+    }
+}
+
 /// What the API said, for events: its message alone when it answered with a Status.
 pub fn api_message(err: &kube::Error) -> String {
     match err {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -33,20 +33,8 @@ fn namespaced() -> Vec<&'static ResourceInfo> {
         .collect()
 }
 
-fn api_resource(info: &ResourceInfo) -> ApiResource {
-    ApiResource {
-        group: info.group.into(),
-        version: info.version.into(),
-        api_version: info.api_version(),
-        kind: info.kind.into(),
-        plural: info.plural.into(),
-    }
-}
-
 fn condition(kind: &str, status: &str, reason: &str, message: &str) -> Value {
-    let now = k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
+    let now = rkube_client::now_text();
     json!({"type": kind, "status": status, "reason": reason, "message": message, "lastTransitionTime": now})
 }
 
@@ -160,7 +148,7 @@ impl Controller {
         let mut held: BTreeMap<String, usize> = BTreeMap::new();
         let mut failures = Vec::new();
         for info in namespaced() {
-            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), name, &api_resource(info));
+            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), name, &crate::api_resource(info));
             let listed = match api.list(&ListParams::default()).await {
                 Ok(list) => list.items,
                 Err(err) => {

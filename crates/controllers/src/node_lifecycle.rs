@@ -33,10 +33,6 @@ const TERMINATED_THRESHOLD: usize = 12_500;
 /// How long a pod's node must be missing before the pod is collected (upstream's quarantine).
 const ORPHAN_QUARANTINE: Duration = Duration::from_secs(40);
 
-fn now_text() -> String {
-    Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
 fn ready_status(node: &Node) -> Option<&str> {
     node.status
         .as_ref()?
@@ -160,7 +156,7 @@ impl Controller {
         let api: Api<Node> = Api::all(self.client.clone());
         let mut ready = ready_status(node).map(str::to_string);
         if stale && ready.as_deref() != Some("Unknown") {
-            let now = now_text();
+            let now = rkube_client::now_text();
             let mut conditions: Vec<Value> = node
                 .status
                 .iter()
@@ -212,8 +208,10 @@ impl Controller {
             for effect in ["NoSchedule", "NoExecute"] {
                 if !kept.iter().any(|t| t.key == key && t.effect == effect) {
                     kept.push(
-                        serde_json::from_value(json!({"key": key, "effect": effect, "timeAdded": now_text()}))
-                            .map_err(kube::Error::SerdeError)?,
+                        serde_json::from_value(
+                            json!({"key": key, "effect": effect, "timeAdded": rkube_client::now_text()}),
+                        )
+                        .map_err(kube::Error::SerdeError)?,
                     );
                 }
             }
@@ -264,7 +262,7 @@ impl Controller {
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
             let target = json!({"status": {"conditions": [{"type": "DisruptionTarget", "status": "True",
                 "reason": "DeletionByTaintManager", "message": "Taint manager: deleting due to NoExecute taint",
-                "lastTransitionTime": now_text()}]}});
+                "lastTransitionTime": rkube_client::now_text()}]}});
             // The whole list is replaced by a merge patch: keep the pod's other conditions.
             let mut conditions: Vec<Value> = pod
                 .status
@@ -295,11 +293,7 @@ impl Controller {
             {
                 tracing::debug!(%err, "recording an event failed");
             }
-            match api.delete(&pod.name_any(), &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(err) => return Err(err),
-            }
+            crate::ignore_not_found(api.delete(&pod.name_any(), &DeleteParams::default()).await)?;
         }
         Ok(())
     }
@@ -351,14 +345,10 @@ impl Controller {
             finished.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
             for pod in &finished[..finished.len() - TERMINATED_THRESHOLD] {
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
-                match api
-                    .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(status)) if status.code == 404 => {}
-                    Err(err) => return Err(err),
-                }
+                crate::ignore_not_found(
+                    api.delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
+                        .await,
+                )?;
             }
         }
         Ok(())

@@ -146,7 +146,7 @@ fn status_of<K: Replicated>(owner: &K, owned: &[&Pod], failure: Option<(&str, St
         .cloned()
         .chain(failure.map(|(reason, message)| {
             json!({"type": "ReplicaFailure", "status": "True", "reason": reason, "message": message,
-                   "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()})
+                   "lastTransitionTime": rkube_client::api_time(now)})
         }))
         .collect();
     json!({

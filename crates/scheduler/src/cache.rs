@@ -2,12 +2,12 @@
 //! rebuilt per decision: every node with the pods placed on it, including pods assumed
 //! bound (decided, binding in flight) so the next decision already counts them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
-use crate::framework::{Choice, Cluster, FitError, NodeInfo, Objects, find_node};
+use crate::framework::{Choice, Cluster, FitError, NodeInfo, Nominated, Objects, find_node};
 use crate::plugins::default_preemption::{Preemption, preempt};
 
 /// Where a pod is placed, and whether that is only assumed so far.
@@ -71,7 +71,7 @@ pub struct Cache {
     /// On how many nodes each image is.
     image_spread: HashMap<String, usize>,
     /// Unbound pods nominated to a node by preemption, by node, keyed by pod key.
-    nominated: HashMap<String, BTreeMap<String, Arc<Pod>>>,
+    nominated: Nominated,
 }
 
 /// What a scheduling attempt decided.
@@ -269,16 +269,11 @@ impl Cache {
     /// fits, preemption's choice of a node and victims.
     pub fn schedule(&mut self, pod: &Pod) -> Outcome {
         let nodes: Vec<&NodeInfo> = self.nodes.list.iter().collect();
-        let nominated: HashMap<String, Vec<Arc<Pod>>> = self
-            .nominated
-            .iter()
-            .map(|(node, pods)| (node.clone(), pods.values().cloned().collect()))
-            .collect();
         let cluster = Cluster {
             nodes: &nodes,
             objects: &self.objects,
             image_spread: &self.image_spread,
-            nominated: &nominated,
+            nominated: &self.nominated,
         };
         let (result, next) = find_node(pod, cluster, self.next_start);
         self.next_start = next;

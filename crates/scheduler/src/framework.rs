@@ -123,6 +123,9 @@ pub struct Objects {
     pub assumed_volumes: HashMap<String, String>,
 }
 
+/// Pods nominated to nodes by preemption: by node, then by pod key.
+pub type Nominated = HashMap<String, BTreeMap<String, Arc<Pod>>>;
+
 /// What one decision sees.
 #[derive(Clone, Copy)]
 pub struct Cluster<'a> {
@@ -131,7 +134,7 @@ pub struct Cluster<'a> {
     /// On how many nodes each image is.
     pub image_spread: &'a HashMap<String, usize>,
     /// Pods that preemption made room for, by the node they wait for.
-    pub nominated: &'a HashMap<String, Vec<Arc<Pod>>>,
+    pub nominated: &'a Nominated,
 }
 
 /// Why a filter refused a node. Unresolvable ones no preemption could fix.
@@ -215,7 +218,7 @@ impl<'a> Decision<'a> {
             .nominated
             .get(&node.name)
             .into_iter()
-            .flatten()
+            .flat_map(BTreeMap::values)
             .filter(|p| priority(p) >= priority(self.pod) && p.metadata.uid.as_deref() != own)
             .peekable();
         if nominated.peek().is_none() {
@@ -436,7 +439,7 @@ pub fn find_node(pod: &Pod, cluster: Cluster<'_>, start: usize) -> (Result<Choic
 /// when nothing fits (victims are not evicted here).
 pub fn schedule(pod: &Pod, nodes: &[NodeInfo]) -> Result<String, FitError> {
     let refs: Vec<&NodeInfo> = nodes.iter().collect();
-    let (objects, spread, nominated) = (Objects::default(), HashMap::new(), HashMap::new());
+    let (objects, spread, nominated) = (Objects::default(), HashMap::new(), Nominated::new());
     let cluster = Cluster {
         nodes: &refs,
         objects: &objects,
@@ -528,7 +531,7 @@ mod tests {
         assert_eq!(feasible_nodes_to_find(100_000), 5000);
         let nodes: Vec<NodeInfo> = (0..1000).map(|i| node(&format!("n{i:04}"), json!({}))).collect();
         let refs: Vec<&NodeInfo> = nodes.iter().collect();
-        let (objects, spread, nominated) = (Objects::default(), HashMap::new(), HashMap::new());
+        let (objects, spread, nominated) = (Objects::default(), HashMap::new(), Nominated::new());
         let cluster = Cluster {
             nodes: &refs,
             objects: &objects,
@@ -553,7 +556,11 @@ mod tests {
                 "containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "3"}}}]}}),
             )
         };
-        let nominated: HashMap<String, Vec<Arc<Pod>>> = [("a".to_string(), vec![Arc::new(big("vip", 100))])].into();
+        let nominated: Nominated = [(
+            "a".to_string(),
+            [("default/vip".to_string(), Arc::new(big("vip", 100)))].into(),
+        )]
+        .into();
         let (objects, spread) = (Objects::default(), HashMap::new());
         let cluster = Cluster {
             nodes: &refs,

@@ -464,7 +464,7 @@ impl Scheduler {
                 .patch_status(name, &PatchParams::default(), &Patch::Merge(&clear))
                 .await?;
         }
-        let now = now_seconds();
+        let now = rkube_client::now_text();
         for victim in &preemption.victims {
             let namespace = victim.metadata.namespace.as_deref().unwrap_or_default();
             let name = victim.metadata.name.as_deref().unwrap_or_default();
@@ -536,7 +536,7 @@ impl Scheduler {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let mut status = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False",
             "reason": "Unschedulable", "message": message, "lastProbeTime": null,
-            "lastTransitionTime": now_seconds()}]}});
+            "lastTransitionTime": rkube_client::now_text()}]}});
         if let Some(node) = nomination {
             status["status"]["nominatedNodeName"] = json!(node);
         }
@@ -548,12 +548,6 @@ impl Scheduler {
     async fn record_event(&self, pod: &Pod, kind: &str, reason: &str, message: &str) -> Result<(), kube::Error> {
         self.recorder.record(&reference(pod), kind, reason, message).await
     }
-}
-
-fn now_seconds() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
 }
 
 fn key_of_claim(claim: &PersistentVolumeClaim) -> String {

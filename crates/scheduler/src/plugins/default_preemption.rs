@@ -217,7 +217,7 @@ pub fn preempt(pod: &Pod, cluster: Cluster<'_>, fit: &FitError) -> Result<Preemp
         .nominated
         .get(&chosen.node.name)
         .into_iter()
-        .flatten()
+        .flat_map(BTreeMap::values)
         .filter(|p| priority(p) < priority(pod))
         .cloned()
         .collect();
