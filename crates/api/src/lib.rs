@@ -8,8 +8,10 @@ pub mod defaults;
 pub mod names;
 pub mod printers;
 pub mod quantity;
+pub mod scheduling;
 pub mod selector;
 pub mod typed;
 pub mod validation;
+pub mod volumes;
 
 pub use catalogue::{ResourceInfo, Scope, Subresource, find, group_versions, resources, storage_of};

@@ -47,9 +47,62 @@ pub fn parse(text: &str) -> Option<f64> {
     Some(value * scale)
 }
 
+/// The canonical text of a value, as upstream prints quantities: in binary suffixes
+/// (`1536Mi`) when asked and the value is a whole number of bytes, else with the largest
+/// decimal suffix that leaves an integer (`2k`, `1500`, `500m`).
+pub fn format(value: f64, binary: bool) -> String {
+    if binary && value.fract() == 0.0 && value.abs() >= 1024.0 {
+        let mut n = value;
+        let mut suffix = "";
+        for next in ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"] {
+            if (n / 1024.0).fract() != 0.0 {
+                break;
+            }
+            n /= 1024.0;
+            suffix = next;
+        }
+        return format!("{n:.0}{suffix}");
+    }
+    // In thousandths of nano-units, rounded to integers before choosing a suffix.
+    let nanos = (value * 1e9).round();
+    if nanos == 0.0 {
+        return "0".into();
+    }
+    for (scale, suffix) in [
+        (1e27, "E"),
+        (1e24, "P"),
+        (1e21, "T"),
+        (1e18, "G"),
+        (1e15, "M"),
+        (1e12, "k"),
+        (1e9, ""),
+        (1e6, "m"),
+        (1e3, "u"),
+    ] {
+        if (nanos / scale).fract() == 0.0 {
+            return format!("{:.0}{suffix}", nanos / scale);
+        }
+    }
+    format!("{nanos:.0}n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_text() {
+        assert_eq!(format(0.0, false), "0");
+        assert_eq!(format(0.5, false), "500m");
+        assert_eq!(format(1.5, false), "1500m");
+        assert_eq!(format(2.0, false), "2");
+        assert_eq!(format(2000.0, false), "2k");
+        assert_eq!(format(1500.0, false), "1500");
+        assert_eq!(format(1024f64.powi(3), true), "1Gi");
+        assert_eq!(format(1.5 * 1024f64.powi(3), true), "1536Mi");
+        assert_eq!(format(100.0, true), "100");
+        assert_eq!(format(3.0, true), "3");
+    }
 
     #[test]
     fn upstream_syntax() {

@@ -2,7 +2,8 @@
 //! preemption policy come from the pod's PriorityClass (or the global default class), and a
 //! pod may not state values that disagree with its class. Also what upstream's pod strategy
 //! does on create: pod affinity terms' `matchLabelKeys`/`mismatchLabelKeys` become
-//! requirements of their label selectors, with the pod's own label values.
+//! requirements of their label selectors, with the pod's own label values. And upstream's
+//! DefaultStorageClass plugin: a claim that names no class gets the default one.
 
 use http::StatusCode;
 use rkube_api::find;
@@ -24,10 +25,10 @@ fn forbidden(name: &str, message: String) -> ApiError {
     )
 }
 
-/// The classes as the watch cache holds them: admission, like upstream's lister, does not
+/// The objects as the watch cache holds them: admission, like upstream's listers, does not
 /// wait for the newest revision.
-async fn priority_classes(state: &State) -> Result<Vec<Value>, ApiError> {
-    let Some(info) = find("scheduling.k8s.io", "v1", "priorityclasses") else {
+async fn cached(state: &State, group: &str, plural: &str) -> Result<Vec<Value>, ApiError> {
+    let Some(info) = find(group, "v1", plural) else {
         return Ok(Vec::new());
     };
     let query = Query {
@@ -37,6 +38,34 @@ async fn priority_classes(state: &State) -> Result<Vec<Value>, ApiError> {
     Ok(rest::list_page(state, info, None, &query, &Filter::everything(), None)
         .await?
         .items)
+}
+
+/// Gives a claim created without `spec.storageClassName` (nor the beta annotation) the
+/// default StorageClass: the newest of those marked default, as upstream.
+pub(crate) async fn admit_claim(state: &State, claim: &mut Value) -> Result<(), ApiError> {
+    let named = claim.pointer("/spec/storageClassName").is_some_and(|v| !v.is_null())
+        || claim
+            .pointer("/metadata/annotations/volume.beta.kubernetes.io~1storage-class")
+            .is_some();
+    if named {
+        return Ok(());
+    }
+    let classes = cached(state, "storage.k8s.io", "storageclasses").await?;
+    let default = classes
+        .iter()
+        .filter(|c| {
+            c.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class")
+                .and_then(Value::as_str)
+                == Some("true")
+        })
+        .max_by_key(|c| {
+            let text = |p: &str| c.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+            (text("/metadata/creationTimestamp"), text("/metadata/name"))
+        });
+    if let (Some(default), Some(spec)) = (default, claim.get_mut("spec").and_then(Value::as_object_mut)) {
+        spec.insert("storageClassName".into(), default["metadata"]["name"].clone());
+    }
+    Ok(())
 }
 
 /// Sets `spec.priority`, `spec.priorityClassName` and `spec.preemptionPolicy` of a pod
@@ -51,7 +80,7 @@ pub(crate) async fn admit_pod(state: &State, pod: &mut Value, name: &str) -> Res
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let classes = priority_classes(state).await?;
+    let classes = cached(state, "scheduling.k8s.io", "priorityclasses").await?;
     let class = if class_name.is_empty() {
         // The global default with the lowest value, as upstream picks among several.
         classes

@@ -601,6 +601,9 @@ pub(crate) async fn create(
     if (info.group, info.kind) == ("", "Pod") {
         admission::admit_pod(state, &mut object, &requested_name).await?;
     }
+    if (info.group, info.kind) == ("", "PersistentVolumeClaim") {
+        admission::admit_claim(state, &mut object).await?;
+    }
     let meta = metadata_mut(&mut object).ok_or_else(|| bad_request("metadata must be an object"))?;
     meta.insert("name".into(), json!(name));
     meta.insert("uid".into(), json!(object::new_uid()));

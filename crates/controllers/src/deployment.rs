@@ -122,25 +122,9 @@ fn max_unavailable(d: &Deployment) -> i32 {
     unavailable.min(wanted(d))
 }
 
-/// A template's hash as its ReplicaSet's name suffix: FNV-1a of the template (with the
-/// collision count), its decimal digits mapped onto upstream's safe alphabet.
+/// A template's hash as its ReplicaSet's name suffix.
 pub fn template_hash(template: &PodTemplateSpec, collisions: Option<i32>) -> String {
-    const SAFE: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut hash: u32 = 0x811c_9dc5;
-    let mut feed = |bytes: &[u8]| {
-        for byte in bytes {
-            hash ^= u32::from(*byte);
-            hash = hash.wrapping_mul(0x0100_0193);
-        }
-    };
-    feed(serde_json::to_string(template).unwrap_or_default().as_bytes());
-    if let Some(n) = collisions {
-        feed(n.to_string().as_bytes());
-    }
-    hash.to_string()
-        .bytes()
-        .map(|b| char::from(SAFE[usize::from(b) % SAFE.len()]))
-        .collect()
+    crate::history::hash_of(template, collisions)
 }
 
 /// The template without the hash label, for comparing a Deployment's with its sets'.

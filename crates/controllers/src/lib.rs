@@ -6,16 +6,23 @@
 
 pub mod cron;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod expectations;
 pub mod garbage_collector;
+pub mod history;
+mod informer;
 pub mod job;
+pub mod local_path;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;
+pub mod resource_quota;
+pub mod statefulset;
+pub mod volume_binder;
 pub mod workqueue;
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -99,16 +106,21 @@ pub struct Config {
 pub async fn run(client: kube::Client, config: Config) {
     // Each controller a task of its own (aborted with the set when this future is dropped).
     let mut controllers = tokio::task::JoinSet::new();
+    controllers.spawn(daemonset::run(client.clone()));
     controllers.spawn(deployment::run(client.clone()));
     controllers.spawn(endpoints::run(client.clone()));
     controllers.spawn(garbage_collector::run(client.clone()));
     controllers.spawn(job::run(client.clone()));
+    controllers.spawn(local_path::run(client.clone()));
     controllers.spawn(cronjob::run(client.clone()));
     controllers.spawn(namespace::run(client.clone()));
     controllers.spawn(node_ipam::run(client.clone(), config.cluster_cidr));
     controllers.spawn(node_lifecycle::run(client.clone()));
     controllers.spawn(replicaset::run::<ReplicaSet>(client.clone()));
-    controllers.spawn(replicaset::run::<ReplicationController>(client));
+    controllers.spawn(replicaset::run::<ReplicationController>(client.clone()));
+    controllers.spawn(resource_quota::run(client.clone()));
+    controllers.spawn(statefulset::run(client.clone()));
+    controllers.spawn(volume_binder::run(client));
     controllers.join_all().await;
 }
 

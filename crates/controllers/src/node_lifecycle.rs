@@ -64,19 +64,7 @@ pub fn eviction_time(pod: &Pod, taints: &[Taint]) -> Option<Timestamp> {
     for taint in taints.iter().filter(|t| t.effect == "NoExecute") {
         let matching: Vec<_> = tolerations
             .iter()
-            .filter(|t| {
-                let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
-                let key = t.key.as_deref().unwrap_or_default();
-                let operator = t.operator.as_deref().unwrap_or("Equal");
-                let key_ok = if key.is_empty() {
-                    operator == "Exists"
-                } else {
-                    key == taint.key
-                };
-                let value_ok = operator == "Exists"
-                    || t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default();
-                effect_ok && key_ok && value_ok
-            })
+            .filter(|t| rkube_api::scheduling::tolerates(t, taint))
             .collect();
         if matching.is_empty() {
             return Some(Timestamp::UNIX_EPOCH);

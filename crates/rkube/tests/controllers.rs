@@ -971,3 +971,651 @@ async fn pods_leave_an_unreachable_node() {
             .any(|e| e.reason.as_deref() == Some("TaintManagerEviction"))
     );
 }
+
+/// The pods' (name, creation time, image, revision label) sorted by name.
+async fn stateful_pods(pods: &Api<Pod>, selector: &str) -> Vec<(String, String, String)> {
+    let mut listed: Vec<(String, String, String)> = owned_pods(pods, selector)
+        .await
+        .into_iter()
+        .map(|p| {
+            let labels = p.metadata.labels.clone().unwrap_or_default();
+            (
+                p.metadata.name.clone().unwrap(),
+                p.spec.unwrap().containers[0].image.clone().unwrap(),
+                labels.get("controller-revision-hash").cloned().unwrap_or_default(),
+            )
+        })
+        .collect();
+    listed.sort();
+    listed
+}
+
+/// shared/examples/seed/18 as users apply it: db-0, db-1, db-2 start one after another, each
+/// with its own claim provisioned by local-path on the pod's node; `kubectl rollout status`
+/// and `history` follow the set; a new template replaces pods from the highest ordinal
+/// down (below a partition, not at all); scaling down removes the highest ordinals and
+/// keeps their claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateful_sets_start_in_order_with_their_own_volumes() {
+    use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let (server, client) = common::cluster_and_client(Control::Full).await;
+    let _nodes = HollowNodes::start(client.clone(), fleet("node", 2, "a")).await.unwrap();
+    let kubectl = server.kubectl();
+    let seed =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seed/18-statefulset.yaml");
+    common::ok(kubectl.run(&["create", "-f", seed.to_str().unwrap()]).unwrap());
+    common::ok(
+        kubectl
+            .run(&["rollout", "status", "statefulset/db", "--timeout=90s"])
+            .unwrap(),
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let running = owned_pods(&pods, "app=db").await;
+    let mut names: Vec<String> = running.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["db-0", "db-1", "db-2"]);
+    // Ordered: each pod was created only after the one before it was Ready.
+    let by_name = |name: &str| {
+        running
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name))
+            .unwrap()
+    };
+    for (before, after) in [("db-0", "db-1"), ("db-1", "db-2")] {
+        let ready_at = by_name(before)
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+            .last_transition_time
+            .clone()
+            .unwrap();
+        let created = by_name(after).metadata.creation_timestamp.clone().unwrap();
+        assert!(created.0 >= ready_at.0, "{after} created before {before} was ready");
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    for pod in &running {
+        let name = pod.metadata.name.clone().unwrap();
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(
+            (spec.hostname.as_deref(), spec.subdomain.as_deref()),
+            (Some(name.as_str()), Some("db"))
+        );
+        let claim = claims.get(&format!("data-{name}")).await.unwrap();
+        let claim_spec = claim.spec.unwrap();
+        assert_eq!(
+            claim_spec.storage_class_name.as_deref(),
+            Some("local-path"),
+            "the default class"
+        );
+        assert_eq!(claim.status.unwrap().phase.as_deref(), Some("Bound"));
+        let volume = volumes.get(claim_spec.volume_name.as_deref().unwrap()).await.unwrap();
+        let volume_spec = volume.spec.unwrap();
+        let path = volume_spec.host_path.unwrap().path;
+        assert!(
+            path.starts_with("/var/lib/rkube/storage/pvc-") && path.ends_with(&format!("_default_data-{name}")),
+            "{path}"
+        );
+        let required = volume_spec.node_affinity.unwrap().required.unwrap();
+        let pinned = &required.node_selector_terms[0].match_expressions.as_ref().unwrap()[0];
+        assert_eq!(
+            pinned.values.as_ref().unwrap()[0],
+            spec.node_name.clone().unwrap(),
+            "the pod's node"
+        );
+    }
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    let status = sets.get("db").await.unwrap().status.unwrap();
+    assert_eq!(
+        (
+            status.replicas,
+            status.ready_replicas,
+            status.current_replicas,
+            status.updated_replicas
+        ),
+        (3, Some(3), Some(3), Some(3))
+    );
+    let first_revision = status.update_revision.clone().unwrap();
+    assert_eq!(status.current_revision.as_deref(), Some(first_revision.as_str()));
+
+    // A partition keeps the lower ordinals on the old template.
+    let partitioned = json!({"spec": {"updateStrategy": {"rollingUpdate": {"partition": 2}},
+        "template": {"spec": {"containers": [{"name": "db", "image": "mysql:5.7"}]}}}});
+    sets.patch("db", &PatchParams::default(), &Patch::Merge(&partitioned))
+        .await
+        .unwrap();
+    let out = common::ok(
+        kubectl
+            .run(&["rollout", "status", "statefulset/db", "--timeout=90s"])
+            .unwrap(),
+    );
+    assert!(
+        out.contains("partitioned roll out complete: 1 new pods have been updated"),
+        "{out}"
+    );
+    let listed = stateful_pods(&pods, "app=db").await;
+    let images: Vec<&str> = listed.iter().map(|(_, image, _)| image.as_str()).collect();
+    assert_eq!(images, ["mysql:5.6", "mysql:5.6", "mysql:5.7"]);
+    let status = sets.get("db").await.unwrap().status.unwrap();
+    let second_revision = status.update_revision.clone().unwrap();
+    assert_ne!(second_revision, first_revision);
+    assert_eq!(listed[2].2, second_revision);
+    assert_eq!(status.current_revision.as_deref(), Some(first_revision.as_str()));
+
+    // Without the partition the rest follow, and the update becomes the current revision.
+    sets.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"updateStrategy": {"rollingUpdate": {"partition": 0}}}})),
+    )
+    .await
+    .unwrap();
+    common::ok(
+        kubectl
+            .run(&["rollout", "status", "statefulset/db", "--timeout=90s"])
+            .unwrap(),
+    );
+    eventually("the update to become current", WITHIN, async || {
+        let status = sets.get("db").await.ok()?.status?;
+        (status.current_revision.as_deref() == Some(second_revision.as_str())).then_some(())
+    })
+    .await;
+    let images: Vec<String> = stateful_pods(&pods, "app=db")
+        .await
+        .into_iter()
+        .map(|(_, i, _)| i)
+        .collect();
+    assert_eq!(images, ["mysql:5.7", "mysql:5.7", "mysql:5.7"]);
+    let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), "default");
+    let mut numbered: Vec<(i64, String)> = revisions
+        .list(&ListParams::default().labels("app=db"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|r| (r.revision, r.metadata.name.unwrap()))
+        .collect();
+    numbered.sort();
+    assert_eq!(numbered, [(1, first_revision.clone()), (2, second_revision.clone())]);
+    let history = common::ok(kubectl.run(&["rollout", "history", "statefulset/db"]).unwrap());
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+
+    // Scaling down removes db-2 then db-1; their claims stay (the default Retain policy).
+    common::ok(kubectl.run(&["scale", "statefulset/db", "--replicas=1"]).unwrap());
+    eventually("one replica left", WITHIN, async || {
+        let left = stateful_pods(&pods, "app=db").await;
+        (left.len() == 1 && left[0].0 == "db-0").then_some(())
+    })
+    .await;
+    for name in ["data-db-0", "data-db-1", "data-db-2"] {
+        claims.get(name).await.unwrap();
+    }
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let messages: Vec<String> = events
+        .list(&ListParams::default().fields("involvedObject.kind=StatefulSet,involvedObject.name=db"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.message)
+        .collect();
+    for expected in [
+        "create Pod db-0 in StatefulSet db successful",
+        "create Claim data-db-0 Pod db-0 in StatefulSet db success",
+        "delete Pod db-2 in StatefulSet db successful",
+    ] {
+        assert!(messages.iter().any(|m| m == expected), "{expected} in {messages:?}");
+    }
+}
+
+/// Parallel sets start every pod at once; OnDelete sets replace only the pods the user
+/// deletes; a failed pod is replaced under the same name; a claim retention policy of
+/// Delete takes the claims with the set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateful_sets_in_parallel_and_on_delete() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let (_server, client) = common::cluster_and_client(Control::Full).await;
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let set: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "cache"},
+        "spec": {"replicas": 3, "serviceName": "cache", "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "OnDelete"},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"},
+            "selector": {"matchLabels": {"app": "cache"}},
+            "template": {"metadata": {"labels": {"app": "cache"}},
+                "spec": {"nodeSelector": {"zone": "b"}, "containers": [{"name": "redis", "image": "redis:7"}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}}}}]}
+    }))
+    .unwrap();
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    let ready = |want: i32| {
+        let sets = sets.clone();
+        async move {
+            eventually(&format!("{want} ready"), Duration::from_secs(60), async || {
+                let status = sets.get("cache").await.ok()?.status?;
+                (status.ready_replicas == Some(want) && status.replicas == want).then_some(status)
+            })
+            .await
+        }
+    };
+    // Parallel: all three are made while none can run (no node in zone b yet).
+    eventually("three pending pods", WITHIN, async || {
+        (stateful_pods(&pods, "app=cache").await.len() == 3).then_some(())
+    })
+    .await;
+    let _nodes = HollowNodes::start(client.clone(), fleet("node", 2, "b")).await.unwrap();
+    ready(3).await;
+    let listed = stateful_pods(&pods, "app=cache").await;
+
+    // OnDelete: a new template changes nothing until a pod is deleted.
+    let update = json!({"spec": {"template": {"spec": {"nodeSelector": {"zone": "b"},
+        "containers": [{"name": "redis", "image": "redis:7.2"}]}}}});
+    sets.patch("cache", &PatchParams::default(), &Patch::Merge(&update))
+        .await
+        .unwrap();
+    eventually("the new revision observed", WITHIN, async || {
+        let set = sets.get("cache").await.ok()?;
+        let status = set.status?;
+        (status.observed_generation == set.metadata.generation && status.update_revision != status.current_revision)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        stateful_pods(&pods, "app=cache").await,
+        listed,
+        "nothing replaced by itself"
+    );
+    pods.delete("cache-1", &DeleteParams::default()).await.unwrap();
+    eventually("cache-1 back with the new template", WITHIN, async || {
+        let now = stateful_pods(&pods, "app=cache").await;
+        let images: Vec<&str> = now.iter().map(|(_, i, _)| i.as_str()).collect();
+        (images == ["redis:7", "redis:7.2", "redis:7"]).then_some(())
+    })
+    .await;
+    ready(3).await;
+
+    // Deleting the set takes its claims (whenDeleted: Delete) through the garbage collector.
+    sets.delete("cache", &DeleteParams::default()).await.unwrap();
+    eventually("the claims gone with the set", Duration::from_secs(60), async || {
+        let left = claims.list(&ListParams::default()).await.ok()?.items;
+        left.is_empty().then_some(())
+    })
+    .await;
+}
+
+/// shared/examples/seed/20 as users apply it: one agent per node, including a cordoned
+/// one (the default daemon tolerations) but not one with a taint it does not tolerate;
+/// a node joining gets its agent; a new template rolls out one node at a time
+/// (`kubectl rollout status`); a node that stops accepting the pods loses its agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_sets_run_one_pod_per_node() {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use k8s_openapi::api::core::v1::Node;
+    let (server, client) = common::cluster_and_client(Control::Full).await;
+    let _open = HollowNodes::start(client.clone(), fleet("open", 2, "a")).await.unwrap();
+    let _tainted = HollowNodes::start(
+        client.clone(),
+        HollowOptions {
+            prefix: "gpu".into(),
+            taints: vec![json!({"key": "dedicated", "value": "gpu", "effect": "NoSchedule"})],
+            ..HollowOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let kubectl = server.kubectl();
+    common::ok(kubectl.run(&["cordon", "open-1"]).unwrap_or_else(|e| panic!("{e}")));
+    let seed =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seed/20-daemonset-probes.yaml");
+    common::ok(kubectl.run(&["create", "-f", seed.to_str().unwrap()]).unwrap());
+    common::ok(
+        kubectl
+            .run(&[
+                "rollout",
+                "status",
+                "-n",
+                "kube-system",
+                "daemonset/node-agent",
+                "--timeout=60s",
+            ])
+            .unwrap(),
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    let placement = || {
+        let pods = pods.clone();
+        async move {
+            let mut placed: Vec<(String, String)> = owned_pods(&pods, "app=node-agent")
+                .await
+                .into_iter()
+                .map(|p| {
+                    let spec = p.spec.unwrap();
+                    (
+                        spec.node_name.unwrap_or_default(),
+                        spec.containers[0].image.clone().unwrap(),
+                    )
+                })
+                .collect();
+            placed.sort();
+            placed
+        }
+    };
+    assert_eq!(
+        placement().await,
+        [
+            ("open-0".to_string(), "busybox".to_string()),
+            ("open-1".into(), "busybox".into())
+        ]
+    );
+    let sets: Api<DaemonSet> = Api::namespaced(client.clone(), "kube-system");
+    let status = sets.get("node-agent").await.unwrap().status.unwrap();
+    assert_eq!(
+        (
+            status.desired_number_scheduled,
+            status.current_number_scheduled,
+            status.number_ready,
+            status.number_available,
+            status.updated_number_scheduled,
+            status.number_misscheduled
+        ),
+        (2, 2, 2, Some(2), Some(2), 0)
+    );
+
+    // A joining node gets its agent.
+    let _late = HollowNodes::start(client.clone(), fleet("late", 1, "a")).await.unwrap();
+    eventually("an agent on the new node", WITHIN, async || {
+        placement().await.iter().any(|(node, _)| node == "late-0").then_some(())
+    })
+    .await;
+
+    // A new template, one node at a time.
+    let update = json!({"spec": {"template": {"spec": {"containers": [{"name": "agent", "image": "busybox:1.36",
+        "command": ["sh", "-c", "httpd -f -p 8080"]}]}}}});
+    sets.patch("node-agent", &PatchParams::default(), &Patch::Merge(&update))
+        .await
+        .unwrap();
+    common::ok(
+        kubectl
+            .run(&[
+                "rollout",
+                "status",
+                "-n",
+                "kube-system",
+                "daemonset/node-agent",
+                "--timeout=60s",
+            ])
+            .unwrap(),
+    );
+    eventually("every agent replaced", WITHIN, async || {
+        let placed = placement().await;
+        (placed.len() == 3 && placed.iter().all(|(_, image)| image == "busybox:1.36")).then_some(())
+    })
+    .await;
+    let history = common::ok(
+        kubectl
+            .run(&["rollout", "history", "-n", "kube-system", "daemonset/node-agent"])
+            .unwrap(),
+    );
+    assert!(history.contains('2'), "{history}");
+
+    // A NoExecute taint it does not tolerate takes the agent off the node.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let taint = json!({"spec": {"taints": [{"key": "maintenance", "value": "now", "effect": "NoExecute"}]}});
+    nodes
+        .patch("open-0", &PatchParams::default(), &Patch::Merge(&taint))
+        .await
+        .unwrap();
+    eventually("no agent on the tainted node", WITHIN, async || {
+        let placed = placement().await;
+        (placed.len() == 2 && placed.iter().all(|(node, _)| node != "open-0")).then_some(())
+    })
+    .await;
+    eventually("the status to follow", WITHIN, async || {
+        let status = sets.get("node-agent").await.ok()?.status?;
+        (status.desired_number_scheduled == 2 && status.number_misscheduled == 0).then_some(())
+    })
+    .await;
+}
+
+/// shared/examples/seed/11 as users apply it (its NFS server a loopback address nothing
+/// contacts: hollow nodes mount nothing): the claim binds to the volume by size, access
+/// mode and the empty class, and the Deployment using it becomes available. Claims
+/// without a class get local-path volumes on their pod's node; deleting such a claim
+/// releases the volume, whose directory a helper pod removes before the volume goes. A
+/// Retain volume stays Released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_bind_provision_and_reclaim() {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let (server, client) = common::cluster_and_client(Control::Full).await;
+    let _nodes = HollowNodes::start(client.clone(), fleet("node", 2, "a")).await.unwrap();
+    let kubectl = server.kubectl();
+    let dir = tempfile::tempdir().unwrap();
+    let seed = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/examples/seed/11-pv-pvc-deployment.yaml"),
+    )
+    .unwrap()
+    .replace("NFS_SERVER", "127.0.0.1")
+    .replace("NFS_PATH", "/exports/web");
+    common::ok(common::apply_file(&kubectl, dir.path(), "seed11.yaml", &seed, "create"));
+    common::ok(
+        kubectl
+            .run(&["rollout", "status", "deployment/nginx-deployment", "--timeout=60s"])
+            .unwrap(),
+    );
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let claim = claims.get("nfs-pvc").await.unwrap();
+    assert_eq!(claim.spec.as_ref().unwrap().volume_name.as_deref(), Some("nfs-pv"));
+    let status = claim.status.unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Bound"));
+    assert_eq!(status.capacity.unwrap()["storage"].0, "4Gi", "the volume's size");
+    let volume = volumes.get("nfs-pv").await.unwrap();
+    assert_eq!(volume.status.unwrap().phase.as_deref(), Some("Bound"));
+    assert_eq!(volume.spec.unwrap().claim_ref.unwrap().uid, claim.metadata.uid);
+    let out = common::ok(kubectl.run(&["get", "pv", "nfs-pv"]).unwrap());
+    assert!(out.contains("Bound") && out.contains("default/nfs-pvc"), "{out}");
+
+    // The static volume had no reclaim policy: Retain, so it stays Released.
+    common::ok(
+        kubectl
+            .run(&["delete", "deployment/nginx-deployment", "pvc/nfs-pvc", "--wait=false"])
+            .unwrap(),
+    );
+    eventually("the static volume released", WITHIN, async || {
+        let volume = volumes.get("nfs-pv").await.ok()?;
+        (volume.status?.phase.as_deref() == Some("Released")).then_some(())
+    })
+    .await;
+
+    // A claim without a class: local-path, provisioned where its pod lands.
+    let manifest = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: scratch}\nspec:\n  \
+                    accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 2Gi}}\n---\n\
+                    apiVersion: v1\nkind: Pod\nmetadata: {name: writer}\nspec:\n  containers: [{name: w, image: busybox, \
+                    volumeMounts: [{name: d, mountPath: /data}]}]\n  volumes: [{name: d, persistentVolumeClaim: {claimName: scratch}}]\n";
+    common::ok(common::apply_file(
+        &kubectl,
+        dir.path(),
+        "scratch.yaml",
+        manifest,
+        "create",
+    ));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let node = eventually("the writer running", WITHIN, async || {
+        let pod = pods.get("writer").await.ok()?;
+        (pod.status.as_ref()?.phase.as_deref() == Some("Running")).then(|| pod.spec.unwrap().node_name.unwrap())
+    })
+    .await;
+    let claim = claims.get("scratch").await.unwrap();
+    let volume_name = claim.spec.unwrap().volume_name.unwrap();
+    assert_eq!(volume_name, format!("pvc-{}", claim.metadata.uid.unwrap()));
+    let volume = volumes.get(&volume_name).await.unwrap();
+    let spec = volume.spec.clone().unwrap();
+    assert_eq!(
+        (
+            spec.storage_class_name.as_deref(),
+            spec.persistent_volume_reclaim_policy.as_deref()
+        ),
+        (Some("local-path"), Some("Delete"))
+    );
+    let path = spec.host_path.unwrap().path;
+    assert_eq!(path, format!("/var/lib/rkube/storage/{volume_name}_default_scratch"));
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let claim_events: Vec<String> = events
+        .list(&ListParams::default().fields("involvedObject.name=scratch"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for reason in ["WaitForFirstConsumer", "ExternalProvisioning", "ProvisioningSucceeded"] {
+        assert!(claim_events.iter().any(|r| r == reason), "{reason} in {claim_events:?}");
+    }
+
+    // Released with the Delete policy: a helper pod on the node removes the directory,
+    // then the volume goes.
+    let helpers: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    common::ok(
+        kubectl
+            .run(&["delete", "pod/writer", "pvc/scratch", "--wait=false"])
+            .unwrap(),
+    );
+    let helper = eventually("the helper pod removing the directory", WITHIN, async || {
+        helpers.get(&format!("helper-pod-delete-{volume_name}")).await.ok()
+    })
+    .await;
+    let helper_spec = helper.spec.unwrap();
+    assert_eq!(helper_spec.node_name.as_deref(), Some(node.as_str()));
+    let command = helper_spec.containers[0].command.clone().unwrap();
+    assert_eq!(command.last().unwrap(), &format!("rm -rf '{path}'"));
+    eventually("the volume deleted", WITHIN, async || {
+        volumes.get_opt(&volume_name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    eventually("the helper pod removed", WITHIN, async || {
+        helpers
+            .get_opt(&format!("helper-pod-delete-{volume_name}"))
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+/// A ResourceQuota reports what its namespace uses of each resource it names, and follows
+/// pods, services and other objects as they come and go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_quotas_count_usage() {
+    use k8s_openapi::api::core::v1::ResourceQuota;
+    let (server, client) = common::cluster_and_client(Control::Full).await;
+    let _nodes = HollowNodes::start(client.clone(), fleet("node", 1, "a")).await.unwrap();
+    let kubectl = server.kubectl();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: team}\nspec:\n  hard:\n    pods: '10'\n    \
+                    requests.cpu: '4'\n    requests.memory: 8Gi\n    limits.memory: 16Gi\n    services: '5'\n    \
+                    services.nodeports: '2'\n    configmaps: '10'\n    count/deployments.apps: '3'\n    \
+                    persistentvolumeclaims: '4'\n    requests.storage: 10Gi\n---\n\
+                    apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: api}\nspec:\n  replicas: 2\n  \
+                    selector: {matchLabels: {app: api}}\n  template:\n    metadata: {labels: {app: api}}\n    spec:\n      \
+                    containers: [{name: api, image: 'nginx:1.27', resources: {requests: {cpu: 250m, memory: 256Mi}, \
+                    limits: {memory: 512Mi}}}]\n---\n\
+                    apiVersion: v1\nkind: Service\nmetadata: {name: api}\nspec:\n  type: NodePort\n  selector: {app: api}\n  \
+                    ports: [{port: 80}]\n---\n\
+                    apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\nspec:\n  \
+                    accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n";
+    common::ok(common::apply_file(
+        &kubectl,
+        dir.path(),
+        "team.yaml",
+        manifest,
+        "create",
+    ));
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), "default");
+    let used = |want: Vec<(&'static str, &'static str)>| {
+        let quotas = quotas.clone();
+        async move {
+            eventually(&format!("usage {want:?}"), WITHIN, async || {
+                let used = quotas.get("team").await.ok()?.status?.used?;
+                want.iter()
+                    .all(|(k, v)| used.get(*k).map(|q| q.0.as_str()) == Some(*v))
+                    .then_some(used)
+            })
+            .await
+        }
+    };
+    let status = used(vec![
+        ("pods", "2"),
+        ("requests.cpu", "500m"),
+        ("requests.memory", "512Mi"),
+        ("limits.memory", "1Gi"),
+        ("services", "2"),
+        ("services.nodeports", "1"),
+        ("count/deployments.apps", "1"),
+        ("persistentvolumeclaims", "1"),
+        ("requests.storage", "1Gi"),
+    ])
+    .await;
+    // The root CA's ConfigMap, as in every namespace, counts like any other.
+    let configmaps: usize = status["configmaps"].0.parse().unwrap();
+    let extra = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: extra}\ndata: {a: b}\n";
+    common::ok(common::apply_file(&kubectl, dir.path(), "extra.yaml", extra, "create"));
+    let more = (configmaps + 1).to_string();
+    eventually("the new configmap counted", Duration::from_secs(60), async || {
+        let used = quotas.get("team").await.ok()?.status?.used?;
+        (used["configmaps"].0 == more).then_some(())
+    })
+    .await;
+    common::ok(kubectl.run(&["scale", "deployment/api", "--replicas=3"]).unwrap());
+    used(vec![
+        ("pods", "3"),
+        ("requests.cpu", "750m"),
+        ("requests.memory", "768Mi"),
+    ])
+    .await;
+    let out = common::ok(kubectl.run(&["describe", "quota", "team"]).unwrap());
+    assert!(out.contains("requests.cpu") && out.contains("750m"), "{out}");
+}
+
+/// shared/examples/seed/05 and 07 as users apply them: the Deployment whose environment
+/// comes from the Secret becomes available with both replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_take_their_environment_from_secrets() {
+    let (server, client) = common::cluster_and_client(Control::Full).await;
+    let _nodes = HollowNodes::start(client.clone(), fleet("node", 2, "a")).await.unwrap();
+    let kubectl = server.kubectl();
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seed");
+    for file in ["05-secret.yaml", "07-deployment-secret-env.yaml"] {
+        common::ok(
+            kubectl
+                .run(&["create", "-f", seeds.join(file).to_str().unwrap()])
+                .unwrap(),
+        );
+    }
+    common::ok(
+        kubectl
+            .run(&["rollout", "status", "deployment/wordpress-deployment", "--timeout=60s"])
+            .unwrap(),
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let running = owned_pods(&pods, "app=wordpress").await;
+    assert_eq!(running.len(), 2);
+    let env = running[0].spec.as_ref().unwrap().containers[0].env.clone().unwrap();
+    let secret_ref = env[1].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+    assert_eq!(
+        (secret_ref.name.as_str(), secret_ref.key.as_str()),
+        ("mysecret", "password")
+    );
+}

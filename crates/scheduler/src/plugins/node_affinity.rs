@@ -1,70 +1,20 @@
 //! NodeAffinity: `nodeSelector` and required node affinity must match the node's labels
 //! (and name, for `matchFields`); preferred terms add their weights to the score.
 
-use k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod};
+use k8s_openapi::api::core::v1::{NodeSelector, Pod};
+use rkube_api::scheduling;
 
 use crate::framework::{FilterResult, NodeInfo, Refusal};
-
-fn requirement_matches(requirement: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = requirement.values.as_deref().unwrap_or_default();
-    let number = |s: &str| s.parse::<i64>().ok();
-    match requirement.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(have), Some(bound)) = (value.and_then(number), values.first().and_then(|v| number(v))) else {
-                return false;
-            };
-            if requirement.operator == "Gt" {
-                have > bound
-            } else {
-                have < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-/// A term matches when all its expressions and fields do; an empty term matches nothing.
-fn term_matches(term: &NodeSelectorTerm, node: &NodeInfo) -> bool {
-    let labels = node.node.metadata.labels.as_ref();
-    let expressions = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if expressions.is_empty() && fields.is_empty() {
-        return false;
-    }
-    expressions
-        .iter()
-        .all(|r| requirement_matches(r, labels.and_then(|l| l.get(&r.key)).map(String::as_str)))
-        && fields.iter().all(|r| {
-            let value = (r.key == "metadata.name").then_some(node.name.as_str());
-            requirement_matches(r, value)
-        })
-}
 
 /// A node selector (required node affinity, a volume's node affinity) matches when any of
 /// its terms does.
 pub fn node_selector_matches(selector: &NodeSelector, node: &NodeInfo) -> bool {
-    selector.node_selector_terms.iter().any(|t| term_matches(t, node))
+    scheduling::node_selector_matches(selector, &node.node)
 }
 
 pub fn filter(pod: &Pod, node: &NodeInfo) -> FilterResult {
     let Some(spec) = pod.spec.as_ref() else { return Ok(()) };
-    let labels = node.node.metadata.labels.as_ref();
-    let selector_ok = spec
-        .node_selector
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
-    let affinity_ok = required.is_none_or(|r| node_selector_matches(r, node));
-    if selector_ok && affinity_ok {
+    if scheduling::node_accepts(spec, &node.node) {
         Ok(())
     } else {
         Err(Refusal::Unresolvable(vec![
@@ -84,7 +34,7 @@ pub fn score(pod: &Pod, node: &NodeInfo) -> i64 {
         .unwrap_or_default();
     let total: i64 = preferred
         .iter()
-        .filter(|p| term_matches(&p.preference, node))
+        .filter(|p| scheduling::term_matches(&p.preference, &node.node))
         .map(|p| i64::from(p.weight))
         .sum();
     total.min(100)

@@ -1,36 +1,13 @@
 //! TaintToleration: NoSchedule and NoExecute taints keep out pods that do not tolerate
 //! them; PreferNoSchedule ones count against a node in scoring.
 
-use k8s_openapi::api::core::v1::{Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Pod, Taint};
+use rkube_api::scheduling;
 
 use crate::framework::{FilterResult, NodeInfo, Refusal};
 
-/// Upstream's `ToleratesTaint`.
-fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    let effect = toleration.effect.as_deref().unwrap_or_default();
-    if !effect.is_empty() && effect != taint.effect {
-        return false;
-    }
-    let key = toleration.key.as_deref().unwrap_or_default();
-    let operator = toleration.operator.as_deref().unwrap_or("Equal");
-    if key.is_empty() {
-        return operator == "Exists";
-    }
-    if key != taint.key {
-        return false;
-    }
-    match operator {
-        "Exists" => true,
-        "Equal" => toleration.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default(),
-        _ => false,
-    }
-}
-
 pub fn tolerated(pod: &Pod, taint: &Taint) -> bool {
-    pod.spec
-        .iter()
-        .flat_map(|s| s.tolerations.iter().flatten())
-        .any(|t| tolerates(t, taint))
+    pod.spec.as_ref().is_some_and(|s| scheduling::tolerated(s, taint))
 }
 
 fn taints(node: &NodeInfo) -> &[Taint] {

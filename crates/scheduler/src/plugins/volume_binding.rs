@@ -12,7 +12,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 
-use crate::framework::{FilterResult, NodeInfo, Objects, Refusal, labels_match, selector_of};
+use crate::framework::{FilterResult, NodeInfo, Objects, Refusal};
 use crate::plugins::node_affinity::node_selector_matches;
 
 const NODE_CONFLICT: &str = "node(s) had volume node affinity conflict";
@@ -20,9 +20,8 @@ const BIND_CONFLICT: &str = "node(s) didn't find available persistent volumes to
 const PV_NOT_EXIST: &str = "node(s) unavailable due to one or more pvc(s) bound to non-existent pv(s)";
 const UNBOUND_IMMEDIATE: &str = "pod has unbound immediate PersistentVolumeClaims";
 const NO_PROVISIONER: &str = "kubernetes.io/no-provisioner";
-pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
-pub const BIND_COMPLETED: &str = "pv.kubernetes.io/bind-completed";
-pub const BOUND_BY_CONTROLLER: &str = "pv.kubernetes.io/bound-by-controller";
+pub use rkube_api::volumes::{BIND_COMPLETED, BOUND_BY_CONTROLLER, SELECTED_NODE};
+use rkube_api::volumes::{claim_class as class_name, storage, volume_serves as serves};
 
 /// What binding the pod's claims takes once its node is chosen.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,30 +60,6 @@ pub fn claim_names(pod: &Pod) -> Vec<(String, bool)> {
         .collect()
 }
 
-fn class_name(claim: &PersistentVolumeClaim) -> &str {
-    claim
-        .spec
-        .as_ref()
-        .and_then(|s| s.storage_class_name.as_deref())
-        .or_else(|| {
-            claim
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get("volume.beta.kubernetes.io/storage-class"))
-                .map(String::as_str)
-        })
-        .unwrap_or_default()
-}
-
-fn storage(
-    list: Option<&std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
-) -> f64 {
-    list.and_then(|l| l.get("storage"))
-        .and_then(|q| rkube_api::quantity::parse(&q.0))
-        .unwrap_or(0.0)
-}
-
 fn reachable(volume: &PersistentVolume, node: &NodeInfo) -> bool {
     volume
         .spec
@@ -104,34 +79,6 @@ fn provisions_here(class: &StorageClass, node: &NodeInfo) -> bool {
                 .flatten()
                 .all(|e| labels.get(&e.key).is_some_and(|v| e.values.contains(v)))
         })
-}
-
-/// Whether `volume` can serve `claim` (upstream's `FindMatchingVolume` criteria, less the
-/// node): pre-bound to it, or available, of its class, mode, access modes, size and labels.
-fn serves(volume: &PersistentVolume, claim: &PersistentVolumeClaim) -> bool {
-    let (Some(spec), Some(wants)) = (volume.spec.as_ref(), claim.spec.as_ref()) else {
-        return false;
-    };
-    if let Some(reference) = &spec.claim_ref {
-        return reference.namespace == claim.metadata.namespace
-            && reference.name == claim.metadata.name
-            && reference
-                .uid
-                .as_deref()
-                .is_none_or(|uid| Some(uid) == claim.metadata.uid.as_deref());
-    }
-    let available = volume.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Available");
-    let modes = spec.access_modes.as_deref().unwrap_or_default();
-    let mode = |m: Option<&str>| m.unwrap_or("Filesystem").to_string();
-    let selector = selector_of(wants.selector.as_ref(), &[]);
-    let selected = wants.selector.is_none() || labels_match(&selector, volume.metadata.labels.as_ref());
-    available
-        && volume.metadata.deletion_timestamp.is_none()
-        && spec.storage_class_name.as_deref().unwrap_or_default() == class_name(claim)
-        && mode(spec.volume_mode.as_deref()) == mode(wants.volume_mode.as_deref())
-        && wants.access_modes.iter().flatten().all(|m| modes.contains(m))
-        && selected
-        && storage(spec.capacity.as_ref()) >= storage(wants.resources.as_ref().and_then(|r| r.requests.as_ref()))
 }
 
 /// The pod's claims sorted into bound ones (with their volumes) and ones to bind.
