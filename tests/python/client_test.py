@@ -88,4 +88,18 @@ check("watch carried the patched data", events[0][2] == {"a": "1", "b": "2"})
 
 deployments = apps.list_namespaced_deployment(NS)
 check("typed list of another group", deployments.items == [])
+
+# The typed patch method sends a dict as a strategic merge patch: containers merge by name.
+apps.create_namespaced_deployment(NS, {
+    "metadata": {"name": "py-web"},
+    "spec": {"selector": {"matchLabels": {"app": "py-web"}},
+             "template": {"metadata": {"labels": {"app": "py-web"}},
+                          "spec": {"containers": [{"name": "a", "image": "nginx:1.26"},
+                                                  {"name": "b", "image": "busybox"}]}}},
+})
+patched = apps.patch_namespaced_deployment(
+    "py-web", NS, {"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "busybox:1.36"}]}}}})
+images = [(c.name, c.image) for c in patched.spec.template.spec.containers]
+check("strategic patch merges containers by name", images == [("a", "nginx:1.26"), ("b", "busybox:1.36")])
+apps.delete_namespaced_deployment("py-web", NS)
 print("python client: all checks passed")

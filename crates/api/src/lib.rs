@@ -10,6 +10,7 @@ pub mod printers;
 pub mod quantity;
 pub mod scheduling;
 pub mod selector;
+pub mod strategic;
 pub mod typed;
 pub mod validation;
 pub mod volumes;

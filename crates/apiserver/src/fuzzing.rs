@@ -59,17 +59,19 @@ pub fn request_body(data: &[u8]) {
     }
 }
 
-/// A patch body (merge or JSON patch, the first byte picks) applied to a deployment.
+/// A patch body (merge, JSON or strategic merge patch: the first byte picks) applied to a
+/// deployment.
 pub fn patch(data: &[u8]) {
     let Some((&format, body)) = data.split_first() else {
         return;
     };
-    let content_type = if format % 2 == 0 {
-        "application/merge-patch+json"
-    } else {
-        "application/json-patch+json"
+    let content_type = match format % 3 {
+        0 => "application/merge-patch+json",
+        1 => "application/json-patch+json",
+        _ => "application/strategic-merge-patch+json",
     };
-    let Ok(patch) = PatchBody::decode(Some(content_type), body) else {
+    let deployment = rkube_api::strategic::type_of("apps", "v1", "Deployment");
+    let Ok(patch) = PatchBody::decode(Some(content_type), body, deployment) else {
         return;
     };
     let mut target = json!({

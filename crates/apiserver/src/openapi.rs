@@ -426,7 +426,10 @@ impl Operations<'_> {
         if has("patch") {
             let mut op = self.operation(id("patch", suffix), "patch", kind, write_parameters(true));
             // Only the patch types the server applies today.
-            let types = ["application/json-patch+json", "application/merge-patch+json"];
+            let mut types = vec!["application/json-patch+json", "application/merge-patch+json"];
+            if rkube_api::strategic::type_of(kind.0, kind.1, kind.2).is_some() {
+                types.push("application/strategic-merge-patch+json");
+            }
             op.insert(
                 "requestBody".into(),
                 json!({"content": object_content(&types), "required": true}),

@@ -203,26 +203,50 @@ async fn read_body_if_any(request: http::Request<hyper::body::Incoming>, method:
     read_body(request).await
 }
 
-/// A merge or JSON patch body (strategic merge and apply patches come with issue 4).
+/// A merge, JSON or strategic merge patch body (apply patches come with issue 4).
 pub(crate) enum PatchBody {
     Merge(Value),
     Json(json_patch::Patch),
+    /// With the type whose merge keys and strategies govern it.
+    Strategic(Value, &'static str),
 }
 
 impl PatchBody {
-    pub(crate) fn decode(content_type: Option<&str>, body: &[u8]) -> Result<Self, ApiError> {
+    /// `strategic_type` is the patched object's type when strategic merge applies to it
+    /// (built-in kinds); other kinds answer a strategic patch with 415, as upstream.
+    pub(crate) fn decode(
+        content_type: Option<&str>,
+        body: &[u8],
+        strategic_type: Option<&'static str>,
+    ) -> Result<Self, ApiError> {
         let decode_error = |e: serde_json::Error| bad_request(format!("error decoding patch: {e}"));
-        match content_type {
-            Some("application/merge-patch+json") => {
+        match (content_type, strategic_type) {
+            (Some("application/merge-patch+json"), _) => {
                 Ok(Self::Merge(serde_json::from_slice(body).map_err(decode_error)?))
             }
-            Some("application/json-patch+json") => Ok(Self::Json(serde_json::from_slice(body).map_err(decode_error)?)),
-            other => Err(ApiError::new(
+            (Some("application/json-patch+json"), _) => {
+                Ok(Self::Json(serde_json::from_slice(body).map_err(decode_error)?))
+            }
+            (Some("application/strategic-merge-patch+json"), Some(ty)) => {
+                let patch: Value = serde_json::from_slice(body).map_err(decode_error)?;
+                if !patch.is_object() {
+                    return Err(bad_request(
+                        "error decoding patch: a strategic merge patch must be a JSON object",
+                    ));
+                }
+                Ok(Self::Strategic(patch, ty))
+            }
+            (other, ty) => Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "UnsupportedMediaType",
                 format!(
-                    "the body of the request was in an unknown format ({}) - accepted media types include: application/json-patch+json, application/merge-patch+json",
-                    other.unwrap_or_default()
+                    "the body of the request was in an unknown format ({}) - accepted media types include: application/json-patch+json, application/merge-patch+json{}",
+                    other.unwrap_or_default(),
+                    if ty.is_some() {
+                        ", application/strategic-merge-patch+json"
+                    } else {
+                        ""
+                    }
                 ),
             )),
         }
@@ -241,8 +265,26 @@ impl PatchBody {
                     format!("the json patch does not apply: {e}"),
                 )
             }),
+            Self::Strategic(patch, ty) => {
+                *target = rkube_api::strategic::apply(target, patch, ty).map_err(|err| match err {
+                    rkube_api::strategic::PatchError::Invalid(message) if message.contains("$retainKeys") => {
+                        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message)
+                    }
+                    other => bad_request(other.to_string()),
+                })?;
+                Ok(())
+            }
         }
     }
+}
+
+/// The type whose patch facts govern strategic merge patches of this resource's objects
+/// (legacy versions share their current version's).
+pub(crate) fn strategic_type(info: &'static ResourceInfo) -> Option<&'static str> {
+    rkube_api::strategic::type_of(info.group, info.version, info.kind).or_else(|| {
+        let storage = rkube_api::storage_of(info);
+        rkube_api::strategic::type_of(storage.group, storage.version, storage.kind)
+    })
 }
 
 /// The `autoscaling/v1` Scale of an object with replicas.
@@ -292,7 +334,8 @@ async fn scale(
             Method::PUT => decode_body(content_type, body)?,
             Method::PATCH => {
                 let mut patched = current_scale.clone();
-                PatchBody::decode(content_type, body)?.apply(&mut patched)?;
+                let scale_type = rkube_api::strategic::type_of("autoscaling", "v1", "Scale");
+                PatchBody::decode(content_type, body, scale_type)?.apply(&mut patched)?;
                 patched
             }
             ref other => return Err(ApiError::method_not_allowed(other)),
@@ -865,7 +908,7 @@ async fn patch(
     write: Write<'_>,
 ) -> Result<Value, ApiError> {
     let dry_run = write.dry_run;
-    let patch = PatchBody::decode(content_type, body)?;
+    let patch = PatchBody::decode(content_type, body, strategic_type(info))?;
     // The patch applies to the object as the request's version shows it.
     let view = info;
     let info = rkube_api::storage_of(view);

@@ -1147,6 +1147,50 @@ async fn stateful_sets_start_in_order_with_their_own_volumes() {
     let history = common::ok(kubectl.run(&["rollout", "history", "statefulset/db"]).unwrap());
     assert!(history.contains('1') && history.contains('2'), "{history}");
 
+    // Undo goes back to the first template (renumbered as revision 3); restart replaces
+    // every pod with the same template.
+    common::ok(kubectl.run(&["rollout", "undo", "statefulset/db"]).unwrap());
+    common::ok(
+        kubectl
+            .run(&["rollout", "status", "statefulset/db", "--timeout=90s"])
+            .unwrap(),
+    );
+    eventually("every pod back on the first template", WITHIN, async || {
+        let listed = stateful_pods(&pods, "app=db").await;
+        (listed.len() == 3
+            && listed
+                .iter()
+                .all(|(_, image, revision)| image == "mysql:5.6" && *revision == first_revision))
+        .then_some(())
+    })
+    .await;
+    let renumbered = revisions.get(&first_revision).await.unwrap();
+    assert_eq!(renumbered.revision, 3);
+    let before: Vec<String> = owned_pods(&pods, "app=db")
+        .await
+        .into_iter()
+        .map(|p| p.metadata.uid.unwrap())
+        .collect();
+    common::ok(kubectl.run(&["rollout", "restart", "statefulset/db"]).unwrap());
+    common::ok(
+        kubectl
+            .run(&["rollout", "status", "statefulset/db", "--timeout=90s"])
+            .unwrap(),
+    );
+    eventually("every pod replaced by the restart", WITHIN, async || {
+        let now = owned_pods(&pods, "app=db").await;
+        let restarted = now.len() == 3
+            && now.iter().all(|p| {
+                !before.contains(p.metadata.uid.as_ref().unwrap())
+                    && p.metadata
+                        .annotations
+                        .as_ref()
+                        .is_some_and(|a| a.contains_key("kubectl.kubernetes.io/restartedAt"))
+            });
+        restarted.then_some(())
+    })
+    .await;
+
     // Scaling down removes db-2 then db-1; their claims stay (the default Retain policy).
     common::ok(kubectl.run(&["scale", "statefulset/db", "--replicas=1"]).unwrap());
     eventually("one replica left", WITHIN, async || {
@@ -1368,6 +1412,30 @@ async fn daemon_sets_run_one_pod_per_node() {
             .unwrap(),
     );
     assert!(history.contains('2'), "{history}");
+
+    // Undo restores the first template.
+    common::ok(
+        kubectl
+            .run(&["rollout", "undo", "-n", "kube-system", "daemonset/node-agent"])
+            .unwrap(),
+    );
+    common::ok(
+        kubectl
+            .run(&[
+                "rollout",
+                "status",
+                "-n",
+                "kube-system",
+                "daemonset/node-agent",
+                "--timeout=60s",
+            ])
+            .unwrap(),
+    );
+    eventually("every agent back on the first template", WITHIN, async || {
+        let placed = placement().await;
+        (placed.len() == 3 && placed.iter().all(|(_, image)| image == "busybox")).then_some(())
+    })
+    .await;
 
     // A NoExecute taint it does not tolerate takes the agent off the node.
     let nodes: Api<Node> = Api::all(client.clone());

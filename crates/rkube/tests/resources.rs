@@ -983,3 +983,116 @@ fn get_prints_every_output_format() {
         );
     }
 }
+
+const APPLIED: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: applied
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: applied}
+  template:
+    metadata:
+      labels: {app: applied}
+    spec:
+      containers:
+      - name: app
+        image: nginx:1.26
+        env:
+        - {name: A, value: '1'}
+        - {name: B, value: '2'}
+      - name: sidecar
+        image: busybox
+";
+
+/// Client-side `kubectl apply` through strategic merge patches, by kubectl 1.33, 1.32 and
+/// 1.27: an unchanged manifest is `unchanged`; a changed image and a removed env var are
+/// `configured` and leave exactly the manifest's lists; `set image`, `patch` (strategic,
+/// with directives), `rollout pause/resume/restart` and `cordon` patch as upstream.
+#[test]
+fn apply_and_strategic_merge_patches() {
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    for binary in ["kubectl", "kubectl.1.32", "kubectl.1.27"] {
+        let k = server.kubectl_binary(binary);
+        let get = || -> Value {
+            serde_json::from_str(&ok(k.run(&["get", "deployment", "applied", "-o", "json"]).unwrap())).unwrap()
+        };
+        assert_eq!(
+            ok(apply_file(&k, dir.path(), "d.yaml", APPLIED, "apply")).trim(),
+            "deployment.apps/applied created"
+        );
+        assert_eq!(
+            ok(apply_file(&k, dir.path(), "d.yaml", APPLIED, "apply")).trim(),
+            "deployment.apps/applied unchanged"
+        );
+        let changed = APPLIED
+            .replace("nginx:1.26", "nginx:1.27")
+            .replace("        - {name: B, value: '2'}\n", "")
+            .replace("replicas: 1", "replicas: 3");
+        assert_eq!(
+            ok(apply_file(&k, dir.path(), "d.yaml", &changed, "apply")).trim(),
+            "deployment.apps/applied configured"
+        );
+        let object = get();
+        let containers = &object["spec"]["template"]["spec"]["containers"];
+        assert_eq!(containers[0]["image"], "nginx:1.27");
+        assert_eq!(containers[0]["env"], serde_json::json!([{"name": "A", "value": "1"}]));
+        assert_eq!(containers[1]["name"], "sidecar", "the other container kept");
+        assert_eq!(object["spec"]["replicas"], 3);
+        assert_eq!(
+            ok(apply_file(&k, dir.path(), "d.yaml", &changed, "apply")).trim(),
+            "deployment.apps/applied unchanged"
+        );
+
+        // Imperative commands built on strategic merge patches.
+        ok(k.run(&["set", "image", "deployment/applied", "sidecar=busybox:1.36"])
+            .unwrap());
+        let object = get();
+        assert_eq!(
+            object["spec"]["template"]["spec"]["containers"][1]["image"],
+            "busybox:1.36"
+        );
+        assert_eq!(
+            object["spec"]["template"]["spec"]["containers"][0]["image"],
+            "nginx:1.27"
+        );
+        ok(k.run(&["rollout", "pause", "deployment/applied"]).unwrap());
+        assert_eq!(get()["spec"]["paused"], true);
+        ok(k.run(&["rollout", "resume", "deployment/applied"]).unwrap());
+        assert!(get()["spec"]["paused"].is_null() || get()["spec"]["paused"] == false);
+        ok(k.run(&["rollout", "restart", "deployment/applied"]).unwrap());
+        let annotations = &get()["spec"]["template"]["metadata"]["annotations"];
+        assert!(
+            annotations["kubectl.kubernetes.io/restartedAt"].is_string(),
+            "{annotations}"
+        );
+        let patch = r#"{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","$patch":"delete"}]}}}}"#;
+        ok(k.run(&["patch", "deployment/applied", "--type=strategic", "-p", patch])
+            .unwrap());
+        let containers = get()["spec"]["template"]["spec"]["containers"].clone();
+        assert_eq!(containers.as_array().unwrap().len(), 1, "{containers}");
+        let err = fails(
+            k.run(&[
+                "patch",
+                "deployment/applied",
+                "--type=strategic",
+                "-p",
+                r#"{"spec":{"template":{"spec":{"containers":[{"image":"x"}]}}}}"#,
+            ])
+            .unwrap(),
+        );
+        assert!(err.contains("does not contain declared merge key: name"), "{err}");
+        ok(k.run(&["delete", "deployment", "applied"]).unwrap());
+    }
+    // cordon and uncordon.
+    let k = server.kubectl();
+    let node = "apiVersion: v1\nkind: Node\nmetadata: {name: patched-node}\n";
+    ok(apply_file(&k, dir.path(), "node.yaml", node, "create"));
+    ok(k.run(&["cordon", "patched-node"]).unwrap());
+    let object: Value =
+        serde_json::from_str(&ok(k.run(&["get", "node", "patched-node", "-o", "json"]).unwrap())).unwrap();
+    assert_eq!(object["spec"]["unschedulable"], true);
+    ok(k.run(&["uncordon", "patched-node"]).unwrap());
+}
