@@ -318,6 +318,76 @@ pub fn resources() -> &'static [ResourceInfo] {
     RESOURCES
 }
 
+/// Review APIs: answered at creation (from the authenticator and the authorizer), never
+/// stored, so they only take `create`.
+const REVIEW_VERBS: &[&str] = &["create"];
+
+macro_rules! review {
+    ($group:literal, $kind:literal, $plural:literal, $singular:literal) => {
+        review!($group, "v1", $kind, $plural, $singular)
+    };
+    ($group:literal, $version:literal, $kind:literal, $plural:literal, $singular:literal) => {
+        ResourceInfo {
+            verbs: REVIEW_VERBS,
+            subresources: &[],
+            ..resource!($group, $version, $kind, $plural, $singular, Cluster,
+                short: NONE, categories: NONE, storage: "", status: false)
+        }
+    };
+}
+
+static REVIEWS: &[ResourceInfo] = &[
+    review!(
+        "authentication.k8s.io",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        "selfsubjectreview"
+    ),
+    review!("authentication.k8s.io", "TokenReview", "tokenreviews", "tokenreview"),
+    review!(
+        "authorization.k8s.io",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview"
+    ),
+    review!(
+        "authorization.k8s.io",
+        "SelfSubjectRulesReview",
+        "selfsubjectrulesreviews",
+        "selfsubjectrulesreview"
+    ),
+    review!(
+        "authorization.k8s.io",
+        "SubjectAccessReview",
+        "subjectaccessreviews",
+        "subjectaccessreview"
+    ),
+    // kubectl 1.27 asks whoami in v1alpha1, 1.28 in v1beta1.
+    review!(
+        "authentication.k8s.io",
+        "v1beta1",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        "selfsubjectreview"
+    ),
+    review!(
+        "authentication.k8s.io",
+        "v1alpha1",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        "selfsubjectreview"
+    ),
+];
+
+/// The review resources (see [`REVIEWS`]); not in [`resources`], which lists stored ones.
+pub fn reviews() -> &'static [ResourceInfo] {
+    REVIEWS
+}
+
+pub fn is_review(info: &ResourceInfo) -> bool {
+    info.verbs == REVIEW_VERBS
+}
+
 /// The version `info`'s objects are stored as: itself, unless it is served by conversion.
 pub fn storage_of(info: &'static ResourceInfo) -> &'static ResourceInfo {
     info.stored_as
@@ -329,6 +399,7 @@ pub fn storage_of(info: &'static ResourceInfo) -> &'static ResourceInfo {
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
     RESOURCES
         .iter()
+        .chain(REVIEWS)
         .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
@@ -336,7 +407,7 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
 /// the order they first appear.
 pub fn group_versions() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
-    for r in RESOURCES {
+    for r in RESOURCES.iter().chain(REVIEWS) {
         if !out.contains(&(r.group, r.version)) {
             out.push((r.group, r.version));
         }

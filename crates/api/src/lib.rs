@@ -7,6 +7,7 @@ pub mod convert;
 pub mod defaults;
 pub mod names;
 pub mod printers;
+pub mod protobuf;
 pub mod quantity;
 pub mod scheduling;
 pub mod selector;
@@ -15,4 +16,4 @@ pub mod typed;
 pub mod validation;
 pub mod volumes;
 
-pub use catalogue::{ResourceInfo, Scope, Subresource, find, group_versions, resources, storage_of};
+pub use catalogue::{ResourceInfo, Scope, Subresource, find, group_versions, resources, reviews, storage_of};

@@ -1,7 +1,7 @@
 //! Discovery documents, aggregated (v2) and legacy, built from the catalogue: exactly what
 //! is served is advertised.
 
-use rkube_api::{ResourceInfo, Scope, group_versions, resources};
+use rkube_api::{ResourceInfo, Scope, group_versions, resources, reviews};
 use serde_json::{Value, json};
 
 pub const AGGREGATED_CONTENT_TYPE: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
@@ -22,6 +22,7 @@ pub fn wants_aggregated(accept: Option<&str>) -> bool {
 fn in_group_version(group: &str, version: &str) -> impl Iterator<Item = &'static ResourceInfo> {
     resources()
         .iter()
+        .chain(reviews())
         .filter(move |r| r.group == group && r.version == version)
 }
 

@@ -20,6 +20,7 @@ mod pods;
 mod query;
 mod response;
 mod rest;
+mod reviews;
 mod routes;
 mod services;
 mod table;

@@ -37,6 +37,7 @@ impl OpenApi {
         for (group, version) in rkube_api::group_versions() {
             let resources = rkube_api::resources()
                 .iter()
+                .chain(rkube_api::reviews())
                 .filter(|r| r.group == group && r.version == version);
             let document = group_version_document(resources);
             let body = serde_json::to_vec(&document).map_err(|e| ApiError::internal(e.to_string()))?;

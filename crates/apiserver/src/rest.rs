@@ -44,6 +44,20 @@ pub(crate) async fn handle(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+    if rkube_api::catalogue::is_review(info) {
+        if method != Method::POST || path.name.is_some() || path.subresource.is_some() {
+            return Err(ApiError::method_not_allowed(&method));
+        }
+        let identity = request
+            .extensions()
+            .get::<rkube_pki::Identity>()
+            .cloned()
+            .ok_or_else(ApiError::unauthorized)?;
+        let body = read_body(request).await?;
+        let object = decode_body(content_type.as_deref(), &body)?;
+        let answered = crate::reviews::answer(state, &identity, info, object)?;
+        return Ok(json_response(StatusCode::CREATED, &answered));
+    }
     match (path.subresource, path.name) {
         (None | Some("status"), _) => {}
         (Some(sub @ ("binding" | "eviction" | "log" | "exec" | "attach" | "portforward")), Some(name))
@@ -153,12 +167,15 @@ pub(crate) fn decode_body(content_type: Option<&str>, body: &[u8]) -> Result<Val
             serde_saphyr::from_str(text)
                 .map_err(|e| bad_request(format!("couldn't get version/kind; yaml parse error: {e}")))?
         }
+        Some("application/vnd.kubernetes.protobuf") => {
+            rkube_api::protobuf::decode(body).map_err(|e| bad_request(e.to_string()))?
+        }
         Some(other) => {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "UnsupportedMediaType",
                 format!(
-                    "the body of the request was in an unknown format ({other}) - accepted media types include: application/json, application/yaml"
+                    "the body of the request was in an unknown format ({other}) - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf"
                 ),
             ));
         }

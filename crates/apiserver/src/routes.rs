@@ -62,6 +62,9 @@ async fn dispatch(
     if let Target::Resource(resource) = parse(path) {
         // The borrow of the path ends here: the handler re-reads what it needs.
         let owned = OwnedTarget::from(&resource);
+        let mut request = request;
+        // Review APIs answer about the requester.
+        request.extensions_mut().insert(identity);
         return rest::handle(state, request, owned.borrow()).await;
     }
     match (request.method(), path) {

@@ -294,7 +294,8 @@ async fn allocate_inner(
     for (index, port) in ports.iter_mut().enumerate() {
         let Some(port) = port.as_object_mut() else { continue };
         let field = format!("spec.ports[{index}].nodePort");
-        let requested = port.get("nodePort").and_then(Value::as_i64);
+        // 0 is Go's zero value: no port asked for (protobuf clients always send it).
+        let requested = port.get("nodePort").and_then(Value::as_i64).filter(|n| *n != 0);
         if !wants {
             if requested.is_some() {
                 return Err(invalid(
@@ -307,6 +308,7 @@ async fn allocate_inner(
                     )],
                 ));
             }
+            port.remove("nodePort");
             continue;
         }
         let requested = requested.or_else(|| {

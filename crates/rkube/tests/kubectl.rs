@@ -126,3 +126,160 @@ fn metrics_count_requests_watches_and_datastore_latency() {
         "{metrics}"
     );
 }
+
+/// `kubectl create <kind>` (protobuf bodies from kubectl 1.32 on), `auth can-i`, `auth
+/// whoami` and the review APIs, by kubectl 1.33, 1.32 and 1.27; TokenReview and
+/// SubjectAccessReview answer about other subjects.
+#[test]
+fn create_subcommands_and_reviews() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, "s3cret-token,alice,u-1,\"dev\"\n").unwrap();
+    let server = server(&["--token-auth-file", tokens.to_str().unwrap()]);
+    for (i, binary) in ["kubectl", "kubectl.1.32", "kubectl.1.27"].into_iter().enumerate() {
+        let k = server.kubectl_binary(binary);
+        let ns = format!("shop{i}");
+        let run = |args: &[&str]| -> String {
+            let out = k.run(args).unwrap();
+            assert!(
+                out.status.success(),
+                "{binary} {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            stdout(&out)
+        };
+        let json = |args: &[&str]| -> serde_json::Value { serde_json::from_str(&run(args)).unwrap() };
+        assert_eq!(
+            run(&["create", "namespace", &ns]).trim(),
+            format!("namespace/{ns} created")
+        );
+        run(&[
+            "create",
+            "deployment",
+            "web",
+            "--image=nginx:1.27",
+            "--replicas=0",
+            "--port=80",
+            "-n",
+            &ns,
+        ]);
+        run(&["create", "configmap", "cfg", "--from-literal=a=b", "-n", &ns]);
+        run(&["create", "secret", "generic", "sec", "--from-literal=p=q", "-n", &ns]);
+        run(&["create", "service", "clusterip", "svc", "--tcp=80:8080", "-n", &ns]);
+        run(&["create", "service", "nodeport", "np", "--tcp=81:8081", "-n", &ns]);
+        run(&["create", "serviceaccount", "robot", "-n", &ns]);
+        run(&[
+            "create",
+            "job",
+            "once",
+            "--image=busybox",
+            "-n",
+            &ns,
+            "--",
+            "echo",
+            "hi",
+        ]);
+        run(&["create", "role", "reader", "--verb=get", "--resource=pods", "-n", &ns]);
+        run(&[
+            "create",
+            "cronjob",
+            "tick",
+            "--image=busybox",
+            "--schedule=*/5 * * * *",
+            "-n",
+            &ns,
+        ]);
+        run(&["create", "quota", "q", "--hard=pods=5", "-n", &ns]);
+        run(&[
+            "create",
+            "poddisruptionbudget",
+            "pdb",
+            "--selector=app=web",
+            "--min-available=1",
+            "-n",
+            &ns,
+        ]);
+
+        let d = json(&["get", "deployment", "web", "-n", &ns, "-o", "json"]);
+        assert_eq!(d["spec"]["replicas"], 0, "an explicit zero survives");
+        assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.27");
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
+            80
+        );
+        assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "web");
+        assert!(
+            d["spec"]["template"]["metadata"]
+                .get("creationTimestamp")
+                .is_none_or(|t| t.is_null())
+        );
+        let cm = json(&["get", "configmap", "cfg", "-n", &ns, "-o", "json"]);
+        assert_eq!(cm["data"]["a"], "b");
+        let secret = json(&["get", "secret", "sec", "-n", &ns, "-o", "json"]);
+        assert_eq!(secret["data"]["p"], "cQ==", "bytes as base64");
+        let svc = json(&["get", "service", "svc", "-n", &ns, "-o", "json"]);
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+        assert!(svc["spec"]["ports"][0].get("nodePort").is_none());
+        let np = json(&["get", "service", "np", "-n", &ns, "-o", "json"]);
+        let node_port = np["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+        assert!((30000..=32767).contains(&node_port), "{node_port}");
+        let job = json(&["get", "job", "once", "-n", &ns, "-o", "json"]);
+        assert_eq!(
+            job["spec"]["template"]["spec"]["containers"][0]["command"],
+            serde_json::json!(["echo", "hi"])
+        );
+        let role = json(&["get", "role", "reader", "-n", &ns, "-o", "json"]);
+        assert_eq!(role["rules"][0]["verbs"], serde_json::json!(["get"]));
+
+        assert_eq!(
+            run(&["auth", "can-i", "create", "deployments", "-n", &ns]).trim(),
+            "yes"
+        );
+        let rules = run(&["auth", "can-i", "--list", "-n", &ns]);
+        assert!(rules.contains("*.*"), "{rules}");
+        let whoami = run(&["auth", "whoami"]);
+        assert!(
+            whoami.contains("system:admin") && whoami.contains("system:masters"),
+            "{whoami}"
+        );
+    }
+
+    // TokenReview and SubjectAccessReview, as a webhook or a controller would send them.
+    let k = server.kubectl();
+    let review = "apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec: {token: s3cret-token}\n";
+    let file = dir.path().join("review.yaml");
+    std::fs::write(&file, review).unwrap();
+    let out: serde_json::Value = serde_json::from_str(&stdout(
+        &k.run(&["create", "-f", file.to_str().unwrap(), "-o", "json"]).unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(out["status"]["authenticated"], true);
+    assert_eq!(out["status"]["user"]["username"], "alice");
+    assert_eq!(
+        out["status"]["user"]["groups"],
+        serde_json::json!(["dev", "system:authenticated"])
+    );
+    std::fs::write(&file, review.replace("s3cret-token", "wrong")).unwrap();
+    let out: serde_json::Value = serde_json::from_str(&stdout(
+        &k.run(&["create", "-f", file.to_str().unwrap(), "-o", "json"]).unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(out["status"]["authenticated"], false);
+    let access = "apiVersion: authorization.k8s.io/v1\nkind: SubjectAccessReview\nspec:\n  user: system:anonymous\n  \
+                  resourceAttributes: {verb: get, resource: pods}\n";
+    std::fs::write(&file, access).unwrap();
+    let out: serde_json::Value = serde_json::from_str(&stdout(
+        &k.run(&["create", "-f", file.to_str().unwrap(), "-o", "json"]).unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(out["status"]["allowed"], false);
+    std::fs::write(&file, access.replace("system:anonymous", "alice")).unwrap();
+    let out: serde_json::Value = serde_json::from_str(&stdout(
+        &k.run(&["create", "-f", file.to_str().unwrap(), "-o", "json"]).unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(out["status"]["allowed"], true);
+    // Reviews are never stored: there is nothing to get.
+    let out = k.run(&["get", "tokenreviews"]).unwrap();
+    assert!(!out.status.success());
+}
