@@ -20,7 +20,43 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("patch", patch),
     ("selectors", selectors),
     ("request_line", request_line),
+    ("protobuf", protobuf),
+    ("strategic_patch", strategic_patch),
 ];
+
+/// A protobuf create body (kubectl 1.32's `k8s\0` envelope), then as a create of its kind.
+pub fn protobuf(data: &[u8]) {
+    let Ok(object) = decode_body(Some("application/vnd.kubernetes.protobuf"), data) else {
+        return;
+    };
+    let info = claimed_kind(&object);
+    let mut warnings = Vec::new();
+    if let Ok(decoded) = decode_typed(info, &object, FieldValidation::Warn, &mut warnings) {
+        drop(validation::validate(info, &decoded));
+    }
+}
+
+/// A strategic merge patch of a Deployment (merge keys, retainKeys, primitive lists).
+pub fn strategic_patch(data: &[u8]) {
+    let Ok(patch) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    let Some(ty) = rkube_api::strategic::type_of("apps", "v1", "Deployment") else {
+        return;
+    };
+    let target = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default", "finalizers": ["x", "y"], "labels": {"app": "web"}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"volumes": [{"name": "v", "hostPath": {"path": "/x"}}],
+                                       "containers": [{"name": "web", "image": "nginx:1.27",
+                                                       "env": [{"name": "A", "value": "1"}, {"name": "B"}]},
+                                                      {"name": "b", "image": "busybox"}]}}}
+    });
+    drop(rkube_api::strategic::apply(&target, &patch, ty));
+}
 
 /// The kind a body claims, as the server looks it up (pods when it names none it serves).
 fn claimed_kind(object: &Value) -> &'static ResourceInfo {

@@ -184,7 +184,10 @@ fn discovery_lists_what_is_served() {
                 "{binary}: {expected} missing from\n{versions}"
             );
         }
-        assert!(!versions.contains("batch/v1beta1"), "only served versions are advertised");
+        assert!(
+            !versions.contains("batch/v1beta1"),
+            "only served versions are advertised"
+        );
         assert!(
             versions.contains("authentication.k8s.io/v1beta1"),
             "served for kubectl 1.28's whoami"
