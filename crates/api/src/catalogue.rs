@@ -148,6 +148,18 @@ macro_rules! resource {
     };
 }
 
+/// A legacy version of a current resource, served by conversion to and from it.
+macro_rules! legacy {
+    ($group:literal, $version:literal, $kind:literal, $plural:literal, $singular:literal, $scope:ident,
+     storage: $storage:literal, status: $status:literal, current: $current:expr $(, $scale:ident)?) => {
+        ResourceInfo {
+            stored_as: Some($current),
+            ..resource!($group, $version, $kind, $plural, $singular, $scope,
+                short: NONE, categories: NONE, storage: $storage, status: $status $(, $scale)?)
+        }
+    };
+}
+
 static RESOURCES: &[ResourceInfo] = &[
     // core/v1
     ResourceInfo {
@@ -312,6 +324,42 @@ static RESOURCES: &[ResourceInfo] = &[
         ..resource!("events.k8s.io", "v1", "Event", "events", "event", Namespaced,
             short: &["ev"], categories: NONE, storage: "events", status: false)
     },
+    // Legacy versions upstream removed, for old manifests; listed last so that discovery
+    // puts them after the current versions (kubectl keeps preferring those).
+    legacy!("extensions", "v1beta1", "Deployment", "deployments", "deployment", Namespaced,
+        storage: "deployments", status: true, current: ("apps", "v1"), scale),
+    legacy!("extensions", "v1beta1", "DaemonSet", "daemonsets", "daemonset", Namespaced,
+        storage: "daemonsets", status: true, current: ("apps", "v1")),
+    legacy!("extensions", "v1beta1", "ReplicaSet", "replicasets", "replicaset", Namespaced,
+        storage: "replicasets", status: true, current: ("apps", "v1"), scale),
+    legacy!("extensions", "v1beta1", "Ingress", "ingresses", "ingress", Namespaced,
+        storage: "ingress", status: true, current: ("networking.k8s.io", "v1")),
+    legacy!("apps", "v1beta2", "Deployment", "deployments", "deployment", Namespaced,
+        storage: "deployments", status: true, current: ("apps", "v1"), scale),
+    legacy!("apps", "v1beta2", "StatefulSet", "statefulsets", "statefulset", Namespaced,
+        storage: "statefulsets", status: true, current: ("apps", "v1"), scale),
+    legacy!("apps", "v1beta2", "DaemonSet", "daemonsets", "daemonset", Namespaced,
+        storage: "daemonsets", status: true, current: ("apps", "v1")),
+    legacy!("apps", "v1beta2", "ReplicaSet", "replicasets", "replicaset", Namespaced,
+        storage: "replicasets", status: true, current: ("apps", "v1"), scale),
+    legacy!("apps", "v1beta1", "Deployment", "deployments", "deployment", Namespaced,
+        storage: "deployments", status: true, current: ("apps", "v1"), scale),
+    legacy!("apps", "v1beta1", "StatefulSet", "statefulsets", "statefulset", Namespaced,
+        storage: "statefulsets", status: true, current: ("apps", "v1"), scale),
+    legacy!("batch", "v1beta1", "CronJob", "cronjobs", "cronjob", Namespaced,
+        storage: "cronjobs", status: true, current: ("batch", "v1")),
+    legacy!("networking.k8s.io", "v1beta1", "Ingress", "ingresses", "ingress", Namespaced,
+        storage: "ingress", status: true, current: ("networking.k8s.io", "v1")),
+    legacy!("rbac.authorization.k8s.io", "v1beta1", "Role", "roles", "role", Namespaced,
+        storage: "roles", status: false, current: ("rbac.authorization.k8s.io", "v1")),
+    legacy!("rbac.authorization.k8s.io", "v1beta1", "RoleBinding", "rolebindings", "rolebinding", Namespaced,
+        storage: "rolebindings", status: false, current: ("rbac.authorization.k8s.io", "v1")),
+    legacy!("rbac.authorization.k8s.io", "v1beta1", "ClusterRole", "clusterroles", "clusterrole", Cluster,
+        storage: "clusterroles", status: false, current: ("rbac.authorization.k8s.io", "v1")),
+    legacy!("rbac.authorization.k8s.io", "v1beta1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", Cluster,
+        storage: "clusterrolebindings", status: false, current: ("rbac.authorization.k8s.io", "v1")),
+    legacy!("policy", "v1beta1", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", Namespaced,
+        storage: "poddisruptionbudgets", status: true, current: ("policy", "v1")),
 ];
 
 pub fn resources() -> &'static [ResourceInfo] {
@@ -460,7 +508,16 @@ mod tests {
             "/registry/namespaces/kube-system"
         );
         assert!(!ns.verbs.contains(&"deletecollection"));
-        assert!(find("apps", "v1beta1", "deployments").is_none());
+        assert!(find("apps", "v1alpha1", "deployments").is_none());
+        // Legacy versions are stored as the current one and come after it.
+        let legacy = find("apps", "v1beta1", "deployments").unwrap();
+        assert_eq!(storage_of(legacy).version, "v1");
+        let apps: Vec<&str> = group_versions()
+            .into_iter()
+            .filter(|(g, _)| *g == "apps")
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(apps, ["v1", "v1beta2", "v1beta1"]);
         assert_eq!(group_versions()[0], ("", "v1"));
         assert!(group_versions().contains(&("rbac.authorization.k8s.io", "v1")));
     }

@@ -212,7 +212,11 @@ mod tests {
 
     #[test]
     fn every_catalogued_resource_is_typed() {
-        for r in crate::resources() {
+        // Legacy versions are checked as the version they are stored as.
+        for r in crate::resources()
+            .iter()
+            .filter(|r| crate::convert::deprecation(r).is_none())
+        {
             assert!(is_typed(r), "{} has no type", r.kind);
         }
     }

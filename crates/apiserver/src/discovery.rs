@@ -248,7 +248,11 @@ mod tests {
             .map(|r| r["name"].as_str().unwrap())
             .collect();
         assert!(names.contains(&"pods") && names.contains(&"pods/status"));
-        assert!(api_resource_list("apps", "v1beta1").is_none());
+        assert!(api_resource_list("apps", "v1alpha1").is_none());
+        assert!(
+            api_resource_list("apps", "v1beta1").is_some(),
+            "legacy, for old manifests"
+        );
         assert_eq!(
             api_group("apps").unwrap()["preferredVersion"]["groupVersion"],
             "apps/v1"

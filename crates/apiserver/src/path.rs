@@ -104,7 +104,7 @@ mod tests {
         );
         assert_eq!(resource("/api/v1/nodes/n1"), ("nodes".into(), None, Some("n1"), None));
         assert_eq!(parse("/api/v1/bogus"), Target::Unknown);
-        assert_eq!(parse("/apis/apps/v1beta1/deployments"), Target::Unknown);
+        assert_eq!(parse("/apis/apps/v1alpha1/deployments"), Target::Unknown);
         assert_eq!(parse("/api/v1/namespaces/a/pods/b/c/d"), Target::Unknown);
         assert_eq!(parse("/metrics/x"), Target::Unknown);
     }

@@ -32,6 +32,19 @@ pub(crate) async fn handle(
     request: http::Request<hyper::body::Incoming>,
     path: ResourcePath<'_>,
 ) -> Result<Response<Body>, ApiError> {
+    let deprecation = convert::deprecation(path.info);
+    let response = handle_resource(state, request, path).await?;
+    Ok(match deprecation {
+        Some(warning) => with_warnings(response, &[warning]),
+        None => response,
+    })
+}
+
+async fn handle_resource(
+    state: &State,
+    request: http::Request<hyper::body::Incoming>,
+    path: ResourcePath<'_>,
+) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query())?;
     let info = path.info;
     if info.namespaced() != path.namespace.is_some() && path.name.is_some() {
@@ -476,6 +489,10 @@ fn body_to_storage(info: &ResourceInfo, object: Value, write: &mut Write<'_>) ->
     }
     let mut object = object;
     check_kind(info, &mut object)?;
+    if !rkube_api::typed::is_typed(info) {
+        // A legacy version: converted first, then checked as the version it is stored as.
+        return Ok(convert::to_storage(info, object));
+    }
     let decoded = decode_typed(info, &object, write.validation, write.warnings)?;
     Ok(convert::to_storage(info, decoded))
 }

@@ -1658,9 +1658,10 @@ async fn resource_quotas_count_usage() {
 }
 
 /// shared/examples/seed/05 and 07 as users apply them: the Deployment whose environment
-/// comes from the Secret becomes available with both replicas.
+/// comes from the Secret becomes available with both replicas; and 03 with 04, the legacy
+/// extensions/v1beta1 Deployment, reaches its three replicas.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deployments_take_their_environment_from_secrets() {
+async fn seed_deployments_reach_their_state() {
     let (server, client) = common::cluster_and_client(Control::Full).await;
     let _nodes = HollowNodes::start(client.clone(), fleet("node", 2, "a")).await.unwrap();
     let kubectl = server.kubectl();

@@ -105,3 +105,103 @@ fn one_object_through_two_versions() {
     let resources = ok(k.run(&["api-resources", "--api-group", "events.k8s.io"]).unwrap());
     assert!(resources.contains("events.k8s.io/v1"), "{resources}");
 }
+
+/// The legacy manifests users still paste (shared/examples/seed/04 and 14), by kubectl
+/// 1.33, 1.32 and 1.27: accepted through their removed versions with the old defaults
+/// (the selector from the template's labels), stored as the current version, readable
+/// through both, every answer carrying upstream's deprecation warning; discovery lists them
+/// after the current versions, so kubectl keeps using those.
+#[test]
+fn legacy_versions_serve_old_manifests() {
+    let server = common::server(&[]);
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seed");
+    let seed = |name: &str| seeds.join(name).to_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    for (i, binary) in ["kubectl", "kubectl.1.32", "kubectl.1.27"].into_iter().enumerate() {
+        let k = server.kubectl_binary(binary);
+        if i == 0 {
+            ok(k.run(&["create", "-f", &seed("03-namespace.yaml")]).unwrap());
+        }
+        let out = k.run(&["apply", "-f", &seed("04-deployment-legacy.yaml")]).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let stdout = ok(out);
+        let verb = if i == 0 { "created" } else { "unchanged" };
+        assert_eq!(
+            stdout.trim(),
+            format!("deployment.extensions/nginx-test {verb}"),
+            "{binary}"
+        );
+        assert!(
+            stderr.contains(
+                "Warning: extensions/v1beta1 Deployment is deprecated in v1.8+, unavailable in v1.16+; use apps/v1 Deployment"
+            ),
+            "{binary}: {stderr}"
+        );
+        // Stored and read as apps/v1, with the selector v1beta1 defaulted.
+        let current: Value = serde_json::from_str(&ok(k
+            .run(&["get", "deployment", "nginx-test", "-n", "test", "-o", "json"])
+            .unwrap()))
+        .unwrap();
+        assert_eq!(current["apiVersion"], "apps/v1");
+        assert_eq!(current["spec"]["selector"]["matchLabels"]["app"], "nginx");
+        assert_eq!(current["spec"]["replicas"], 3);
+        let legacy: Value = serde_json::from_str(&ok(k
+            .run(&[
+                "get",
+                "deployments.v1beta1.extensions",
+                "nginx-test",
+                "-n",
+                "test",
+                "-o",
+                "json",
+            ])
+            .unwrap()))
+        .unwrap();
+        assert_eq!(legacy["apiVersion"], "extensions/v1beta1");
+        assert_eq!(legacy["metadata"]["uid"], current["metadata"]["uid"]);
+
+        let out = k.run(&["apply", "-f", &seed("14-rbac-legacy.yaml")]).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let stdout = ok(out);
+        assert!(
+            stdout.contains("clusterrolebinding.rbac.authorization.k8s.io/kubernetes-dashboard"),
+            "{binary}: {stdout}"
+        );
+        assert!(
+            stderr.contains("rbac.authorization.k8s.io/v1beta1 ClusterRoleBinding is deprecated in v1.17+, unavailable in v1.22+; use rbac.authorization.k8s.io/v1 ClusterRoleBinding"),
+            "{binary}: {stderr}"
+        );
+        let binding: Value = serde_json::from_str(&ok(k
+            .run(&["get", "clusterrolebinding", "kubernetes-dashboard", "-o", "json"])
+            .unwrap()))
+        .unwrap();
+        assert_eq!(binding["apiVersion"], "rbac.authorization.k8s.io/v1");
+        assert_eq!(binding["roleRef"]["name"], "cluster-admin");
+
+        // Current versions stay preferred: no warning on plain commands.
+        let out = k.run(&["get", "deployments", "-n", "test"]).unwrap();
+        assert!(String::from_utf8_lossy(&out.stderr).is_empty(), "{binary}: {out:?}");
+    }
+    // An old Ingress converts its backends.
+    let ingress = "apiVersion: networking.k8s.io/v1beta1\nkind: Ingress\nmetadata: {name: old}\nspec:\n  \
+                   backend: {serviceName: web, servicePort: 80}\n  rules:\n  - host: shop.example\n    http:\n      \
+                   paths:\n      - path: /api\n        backend: {serviceName: api, servicePort: http}\n";
+    let k = server.kubectl();
+    ok(apply_file(&k, dir.path(), "ingress.yaml", ingress, "create"));
+    let stored: Value = serde_json::from_str(&ok(k.run(&["get", "ingress", "old", "-o", "json"]).unwrap())).unwrap();
+    assert_eq!(stored["spec"]["defaultBackend"]["service"]["port"]["number"], 80);
+    let path = &stored["spec"]["rules"][0]["http"]["paths"][0];
+    assert_eq!(path["backend"]["service"]["port"]["name"], "http");
+    assert_eq!(path["pathType"], "ImplementationSpecific");
+    let url = format!(
+        "{}/apis/networking.k8s.io/v1beta1/namespaces/default/ingresses/old",
+        server.url
+    );
+    let (code, body) = curl(&server, &[&url]);
+    assert_eq!(code, "200");
+    let old: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        old["spec"]["backend"],
+        serde_json::json!({"serviceName": "web", "servicePort": 80})
+    );
+}

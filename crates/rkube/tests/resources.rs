@@ -185,8 +185,12 @@ fn discovery_lists_what_is_served() {
             );
         }
         assert!(
-            !versions.contains("batch/v1beta1"),
+            !versions.contains("batch/v2alpha1"),
             "only served versions are advertised"
+        );
+        assert!(
+            versions.contains("extensions/v1beta1"),
+            "legacy versions for old manifests"
         );
         assert!(
             versions.contains("authentication.k8s.io/v1beta1"),
@@ -516,11 +520,8 @@ fn seed_manifests_are_accepted_and_defaulted() {
         .collect();
     files.sort();
     assert!(files.len() >= 20, "seed manifests missing from {}", seed.display());
+    // Every one of them, the legacy 04 and 14 included.
     for file in files {
-        let name = file.file_name().unwrap().to_string_lossy().into_owned();
-        if name.starts_with("04-") || name.starts_with("14-") {
-            continue;
-        }
         ok(k.run(&["create", "-f", file.to_str().unwrap()]).unwrap());
     }
     let get = |args: &[&str]| ok(k.run(args).unwrap());
