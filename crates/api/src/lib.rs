@@ -10,6 +10,7 @@ pub mod printers;
 pub mod protobuf;
 pub mod quantity;
 pub mod scheduling;
+pub mod schemas;
 pub mod selector;
 pub mod strategic;
 pub mod typed;

@@ -3,9 +3,11 @@
 //!
 //! kubectl reads them to decide that the server validates fields itself: it looks for the
 //! PATCH operation of the kind (`x-kubernetes-group-version-kind`) and its `fieldValidation`
-//! query parameter. Object schemas are not published yet, and a PATCH operation offers
-//! only the patch types the server accepts; kubectl then computes patches from its built-in
-//! types rather than warning about an incomplete schema on every apply.
+//! query parameter. Each document carries upstream's complete component schemas of its
+//! kinds (with every type they use, and the patch merge keys and strategies), which
+//! `kubectl explain` prints and client-side apply computes patches with; a PATCH operation
+//! offers only the patch types the server accepts. Legacy versions (removed upstream) have
+//! no schemas of their own.
 //!
 //! Documents are built once from the catalogue; each is served at a URL carrying the hash
 //! of its content, immutable there, with an ETag.
@@ -481,7 +483,9 @@ impl Operations<'_> {
 
 fn group_version_document<'a>(resources: impl Iterator<Item = &'a ResourceInfo>) -> Value {
     let mut paths = Map::new();
+    let mut kinds: Vec<&'static str> = Vec::new();
     for info in resources {
+        kinds.extend(rkube_api::schemas::names_of(info.group, info.version, info.kind));
         let gv_id = group_version_id(info.group, info.version);
         let tag = if info.group.is_empty() {
             format!("core_{}", info.version)
@@ -498,7 +502,7 @@ fn group_version_document<'a>(resources: impl Iterator<Item = &'a ResourceInfo>)
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.33.0"},
         "paths": paths,
-        "components": {},
+        "components": {"schemas": rkube_api::schemas::closure(kinds)},
     })
 }
 

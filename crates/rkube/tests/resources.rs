@@ -1027,10 +1027,13 @@ fn apply_and_strategic_merge_patches() {
         let get = || -> Value {
             serde_json::from_str(&ok(k.run(&["get", "deployment", "applied", "-o", "json"]).unwrap())).unwrap()
         };
-        assert_eq!(
-            ok(apply_file(&k, dir.path(), "d.yaml", APPLIED, "apply")).trim(),
-            "deployment.apps/applied created"
+        let applied = apply_file(&k, dir.path(), "d.yaml", APPLIED, "apply");
+        assert!(
+            applied.stderr.is_empty(),
+            "{binary}: {}",
+            String::from_utf8_lossy(&applied.stderr)
         );
+        assert_eq!(ok(applied).trim(), "deployment.apps/applied created");
         assert_eq!(
             ok(apply_file(&k, dir.path(), "d.yaml", APPLIED, "apply")).trim(),
             "deployment.apps/applied unchanged"
@@ -1093,6 +1096,13 @@ fn apply_and_strategic_merge_patches() {
         );
         assert!(err.contains("does not contain declared merge key: name"), "{err}");
         ok(k.run(&["delete", "deployment", "applied"]).unwrap());
+
+        // The published schemas: explain reads them.
+        let explained = ok(k.run(&["explain", "deployment.spec.strategy"]).unwrap());
+        assert!(
+            explained.contains("rollingUpdate") && explained.contains("RollingUpdateDeployment"),
+            "{binary}: {explained}"
+        );
     }
     // cordon and uncordon.
     let k = server.kubectl();
