@@ -5,6 +5,7 @@
 pub mod catalogue;
 pub mod convert;
 pub mod defaults;
+pub mod managed;
 pub mod names;
 pub mod printers;
 pub mod protobuf;

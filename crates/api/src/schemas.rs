@@ -17,6 +17,11 @@ static SCHEMAS: LazyLock<Map<String, Value>> = LazyLock::new(|| {
 
 const REF_PREFIX: &str = "#/components/schemas/";
 
+/// Every schema, by name.
+pub fn all() -> &'static Map<String, Value> {
+    &SCHEMAS
+}
+
 fn references(value: &Value, out: &mut Vec<String>) {
     match value {
         Value::Object(map) => {

@@ -21,6 +21,10 @@ pub struct Query {
     pub include_object: Option<String>,
     pub allow_watch_bookmarks: bool,
     pub field_validation: FieldValidation,
+    /// Who writes (`fieldManager`), for managed fields and server-side apply.
+    pub field_manager: Option<String>,
+    /// Server-side apply takes fields other managers own (`force`).
+    pub force: bool,
 }
 
 /// What to do with unknown fields in a write (`fieldValidation`); upstream's default is Warn.
@@ -70,6 +74,8 @@ impl Query {
                 "gracePeriodSeconds" => q.grace_period_seconds = Some(number("gracePeriodSeconds")?),
                 "includeObject" => q.include_object = Some(value.into_owned()),
                 "allowWatchBookmarks" => q.allow_watch_bookmarks = truthy(&value),
+                "fieldManager" if !value.is_empty() => q.field_manager = Some(value.into_owned()),
+                "force" => q.force = truthy(&value),
                 "fieldValidation" => {
                     q.field_validation = match value.as_ref() {
                         "Ignore" => FieldValidation::Ignore,

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use http::{Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
+use rkube_api::managed;
 use rkube_api::names::{name_rule, validate_name};
 use rkube_api::{ResourceInfo, convert, defaults, find, typed, validation};
 use rkube_store::{ContinueToken, RangeRequest, StoreError};
@@ -45,7 +46,18 @@ async fn handle_resource(
     request: http::Request<hyper::body::Incoming>,
     path: ResourcePath<'_>,
 ) -> Result<Response<Body>, ApiError> {
-    let query = Query::parse(request.uri().query())?;
+    let mut query = Query::parse(request.uri().query())?;
+    let explicit_manager = query.field_manager.is_some();
+    if query.field_manager.is_none() {
+        // Upstream names writers without a fieldManager after their user agent.
+        let agent = request
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unknown");
+        let prefix: String = agent.split('/').next().unwrap_or(agent).chars().take(128).collect();
+        query.field_manager = Some(prefix);
+    }
     let info = path.info;
     if info.namespaced() != path.namespace.is_some() && path.name.is_some() {
         return Err(ApiError::not_found_path(request.uri().path()));
@@ -137,6 +149,21 @@ async fn handle_resource(
                 respond(StatusCode::OK, info, object, &query, false),
                 &warnings,
             ))
+        }
+        (&Method::PATCH, Some(name)) if content_type.as_deref() == Some(APPLY_PATCH) => {
+            if !explicit_manager {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                ));
+            }
+            let body = read_body(request).await?;
+            let mut warnings = Vec::new();
+            let write = Write::new(&query, &mut warnings);
+            let (code, object) =
+                server_side_apply(state, (info, ns, name), &body, status_only, query.force, write).await?;
+            Ok(with_warnings(respond(code, info, object, &query, false), &warnings))
         }
         (&Method::PATCH, Some(name)) => {
             let body = read_body(request).await?;
@@ -401,6 +428,7 @@ async fn scale(
         let mode = WriteMode {
             status_only: false,
             dry_run: query.dry_run,
+            manager: query.field_manager.clone(),
         };
         match write_update(state, (info, ns, name), &current, new, expected, mode).await {
             Ok(updated) => return Ok(json_response(StatusCode::OK, &scale_of(&updated))),
@@ -428,6 +456,10 @@ pub(crate) struct Write<'a> {
     pub dry_run: bool,
     pub validation: FieldValidation,
     pub warnings: &'a mut Vec<String>,
+    /// The field manager the write is recorded for (`None`: the server's own writes).
+    pub manager: Option<String>,
+    /// A server-side apply creating the object: its managedFields are already made.
+    pub applied: bool,
 }
 
 impl<'a> Write<'a> {
@@ -437,6 +469,8 @@ impl<'a> Write<'a> {
             dry_run: false,
             validation: FieldValidation::Strict,
             warnings,
+            manager: None,
+            applied: false,
         }
     }
 
@@ -444,6 +478,8 @@ impl<'a> Write<'a> {
         Self {
             dry_run: query.dry_run,
             validation: query.field_validation,
+            manager: query.field_manager.clone(),
+            applied: false,
             warnings,
         }
     }
@@ -702,6 +738,17 @@ pub(crate) async fn create(
     if (info.group, info.kind) == ("batch", "Job") {
         defaults::job_selector(&mut object);
     }
+    if let Some(manager) = write.manager.as_deref() {
+        if let Some(meta) = metadata_mut(&mut object) {
+            // A create starts the record afresh (an applied one brings its own).
+            if !write.applied {
+                meta.remove("managedFields");
+            }
+        }
+        if !write.applied {
+            record(info, None, &mut object, manager, false);
+        }
+    }
     if dry_run {
         return Ok((StatusCode::CREATED, object));
     }
@@ -736,10 +783,39 @@ fn split_spec(object: &Value) -> Value {
 
 /// How a write goes: through the status subresource or the main resource, for real or
 /// as a dry run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct WriteMode {
     status_only: bool,
     dry_run: bool,
+    /// Who the change is recorded for in managedFields (`None`: nobody, it is the server's).
+    manager: Option<String>,
+}
+
+/// The published schema that types an object of `info`'s kind for field management.
+fn managed_schema(info: &ResourceInfo) -> managed::Schema<'static> {
+    let all = rkube_api::schemas::all();
+    match rkube_api::strategic::type_of(info.group, info.version, info.kind) {
+        Some(name) => managed::Schema::named(all, name),
+        None => managed::untyped(all),
+    }
+}
+
+/// Records a write in the object's managedFields.
+fn record(info: &ResourceInfo, old: Option<&Value>, new: &mut Value, manager: &str, status_only: bool) {
+    let time = object::now_rfc3339();
+    let api_version = info.api_version();
+    let writer = managed::Writer {
+        manager,
+        api_version: &api_version,
+        time: &time,
+        scope: if status_only {
+            managed::Scope::Status
+        } else {
+            managed::Scope::Main
+        },
+        has_status: info.has_status(),
+    };
+    managed::record_update(old, new, &writer, managed_schema(info));
 }
 
 /// Writes `new` over `current` (which was read at `expected`): carries over what clients
@@ -753,7 +829,11 @@ async fn write_update(
     expected: i64,
     mode: WriteMode,
 ) -> Result<Value, ApiError> {
-    let WriteMode { status_only, dry_run } = mode;
+    let WriteMode {
+        status_only,
+        dry_run,
+        manager,
+    } = mode;
     if status_only {
         let status = new.get("status").cloned();
         let labels = metadata(&new).and_then(|m| m.get("labels")).cloned();
@@ -824,6 +904,9 @@ async fn write_update(
     }
     if new == *current {
         return Ok(new);
+    }
+    if let Some(manager) = manager.as_deref() {
+        record(info, Some(current), &mut new, manager, status_only);
     }
     let mut problems = validation::validate(info, &new);
     problems.extend(validation::validate_update(info, current, &new));
@@ -929,7 +1012,11 @@ async fn update(
     if expected != revision {
         return Err(conflict(info, name));
     }
-    let mode = WriteMode { status_only, dry_run };
+    let mode = WriteMode {
+        status_only,
+        dry_run,
+        manager: write.manager.clone(),
+    };
     write_update(state, (info, ns, name), &current, object, expected, mode).await
 }
 
@@ -965,12 +1052,152 @@ async fn patch(
         if pinned && expected != revision {
             return Err(conflict(info, name));
         }
-        let mode = WriteMode { status_only, dry_run };
+        let mode = WriteMode {
+            status_only,
+            dry_run,
+            manager: write.manager.clone(),
+        };
         match write_update(state, (info, ns, name), &current, patched, expected, mode).await {
             Err(err) if err.reason == "Conflict" && !pinned && attempt < PATCH_ATTEMPTS => continue,
             result => {
                 write.warnings.extend(warnings);
                 return result;
+            }
+        }
+    }
+}
+
+const APPLY_PATCH: &str = "application/apply-patch+yaml";
+
+/// 409 for fields other managers own, worded as upstream's.
+fn apply_conflicts(conflicts: &[managed::Conflict]) -> ApiError {
+    let mut groups: Vec<(String, String, Vec<String>)> = Vec::new();
+    for c in conflicts {
+        match groups
+            .iter_mut()
+            .find(|(m, v, _)| *m == c.manager && *v == c.api_version)
+        {
+            Some(group) => group.2.push(c.field.clone()),
+            None => groups.push((c.manager.clone(), c.api_version.clone(), vec![c.field.clone()])),
+        }
+    }
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|(manager, version, fields)| match fields.as_slice() {
+            [one] => format!("conflict with \"{manager}\" using {version}: {one}"),
+            many => format!(
+                "conflicts with \"{manager}\" using {version}:\n{}",
+                many.iter().map(|f| format!("- {f}")).collect::<Vec<_>>().join("\n")
+            ),
+        })
+        .collect();
+    let count = conflicts.len();
+    let message = format!(
+        "Apply failed with {count} conflict{}: {}",
+        if count == 1 { "" } else { "s" },
+        parts.join("\n")
+    );
+    let causes = conflicts
+        .iter()
+        .map(|c| k8s_openapi::apimachinery::pkg::apis::meta::v1::StatusCause {
+            field: Some(c.field.clone()),
+            message: Some(format!("conflict with \"{}\" using {}", c.manager, c.api_version)),
+            reason: Some("FieldManagerConflict".into()),
+        })
+        .collect();
+    ApiError {
+        details: Some(Box::new(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::StatusDetails {
+                causes: Some(causes),
+                ..Default::default()
+            },
+        )),
+        ..ApiError::new(StatusCode::CONFLICT, "Conflict", message)
+    }
+}
+
+/// Server-side apply: the manager's configuration merged into the object (created if
+/// missing), with its managed fields; 409 when it would change fields others own, unless
+/// forced.
+async fn server_side_apply(
+    state: &State,
+    (view, ns, name): (&'static ResourceInfo, Option<&str>, &str),
+    body: &[u8],
+    status_only: bool,
+    force: bool,
+    write: Write<'_>,
+) -> Result<(StatusCode, Value), ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| bad_request("the apply patch is not UTF-8"))?;
+    let mut applied: Value =
+        serde_saphyr::from_str(text).map_err(|e| bad_request(format!("error decoding YAML: {e}")))?;
+    if !applied.is_object() {
+        return Err(bad_request("the apply patch must be an object"));
+    }
+    check_kind(view, &mut applied)?;
+    match applied.pointer("/metadata/name").and_then(Value::as_str) {
+        Some(given) if given != name => {
+            return Err(bad_request(format!(
+                "the name of the object ({given}) does not match the name on the URL ({name})"
+            )));
+        }
+        _ => {
+            if let Some(meta) = metadata_mut(&mut applied) {
+                meta.insert("name".into(), json!(name));
+            }
+        }
+    }
+    let manager = write.manager.clone().unwrap_or_default();
+    let info = rkube_api::storage_of(view);
+    let schema = managed_schema(info);
+    let api_version = view.api_version();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let time = object::now_rfc3339();
+        let writer = managed::Writer {
+            manager: &manager,
+            api_version: &api_version,
+            time: &time,
+            scope: if status_only {
+                managed::Scope::Status
+            } else {
+                managed::Scope::Main
+            },
+            has_status: info.has_status(),
+        };
+        let current = match current_with_revision(state, info, ns, name).await {
+            Ok(found) => Some(found),
+            Err(err) if err.code == StatusCode::NOT_FOUND => None,
+            Err(err) => return Err(err),
+        };
+        let Some((current, revision)) = current else {
+            // Create-on-apply.
+            let applied_storage = convert::to_storage(view, applied.clone());
+            let merged = managed::apply(None, &applied_storage, &writer, force, schema)
+                .map_err(|conflicts| apply_conflicts(&conflicts))?;
+            let create_write = Write { applied: true, ..write };
+            return create(state, info, ns, merged, create_write).await;
+        };
+        let shown = convert::from_storage(view, current.clone());
+        let applied_view = applied.clone();
+        let shown_storage = convert::to_storage(view, shown);
+        let applied_storage = convert::to_storage(view, applied_view);
+        let merged = managed::apply(Some(&shown_storage), &applied_storage, &writer, force, schema)
+            .map_err(|conflicts| apply_conflicts(&conflicts))?;
+        let mut warnings = Vec::new();
+        let merged = decode_typed(info, &merged, write.validation, &mut warnings)?;
+        let expected = revision;
+        let mode = WriteMode {
+            status_only,
+            dry_run: write.dry_run,
+            // The apply made the managed fields already.
+            manager: None,
+        };
+        match write_update(state, (info, ns, name), &current, merged, expected, mode).await {
+            Err(err) if err.reason == "Conflict" && err.details.is_none() && attempt < PATCH_ATTEMPTS => continue,
+            result => {
+                write.warnings.extend(warnings);
+                return result.map(|object| (StatusCode::OK, object));
             }
         }
     }

@@ -95,3 +95,74 @@ async fn kube_rs_crud_patch_and_watcher() {
     let kubernetes = services.get("kubernetes").await.unwrap();
     assert_eq!(kubernetes.spec.unwrap().cluster_ip.as_deref(), Some("10.43.0.1"));
 }
+
+/// kube-rs server-side apply: create on apply, conflicts as 409 with FieldManagerConflict
+/// causes, force taking ownership, and a strategic merge patch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_server_side_apply() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let (_server, client) = common::server_and_client(false).await;
+    let deployments: Api<Deployment> = Api::namespaced(client, "default");
+    let config = |replicas: i32, image: &str| {
+        serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "applied"},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "applied"}},
+                "template": {"metadata": {"labels": {"app": "applied"}},
+                    "spec": {"containers": [{"name": "web", "image": image}]}}}})
+    };
+    let created = deployments
+        .patch(
+            "applied",
+            &PatchParams::apply("team-a"),
+            &Patch::Apply(config(2, "nginx:1.26")),
+        )
+        .await
+        .unwrap();
+    let managed = created.metadata.managed_fields.unwrap();
+    assert_eq!(managed[0].manager.as_deref(), Some("team-a"));
+    assert_eq!(managed[0].operation.as_deref(), Some("Apply"));
+
+    let err = deployments
+        .patch(
+            "applied",
+            &PatchParams::apply("team-b"),
+            &Patch::Apply(config(3, "nginx:1.26")),
+        )
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        status.message,
+        "Apply failed with 1 conflict: conflict with \"team-a\" using apps/v1: .spec.replicas"
+    );
+    let forced = deployments
+        .patch(
+            "applied",
+            &PatchParams::apply("team-b").force(),
+            &Patch::Apply(config(3, "nginx:1.26")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forced.spec.unwrap().replicas, Some(3));
+
+    // A strategic merge patch merges containers by name.
+    let patch =
+        serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "log", "image": "busybox"}]}}}});
+    let patched = deployments
+        .patch("applied", &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+        .unwrap();
+    let names: Vec<String> = patched
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["web", "log"]);
+}

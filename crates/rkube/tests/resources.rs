@@ -1114,3 +1114,143 @@ fn apply_and_strategic_merge_patches() {
     assert_eq!(object["spec"]["unschedulable"], true);
     ok(k.run(&["uncordon", "patched-node"]).unwrap());
 }
+
+const SERVER_SIDE: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: NAME
+  labels: {team: a}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: NAME}
+  template:
+    metadata:
+      labels: {app: NAME}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.26
+";
+
+/// `kubectl apply --server-side` by kubectl 1.33, 1.32 and 1.27: creation, managedFields as
+/// upstream records them, conflicts worded as upstream (with another manager, and with
+/// client-side apply), `--force-conflicts` taking ownership, fields no longer applied
+/// removed, the migration from client-side apply, and server-side dry runs.
+#[test]
+fn server_side_apply() {
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    for (i, binary) in ["kubectl", "kubectl.1.32", "kubectl.1.27"].into_iter().enumerate() {
+        let k = server.kubectl_binary(binary);
+        let name = format!("ssa{i}");
+        let manifest = SERVER_SIDE.replace("NAME", &name);
+        let get = || -> Value {
+            serde_json::from_str(&ok(k
+                .run(&["get", "deployment", &name, "-o", "json", "--show-managed-fields"])
+                .unwrap()))
+            .unwrap()
+        };
+        let managers = || -> Vec<(String, String)> {
+            get()["metadata"]["managedFields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    (
+                        e["manager"].as_str().unwrap().to_string(),
+                        e["operation"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        };
+        let apply = |yaml: &str, extra: &[&str]| {
+            let file = dir.path().join("ssa.yaml");
+            std::fs::write(&file, yaml).unwrap();
+            let mut args = vec!["apply", "--server-side", "-f", file.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            k.run(&args).unwrap()
+        };
+        assert_eq!(
+            ok(apply(&manifest, &[])).trim(),
+            format!("deployment.apps/{name} serverside-applied")
+        );
+        let object = get();
+        let entry = &object["metadata"]["managedFields"][0];
+        assert_eq!(
+            (entry["manager"].as_str(), entry["operation"].as_str()),
+            (Some("kubectl"), Some("Apply"))
+        );
+        assert_eq!(entry["fieldsType"], "FieldsV1");
+        assert_eq!(
+            entry["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"],
+            serde_json::json!({".": {}, "f:image": {}, "f:name": {}})
+        );
+
+        // Another manager changes the replicas: applying different ones conflicts.
+        ok(k.run(&[
+            "patch",
+            "deployment",
+            &name,
+            "--field-manager=scaler",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":5}}"#,
+        ])
+        .unwrap());
+        let changed = manifest.replace("replicas: 2", "replicas: 3");
+        let err = fails(apply(&changed, &[]));
+        assert!(
+            err.contains("Apply failed with 1 conflict: conflict with \"scaler\" using apps/v1: .spec.replicas"),
+            "{binary}: {err}"
+        );
+        assert_eq!(get()["spec"]["replicas"], 5, "nothing changed");
+        ok(apply(&changed, &["--force-conflicts"]));
+        assert_eq!(get()["spec"]["replicas"], 3);
+        assert_eq!(
+            managers(),
+            [("kubectl".to_string(), "Apply".to_string())],
+            "the scaler owns nothing now"
+        );
+
+        // A label no longer applied goes; a server-side dry run changes nothing.
+        let unlabelled = changed.replace("  labels: {team: a}\n", "");
+        ok(apply(&unlabelled, &["--dry-run=server"]));
+        assert_eq!(get()["metadata"]["labels"]["team"], "a");
+        ok(apply(&unlabelled, &[]));
+        assert!(get()["metadata"].get("labels").is_none_or(|l| l.get("team").is_none()));
+
+        // From client-side apply: a conflicting change names kubectl-client-side-apply; an
+        // agreeing apply migrates the ownership to kubectl.
+        let csa = format!("csa{i}");
+        let client_side = SERVER_SIDE.replace("NAME", &csa);
+        ok(apply_file(&k, dir.path(), "csa.yaml", &client_side, "apply"));
+        let file = dir.path().join("csa-ssa.yaml");
+        std::fs::write(&file, client_side.replace("replicas: 2", "replicas: 4")).unwrap();
+        let err = fails(
+            k.run(&["apply", "--server-side", "-f", file.to_str().unwrap()])
+                .unwrap(),
+        );
+        assert!(
+            err.contains("conflict with \"kubectl-client-side-apply\" using apps/v1: .spec.replicas"),
+            "{binary}: {err}"
+        );
+        std::fs::write(&file, &client_side).unwrap();
+        ok(k.run(&["apply", "--server-side", "-f", file.to_str().unwrap()])
+            .unwrap());
+        let object: Value = serde_json::from_str(&ok(k
+            .run(&["get", "deployment", &csa, "-o", "json", "--show-managed-fields"])
+            .unwrap()))
+        .unwrap();
+        let owners: Vec<&str> = object["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["manager"].as_str().unwrap())
+            .collect();
+        assert!(
+            owners.contains(&"kubectl") && !owners.contains(&"kubectl-client-side-apply"),
+            "{binary}: {owners:?}"
+        );
+    }
+}

@@ -1,0 +1,819 @@
+//! Field management and server-side apply, as upstream's structured-merge-diff: every write
+//! records which manager set which fields (`metadata.managedFields`, in the FieldsV1 form);
+//! an apply (`application/apply-patch+yaml`) merges the manager's configuration into the
+//! object, removes what the manager applied before and no longer applies (unless another
+//! manager owns it), and refuses to change a field another manager owns unless forced.
+//!
+//! Fields are identified as upstream does: `f:<name>` for struct fields and map keys,
+//! `k:{"name":"web"}` for items of lists keyed by their `x-kubernetes-list-map-keys`,
+//! `v:<value>` for items of sets, and `.` for an item itself. Which lists are keyed sets or
+//! atomic comes from the published schemas (`x-kubernetes-list-type`, `…-map-type`).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+const REF_PREFIX: &str = "#/components/schemas/";
+
+/// A set of fields: a tree whose nodes are members (`.`) or lead to members.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FieldSet {
+    member: bool,
+    children: BTreeMap<String, FieldSet>,
+}
+
+impl FieldSet {
+    pub fn is_empty(&self) -> bool {
+        !self.member && self.children.values().all(FieldSet::is_empty)
+    }
+
+    /// Upstream's FieldsV1 JSON.
+    pub fn to_fields_v1(&self) -> Value {
+        let mut object = Map::new();
+        if self.member && !self.children.is_empty() {
+            object.insert(".".into(), json!({}));
+        }
+        for (key, child) in &self.children {
+            if !child.is_empty() {
+                object.insert(key.clone(), child.to_fields_v1());
+            }
+        }
+        Value::Object(object)
+    }
+
+    pub fn from_fields_v1(value: &Value) -> Self {
+        let Some(map) = value.as_object() else {
+            return Self::default();
+        };
+        if map.is_empty() {
+            return Self {
+                member: true,
+                children: BTreeMap::new(),
+            };
+        }
+        Self {
+            member: map.contains_key("."),
+            children: map
+                .iter()
+                .filter(|(k, _)| *k != ".")
+                .map(|(k, v)| (k.clone(), Self::from_fields_v1(v)))
+                .collect(),
+        }
+    }
+
+    pub fn union(&mut self, other: &FieldSet) {
+        self.member |= other.member;
+        for (key, child) in &other.children {
+            self.children.entry(key.clone()).or_default().union(child);
+        }
+    }
+
+    pub fn subtract(&mut self, other: &FieldSet) {
+        if other.member {
+            self.member = false;
+        }
+        for (key, child) in &other.children {
+            if let Some(mine) = self.children.get_mut(key) {
+                mine.subtract(child);
+            }
+        }
+        self.children.retain(|_, child| !child.is_empty());
+    }
+
+    /// Every member, as its path of keys.
+    pub fn members(&self) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        self.collect(&mut Vec::new(), &mut out);
+        out
+    }
+
+    fn collect(&self, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        if self.member {
+            out.push(prefix.clone());
+        }
+        for (key, child) in &self.children {
+            prefix.push(key.clone());
+            child.collect(prefix, out);
+            prefix.pop();
+        }
+    }
+
+    pub fn contains(&self, path: &[String]) -> bool {
+        match path.split_first() {
+            None => self.member,
+            Some((head, rest)) => self.children.get(head).is_some_and(|c| c.contains(rest)),
+        }
+    }
+
+    pub fn insert(&mut self, path: &[String]) {
+        match path.split_first() {
+            None => self.member = true,
+            Some((head, rest)) => self.children.entry(head.clone()).or_default().insert(rest),
+        }
+    }
+}
+
+/// How a list's items are told apart.
+#[derive(Debug, Clone, PartialEq)]
+enum ListType {
+    Atomic,
+    Set,
+    Map(Vec<String>),
+}
+
+/// A node of the published schemas, with the schemas to resolve its references in.
+#[derive(Clone, Copy)]
+pub struct Schema<'a> {
+    node: Option<&'a Value>,
+    all: &'a Map<String, Value>,
+}
+
+impl<'a> Schema<'a> {
+    /// The schema of the named type (see [`crate::schemas`]).
+    pub fn named(all: &'a Map<String, Value>, name: &str) -> Self {
+        Self {
+            node: all.get(name),
+            all,
+        }
+    }
+
+    fn untyped(all: &'a Map<String, Value>) -> Self {
+        Self { node: None, all }
+    }
+
+    fn resolved(self) -> Option<&'a Value> {
+        let mut node = self.node?;
+        for _ in 0..8 {
+            let reference = node
+                .get("$ref")
+                .or_else(|| node.pointer("/allOf/0/$ref"))
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix(REF_PREFIX));
+            match reference {
+                Some(name) => node = self.all.get(name)?,
+                None => return Some(node),
+            }
+        }
+        Some(node)
+    }
+
+    fn child(self, key: &str) -> Self {
+        let node = self.resolved();
+        let child = node
+            .and_then(|n| n.get("properties"))
+            .and_then(|p| p.get(key))
+            .or_else(|| {
+                node.and_then(|n| n.get("additionalProperties"))
+                    .filter(|a| a.is_object())
+            });
+        Self {
+            node: child,
+            all: self.all,
+        }
+    }
+
+    fn items(self) -> Self {
+        Self {
+            node: self.resolved().and_then(|n| n.get("items")),
+            all: self.all,
+        }
+    }
+
+    /// The extension on the node itself (a property's) or on the type it refers to.
+    fn extension(self, name: &str) -> Option<&'a Value> {
+        self.node
+            .and_then(|n| n.get(name))
+            .or_else(|| self.resolved().and_then(|n| n.get(name)))
+    }
+
+    fn atomic_map(self) -> bool {
+        self.extension("x-kubernetes-map-type").and_then(Value::as_str) == Some("atomic")
+    }
+
+    fn list_type(self) -> ListType {
+        let keys = || -> Vec<String> {
+            self.extension("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|k| k.as_str().map(str::to_string))
+                .collect()
+        };
+        match self.extension("x-kubernetes-list-type").and_then(Value::as_str) {
+            Some("map") => ListType::Map(keys()),
+            Some("set") => ListType::Set,
+            Some(_) => ListType::Atomic,
+            None => {
+                // Older annotations: a merge strategy with a key makes a keyed list.
+                let strategy = self.extension("x-kubernetes-patch-strategy").and_then(Value::as_str);
+                let key = self.extension("x-kubernetes-patch-merge-key").and_then(Value::as_str);
+                match (strategy.is_some_and(|s| s.contains("merge")), key) {
+                    (true, Some(key)) => ListType::Map(vec![key.to_string()]),
+                    (true, None) => ListType::Set,
+                    _ => ListType::Atomic,
+                }
+            }
+        }
+    }
+}
+
+/// The key of a list item: `k:{...}` for keyed lists, `v:...` for sets.
+fn item_key(item: &Value, list: &ListType) -> Option<String> {
+    match list {
+        ListType::Map(keys) => {
+            let mut fields = BTreeMap::new();
+            for key in keys {
+                if let Some(value) = item.get(key) {
+                    fields.insert(key.clone(), value.clone());
+                }
+            }
+            (!fields.is_empty()).then(|| format!("k:{}", serde_json::to_string(&fields).unwrap_or_default()))
+        }
+        ListType::Set => Some(format!("v:{}", serde_json::to_string(item).unwrap_or_default())),
+        ListType::Atomic => None,
+    }
+}
+
+/// The fields `value` sets, typed by `schema`.
+pub fn fields_of(value: &Value, schema: Schema<'_>) -> FieldSet {
+    let mut set = FieldSet::default();
+    match value {
+        Value::Object(map) if !schema.atomic_map() => {
+            for (key, inner) in map {
+                let mut child = fields_of(inner, schema.child(key));
+                if child.is_empty() {
+                    // An empty object, or a scalar: the field itself.
+                    child.member = true;
+                }
+                set.children.insert(format!("f:{key}"), child);
+            }
+        }
+        Value::Array(items) => {
+            let list = schema.list_type();
+            if list == ListType::Atomic {
+                return set;
+            }
+            for item in items {
+                let Some(key) = item_key(item, &list) else { continue };
+                let mut child = if list == ListType::Set {
+                    FieldSet::default()
+                } else {
+                    fields_of(item, schema.items())
+                };
+                child.member = true;
+                set.children.insert(key, child);
+            }
+        }
+        _ => {}
+    }
+    set
+}
+
+/// The value at a path of field keys, if any.
+fn value_at<'v>(value: &'v Value, path: &[String], schema: Schema<'_>) -> Option<&'v Value> {
+    let Some((head, rest)) = path.split_first() else {
+        return Some(value);
+    };
+    if let Some(field) = head.strip_prefix("f:") {
+        return value_at(value.get(field)?, rest, schema.child(field));
+    }
+    let list = schema.list_type();
+    let item = value
+        .as_array()?
+        .iter()
+        .find(|item| item_key(item, &list).as_deref() == Some(head.as_str()))?;
+    value_at(item, rest, schema.items())
+}
+
+/// Removes the field at `path` from `value`.
+fn remove_at(value: &mut Value, path: &[String], schema: Schema<'_>) {
+    let Some((head, rest)) = path.split_first() else {
+        return;
+    };
+    if let Some(field) = head.strip_prefix("f:") {
+        let Some(map) = value.as_object_mut() else { return };
+        if rest.is_empty() {
+            map.remove(field);
+        } else if let Some(inner) = map.get_mut(field) {
+            remove_at(inner, rest, schema.child(field));
+        }
+        return;
+    }
+    let list = schema.list_type();
+    let Some(items) = value.as_array_mut() else { return };
+    if rest.is_empty() {
+        items.retain(|item| item_key(item, &list).as_deref() != Some(head.as_str()));
+    } else if let Some(item) = items
+        .iter_mut()
+        .find(|item| item_key(item, &list).as_deref() == Some(head.as_str()))
+    {
+        remove_at(item, rest, schema.items());
+    }
+}
+
+/// Merges an applied configuration into the object: maps and structs field by field, keyed
+/// lists and sets item by item, atomic lists and scalars replaced.
+fn merge(current: &mut Value, applied: &Value, schema: Schema<'_>) {
+    match (current, applied) {
+        (Value::Object(current), Value::Object(applied)) if !schema.atomic_map() => {
+            for (key, value) in applied {
+                match current.get_mut(key) {
+                    Some(existing) => merge(existing, value, schema.child(key)),
+                    None => {
+                        current.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(current), Value::Array(applied)) if schema.list_type() != ListType::Atomic => {
+            let list = schema.list_type();
+            for item in applied {
+                let key = item_key(item, &list);
+                match current.iter_mut().find(|c| key.is_some() && item_key(c, &list) == key) {
+                    Some(existing) => merge(existing, item, schema.items()),
+                    None => current.push(item.clone()),
+                }
+            }
+        }
+        (current, applied) => *current = applied.clone(),
+    }
+}
+
+/// Fields the server owns, never a manager's.
+fn server_fields() -> FieldSet {
+    let mut set = FieldSet::default();
+    for path in [
+        &["f:apiVersion"][..],
+        &["f:kind"],
+        &["f:metadata", "f:name"],
+        &["f:metadata", "f:namespace"],
+        &["f:metadata", "f:uid"],
+        &["f:metadata", "f:resourceVersion"],
+        &["f:metadata", "f:generation"],
+        &["f:metadata", "f:creationTimestamp"],
+        &["f:metadata", "f:deletionTimestamp"],
+        &["f:metadata", "f:deletionGracePeriodSeconds"],
+        &["f:metadata", "f:selfLink"],
+        &["f:metadata", "f:managedFields"],
+    ] {
+        let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+        set.insert(&path);
+    }
+    set
+}
+
+/// Which part of an object a write may touch: the main resource leaves `status` alone, the
+/// status subresource only touches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Main,
+    Status,
+}
+
+fn scoped(mut set: FieldSet, scope: Scope, has_status: bool) -> FieldSet {
+    set.subtract(&server_fields());
+    match scope {
+        Scope::Main if has_status => {
+            set.children.remove("f:status");
+        }
+        Scope::Status => set.children.retain(|k, _| k == "f:status"),
+        Scope::Main => {}
+    }
+    set
+}
+
+/// One `managedFields` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub manager: String,
+    pub operation: String,
+    pub api_version: String,
+    pub time: String,
+    pub subresource: String,
+    pub fields: FieldSet,
+}
+
+impl Entry {
+    fn to_json(&self) -> Value {
+        let mut entry = json!({"manager": self.manager, "operation": self.operation,
+            "apiVersion": self.api_version, "time": self.time, "fieldsType": "FieldsV1",
+            "fieldsV1": self.fields.to_fields_v1()});
+        if !self.subresource.is_empty() {
+            entry["subresource"] = json!(self.subresource);
+        }
+        entry
+    }
+
+    fn same_slot(&self, manager: &str, operation: &str, subresource: &str) -> bool {
+        self.manager == manager && self.operation == operation && self.subresource == subresource
+    }
+}
+
+/// The object's `metadata.managedFields`.
+pub fn entries_of(object: &Value) -> Vec<Entry> {
+    object
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+            Entry {
+                manager: text("manager"),
+                operation: text("operation"),
+                api_version: text("apiVersion"),
+                time: text("time"),
+                subresource: text("subresource"),
+                fields: e.get("fieldsV1").map(FieldSet::from_fields_v1).unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+fn set_entries(object: &mut Value, entries: &[Entry]) {
+    let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let kept: Vec<Value> = entries
+        .iter()
+        .filter(|e| !e.fields.is_empty())
+        .map(Entry::to_json)
+        .collect();
+    if kept.is_empty() {
+        metadata.remove("managedFields");
+    } else {
+        metadata.insert("managedFields".into(), Value::Array(kept));
+    }
+}
+
+/// Who is writing, as what, at what time.
+pub struct Writer<'a> {
+    pub manager: &'a str,
+    pub api_version: &'a str,
+    pub time: &'a str,
+    pub scope: Scope,
+    pub has_status: bool,
+}
+
+impl Writer<'_> {
+    fn subresource(&self) -> &'static str {
+        match self.scope {
+            Scope::Main => "",
+            Scope::Status => "status",
+        }
+    }
+}
+
+/// Records a non-apply write (create, update, patch) of `new` over `old`: the writer owns
+/// what it changed, which no other manager owns any more; removed fields leave every set.
+/// Entries the client wrote itself (a changed `managedFields`) are kept as written.
+pub fn record_update(old: Option<&Value>, new: &mut Value, writer: &Writer<'_>, schema: Schema<'_>) {
+    let previous = old.map(entries_of).unwrap_or_default();
+    let sent = new.pointer("/metadata/managedFields").cloned();
+    let kept = old.and_then(|o| o.pointer("/metadata/managedFields")).cloned();
+    match sent {
+        // Not sent: the record goes on from the stored one.
+        None => {}
+        // An empty list resets the record, as upstream.
+        Some(Value::Array(list)) if list.is_empty() => return,
+        // The client rewrote the entries (kubectl's client-side apply migration does).
+        Some(sent) if old.is_some() && Some(&sent) != kept.as_ref() => return,
+        Some(_) => {}
+    }
+    let new_set = scoped(fields_of(new, schema), writer.scope, writer.has_status);
+    let mut changed = FieldSet::default();
+    let mut removed = FieldSet::default();
+    match old {
+        None => changed = new_set.clone(),
+        Some(old) => {
+            for path in new_set.members() {
+                if value_at(old, &path, schema) != value_at(new, &path, schema) || !path_exists(old, &path, schema) {
+                    changed.insert(&path);
+                }
+            }
+            let old_set = scoped(fields_of(old, schema), writer.scope, writer.has_status);
+            for path in old_set.members() {
+                if !new_set.contains(&path) {
+                    removed.insert(&path);
+                }
+            }
+        }
+    }
+    let mut entries = previous;
+    for entry in &mut entries {
+        entry.fields.subtract(&removed);
+        if !entry.same_slot(writer.manager, "Update", writer.subresource()) {
+            entry.fields.subtract(&changed);
+        }
+    }
+    if !changed.is_empty() {
+        match entries
+            .iter_mut()
+            .find(|e| e.same_slot(writer.manager, "Update", writer.subresource()))
+        {
+            Some(entry) => {
+                entry.fields.union(&changed);
+                entry.time = writer.time.to_string();
+                entry.api_version = writer.api_version.to_string();
+            }
+            None => entries.push(Entry {
+                manager: writer.manager.to_string(),
+                operation: "Update".into(),
+                api_version: writer.api_version.to_string(),
+                time: writer.time.to_string(),
+                subresource: writer.subresource().to_string(),
+                fields: changed,
+            }),
+        }
+    }
+    set_entries(new, &entries);
+}
+
+fn path_exists(value: &Value, path: &[String], schema: Schema<'_>) -> bool {
+    value_at(value, path, schema).is_some()
+}
+
+/// A field another manager owns with a different value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    pub manager: String,
+    pub api_version: String,
+    /// Upstream's path text: `.spec.replicas`, `.spec.containers[name="web"].image`.
+    pub field: String,
+}
+
+/// Upstream's text of a path of field keys.
+pub fn path_text(path: &[String]) -> String {
+    let mut out = String::new();
+    for key in path {
+        if let Some(field) = key.strip_prefix("f:") {
+            out.push('.');
+            out.push_str(field);
+        } else if let Some(keys) = key.strip_prefix("k:") {
+            let parsed: BTreeMap<String, Value> = serde_json::from_str(keys).unwrap_or_default();
+            let parts: Vec<String> = parsed.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            out.push_str(&format!("[{}]", parts.join(",")));
+        } else if let Some(value) = key.strip_prefix("v:") {
+            out.push_str(&format!("[={value}]"));
+        }
+    }
+    out
+}
+
+/// Applies `applied` (the manager's whole configuration) to `current` (`None`: the object
+/// is being created): the merged object with its managed fields, or the conflicts.
+pub fn apply(
+    current: Option<&Value>,
+    applied: &Value,
+    writer: &Writer<'_>,
+    force: bool,
+    schema: Schema<'_>,
+) -> Result<Value, Vec<Conflict>> {
+    let mut entries = current.map(entries_of).unwrap_or_default();
+    let applied_set = scoped(fields_of(applied, schema), writer.scope, writer.has_status);
+    let subresource = writer.subresource();
+    let mine = |e: &Entry| e.same_slot(writer.manager, "Apply", subresource);
+    let mut conflicts = Vec::new();
+    let mut taken = FieldSet::default();
+    if let Some(current) = current {
+        for path in applied_set.members() {
+            let Some(have) = value_at(current, &path, schema) else {
+                continue;
+            };
+            let Some(want) = value_at(applied, &path, schema) else {
+                continue;
+            };
+            // Items and objects conflict through their fields, not as a whole.
+            if have == want || (path.last().is_some_and(|k| !k.starts_with("f:")) && have.is_object()) {
+                continue;
+            }
+            for entry in entries.iter().filter(|e| !mine(e) && e.fields.contains(&path)) {
+                conflicts.push(Conflict {
+                    manager: entry.manager.clone(),
+                    api_version: entry.api_version.clone(),
+                    field: path_text(&path),
+                });
+                taken.insert(&path);
+            }
+        }
+    }
+    if !conflicts.is_empty() && !force {
+        return Err(conflicts);
+    }
+    for entry in entries.iter_mut().filter(|e| !mine(e)) {
+        entry.fields.subtract(&taken);
+    }
+    let previous = entries
+        .iter()
+        .find(|e| mine(e))
+        .map(|e| e.fields.clone())
+        .unwrap_or_default();
+    let mut merged = current.cloned().unwrap_or_else(|| json!({}));
+    merge(&mut merged, applied, schema);
+    // What this manager applied before and no longer applies goes, unless others own it.
+    let mut others = FieldSet::default();
+    for entry in entries.iter().filter(|e| !mine(e)) {
+        others.union(&entry.fields);
+    }
+    let mut dropped = previous;
+    dropped.subtract(&applied_set);
+    dropped.subtract(&others);
+    let mut dropped_paths = dropped.members();
+    // Shallowest first; what lies under a removed field or item goes with it.
+    dropped_paths.sort_by_key(Vec::len);
+    let mut removed: Vec<Vec<String>> = Vec::new();
+    for path in dropped_paths {
+        if removed.iter().any(|r| path.starts_with(r)) {
+            continue;
+        }
+        remove_at(&mut merged, &path, schema);
+        removed.push(path);
+    }
+    entries.retain(|e| !mine(e));
+    entries.push(Entry {
+        manager: writer.manager.to_string(),
+        operation: "Apply".into(),
+        api_version: writer.api_version.to_string(),
+        time: writer.time.to_string(),
+        subresource: subresource.to_string(),
+        fields: applied_set,
+    });
+    set_entries(&mut merged, &entries);
+    Ok(merged)
+}
+
+/// Typing for kinds without published schemas (custom resources): maps merge, lists are atomic.
+pub fn untyped(all: &Map<String, Value>) -> Schema<'_> {
+    Schema::untyped(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schemas() -> &'static Map<String, Value> {
+        crate::schemas::all()
+    }
+
+    fn deployment() -> Schema<'static> {
+        Schema::named(schemas(), "io.k8s.api.apps.v1.Deployment")
+    }
+
+    fn writer(manager: &'static str) -> Writer<'static> {
+        Writer {
+            manager,
+            api_version: "apps/v1",
+            time: "2026-11-23T12:00:00Z",
+            scope: Scope::Main,
+            has_status: true,
+        }
+    }
+
+    fn config(replicas: i64, image: &str) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "web", "image": image}]}}}})
+    }
+
+    #[test]
+    fn field_sets_read_and_write_upstreams_form() {
+        let set = scoped(fields_of(&config(2, "nginx"), deployment()), Scope::Main, true);
+        let v1 = set.to_fields_v1();
+        assert_eq!(
+            v1["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"],
+            json!({".": {}, "f:image": {}, "f:name": {}})
+        );
+        assert_eq!(v1["f:spec"]["f:selector"], json!({}), "an atomic map is one field");
+        assert!(
+            v1["f:metadata"].get("f:name").is_none(),
+            "the server's fields are no manager's"
+        );
+        assert_eq!(FieldSet::from_fields_v1(&v1), set);
+        let path = vec![
+            "f:spec".to_string(),
+            "f:template".into(),
+            "f:spec".into(),
+            "f:containers".into(),
+            "k:{\"name\":\"web\"}".into(),
+            "f:image".into(),
+        ];
+        assert_eq!(path_text(&path), ".spec.template.spec.containers[name=\"web\"].image");
+    }
+
+    #[test]
+    fn apply_conflicts_with_other_managers_unless_forced() {
+        let created = apply(None, &config(2, "nginx:1.26"), &writer("alice"), false, deployment()).unwrap();
+        // Bob changes the replicas with an update.
+        let mut scaled = created.clone();
+        scaled["spec"]["replicas"] = json!(5);
+        record_update(Some(&created), &mut scaled, &writer("bob"), deployment());
+        let entries = entries_of(&scaled);
+        assert_eq!(entries.len(), 2);
+        assert!(
+            !entries[0].fields.contains(&["f:spec".into(), "f:replicas".into()]),
+            "bob took it"
+        );
+        // Alice applies her replicas again: a conflict with bob.
+        let err = apply(
+            Some(&scaled),
+            &config(2, "nginx:1.27"),
+            &writer("alice"),
+            false,
+            deployment(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            [Conflict {
+                manager: "bob".into(),
+                api_version: "apps/v1".into(),
+                field: ".spec.replicas".into()
+            }]
+        );
+        // The same value is no conflict (shared), forcing takes the field.
+        let shared = apply(
+            Some(&scaled),
+            &config(5, "nginx:1.27"),
+            &writer("alice"),
+            false,
+            deployment(),
+        )
+        .unwrap();
+        assert_eq!(
+            shared["spec"]["template"]["spec"]["containers"][0]["image"],
+            "nginx:1.27"
+        );
+        let forced = apply(
+            Some(&scaled),
+            &config(3, "nginx:1.27"),
+            &writer("alice"),
+            true,
+            deployment(),
+        )
+        .unwrap();
+        assert_eq!(forced["spec"]["replicas"], 3);
+        assert_eq!(entries_of(&forced).len(), 1, "bob owns nothing any more");
+    }
+
+    #[test]
+    fn sets_merge_by_value_and_atomic_lists_are_replaced_whole() {
+        let pod = Schema::named(schemas(), "io.k8s.api.core.v1.Pod");
+        let pod_writer = Writer {
+            api_version: "v1",
+            ..writer("alice")
+        };
+        let first = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "finalizers": ["a/x"]},
+            "spec": {"containers": [{"name": "c", "image": "x"}], "tolerations": [{"key": "k1", "operator": "Exists"}]}});
+        let created = apply(None, &first, &pod_writer, false, pod).unwrap();
+        let fields = entries_of(&created)[0].fields.to_fields_v1();
+        assert_eq!(fields["f:metadata"]["f:finalizers"], json!({"v:\"a/x\"": {}}));
+        assert_eq!(
+            fields["f:spec"]["f:tolerations"],
+            json!({}),
+            "an atomic list is one field"
+        );
+        let bob = Writer {
+            api_version: "v1",
+            ..writer("bob")
+        };
+        let second = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "finalizers": ["b/y"]},
+            "spec": {"tolerations": [{"key": "k2", "operator": "Exists"}]}});
+        let err = apply(Some(&created), &second, &bob, false, pod).unwrap_err();
+        assert_eq!(err[0].field, ".spec.tolerations");
+        let merged = apply(Some(&created), &second, &bob, true, pod).unwrap();
+        assert_eq!(merged["metadata"]["finalizers"], json!(["a/x", "b/y"]), "a set merges");
+        assert_eq!(
+            merged["spec"]["tolerations"],
+            json!([{"key": "k2", "operator": "Exists"}])
+        );
+    }
+
+    #[test]
+    fn fields_no_longer_applied_are_removed_unless_others_own_them() {
+        let mut with_label = config(2, "nginx");
+        with_label["metadata"]["labels"] = json!({"tier": "web", "team": "a"});
+        let created = apply(None, &with_label, &writer("alice"), false, deployment()).unwrap();
+        let mut second = config(2, "nginx");
+        second["metadata"]["labels"] = json!({"tier": "web"});
+        let applied = apply(Some(&created), &second, &writer("alice"), false, deployment()).unwrap();
+        assert_eq!(applied["metadata"]["labels"], json!({"tier": "web"}));
+        // A container applied by two managers stays when one stops applying it.
+        let mut two = config(2, "nginx");
+        two["spec"]["template"]["spec"]["containers"] =
+            json!([{"name": "web", "image": "nginx"}, {"name": "log", "image": "busybox"}]);
+        let both = apply(Some(&applied), &two, &writer("bob"), false, deployment()).unwrap();
+        let dropped = apply(Some(&both), &config(2, "nginx"), &writer("bob"), false, deployment()).unwrap();
+        let names: Vec<&str> = dropped["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["web"],
+            "the sidecar only bob applied went; web alice applies too"
+        );
+    }
+}
