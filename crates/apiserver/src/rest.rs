@@ -1862,3 +1862,28 @@ pub(crate) async fn ensure_system_namespaces(state: &State) -> Result<(), ApiErr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strategic_patches_need_the_kinds_facts() {
+        let patch = br#"{"spec":{"replicas":2}}"#;
+        let deployment = rkube_api::strategic::type_of("apps", "v1", "Deployment");
+        assert!(PatchBody::decode(Some("application/strategic-merge-patch+json"), patch, deployment).is_ok());
+        // A kind without merge keys (a custom resource) answers 415, as upstream.
+        let err = match PatchBody::decode(Some("application/strategic-merge-patch+json"), patch, None) {
+            Err(err) => err,
+            Ok(_) => panic!("accepted"),
+        };
+        assert_eq!(err.code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(err.message.contains("application/merge-patch+json"), "{}", err.message);
+        assert!(
+            err.message
+                .ends_with("accepted media types include: application/json-patch+json, application/merge-patch+json"),
+            "{}",
+            err.message
+        );
+    }
+}

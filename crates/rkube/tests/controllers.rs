@@ -1688,3 +1688,70 @@ async fn seed_deployments_reach_their_state() {
         ("mysecret", "password")
     );
 }
+
+/// A ReplicaSet made by hand, then a Deployment whose selector and template match it: the
+/// Deployment adopts it as its first revision, rolls out a new template, and
+/// `kubectl rollout undo` brings the hand-made set's template back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_undo_returns_to_an_adopted_replica_set() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let (server, client) = common::cluster_and_client(Control::Full).await;
+    let _nodes = HollowNodes::start(client.clone(), fleet("node", 2, "a")).await.unwrap();
+    let kubectl = server.kubectl();
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let template = json!({"metadata": {"labels": {"app": "hand"}},
+        "spec": {"containers": [{"name": "web", "image": "nginx:1.25"}]}});
+    let rs: ReplicaSet = serde_json::from_value(json!({"metadata": {"name": "hand-made", "labels": {"app": "hand"}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "hand"}}, "template": template}}))
+    .unwrap();
+    sets.create(&PostParams::default(), &rs).await.unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "hand"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "hand"}}, "template": template}}))
+    .unwrap();
+    deployments.create(&PostParams::default(), &d).await.unwrap();
+    common::ok(
+        kubectl
+            .run(&["rollout", "status", "deployment/hand", "--timeout=60s"])
+            .unwrap(),
+    );
+    let adopted = sets.get("hand-made").await.unwrap();
+    let owner = &adopted.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Deployment", "hand"));
+
+    common::ok(
+        kubectl
+            .run(&["set", "image", "deployment/hand", "web=nginx:1.27"])
+            .unwrap(),
+    );
+    common::ok(
+        kubectl
+            .run(&["rollout", "status", "deployment/hand", "--timeout=60s"])
+            .unwrap(),
+    );
+    common::ok(kubectl.run(&["rollout", "undo", "deployment/hand"]).unwrap());
+    common::ok(
+        kubectl
+            .run(&["rollout", "status", "deployment/hand", "--timeout=60s"])
+            .unwrap(),
+    );
+    let image = deployments
+        .get("hand")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .image
+        .clone();
+    assert_eq!(image.as_deref(), Some("nginx:1.25"));
+    let back = sets.get("hand-made").await.unwrap();
+    assert_eq!(
+        back.spec.unwrap().replicas,
+        Some(2),
+        "the adopted set runs the replicas again"
+    );
+}

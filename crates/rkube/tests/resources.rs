@@ -1104,8 +1104,72 @@ fn apply_and_strategic_merge_patches() {
             "{binary}: {explained}"
         );
     }
-    // cordon and uncordon.
+    // `kubectl edit` sends a strategic merge patch of what the editor changed.
     let k = server.kubectl();
+    ok(apply_file(&k, dir.path(), "d.yaml", APPLIED, "apply"));
+    let editor = dir.path().join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/image: busybox$/image: busybox:1.37/' \"$1\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new(rkube_testkit::resolve_kubectl("kubectl.1.33"))
+        .args([
+            "--kubeconfig",
+            server.kubeconfig.to_str().unwrap(),
+            "edit",
+            "deployment/applied",
+        ])
+        .env("EDITOR", &editor)
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(ok(out).trim(), "deployment.apps/applied edited");
+    let edited: Value =
+        serde_json::from_str(&ok(k.run(&["get", "deployment", "applied", "-o", "json"]).unwrap())).unwrap();
+    assert_eq!(
+        edited["spec"]["template"]["spec"]["containers"][1]["image"],
+        "busybox:1.37"
+    );
+    assert_eq!(
+        edited["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.26"
+    );
+    // Field validation applies to patches and applies too.
+    // kubectl patch asks for no validation mode: upstream's default warns.
+    let out = k
+        .run(&[
+            "patch",
+            "deployment/applied",
+            "--type=strategic",
+            "-p",
+            r#"{"spec":{"bogusField":1}}"#,
+        ])
+        .unwrap();
+    let warned = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out);
+    assert!(
+        warned.contains("Warning: unknown field \"spec.bogusField\""),
+        "{warned}"
+    );
+    let bogus = APPLIED.replace("  replicas: 1\n", "  replicas: 1\n  bogusField: 1\n");
+    let err = fails(apply_file(&k, dir.path(), "bogus.yaml", &bogus, "apply"));
+    assert!(err.contains("bogusField"), "{err}");
+    let file = dir.path().join("bogus.yaml");
+    let err = fails(
+        k.run(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            file.to_str().unwrap(),
+        ])
+        .unwrap(),
+    );
+    assert!(err.contains("bogusField"), "{err}");
+
+    // cordon and uncordon.
     let node = "apiVersion: v1\nkind: Node\nmetadata: {name: patched-node}\n";
     ok(apply_file(&k, dir.path(), "node.yaml", node, "create"));
     ok(k.run(&["cordon", "patched-node"]).unwrap());
