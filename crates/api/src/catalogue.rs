@@ -249,8 +249,18 @@ static RESOURCES: &[ResourceInfo] = &[
         short: &["cm"], categories: NONE, storage: "configmaps", status: false),
     resource!("", "v1", "Secret", "secrets", "secret", Namespaced,
         short: NONE, categories: NONE, storage: "secrets", status: false),
-    resource!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", Namespaced,
-        short: &["sa"], categories: NONE, storage: "serviceaccounts", status: false),
+    ResourceInfo {
+        // `kubectl create token`: short-lived tokens for the account.
+        subresources: &[Subresource {
+            name: "token",
+            group: "authentication.k8s.io",
+            version: "v1",
+            kind: "TokenRequest",
+            verbs: &["create"],
+        }],
+        ..resource!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", Namespaced,
+            short: &["sa"], categories: NONE, storage: "serviceaccounts", status: false)
+    },
     resource!("", "v1", "Event", "events", "event", Namespaced,
         short: &["ev"], categories: NONE, storage: "events", status: false),
     resource!("", "v1", "PersistentVolume", "persistentvolumes", "persistentvolume", Cluster,

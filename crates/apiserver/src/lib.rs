@@ -22,6 +22,7 @@ mod response;
 mod rest;
 mod reviews;
 mod routes;
+mod service_accounts;
 mod services;
 mod table;
 mod tls;
@@ -57,6 +58,8 @@ pub struct Config {
     /// CA whose client certificates are trusted.
     pub client_ca_pem: String,
     pub tokens: TokenFile,
+    /// Signs and checks service-account tokens.
+    pub service_account_keys: rkube_pki::ServiceAccountKeys,
     pub store: Arc<dyn Store>,
     pub services: ServiceNetwork,
     /// Where pods reach this API server: the `kubernetes` service's endpoint.
@@ -87,7 +90,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         .await
         .map_err(|err| ServeError::Startup(err.message))?;
     let state = Arc::new(State {
-        authenticator: Authenticator::new(config.tokens),
+        authenticator: Authenticator::new(config.tokens, config.service_account_keys),
         cache,
         openapi: openapi::OpenApi::build().map_err(|err| ServeError::Startup(err.message))?,
         store,

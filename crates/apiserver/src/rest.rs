@@ -104,6 +104,20 @@ async fn handle_resource(
             )
             .await;
         }
+        (Some("token"), Some(name)) if (info.group, info.plural) == ("", "serviceaccounts") => {
+            if method != Method::POST {
+                return Err(ApiError::method_not_allowed(&method));
+            }
+            let body = read_body(request).await?;
+            let object = if body.iter().all(u8::is_ascii_whitespace) {
+                json!({})
+            } else {
+                decode_body(content_type.as_deref(), &body)?
+            };
+            let ns = path.namespace.unwrap_or_default();
+            let issued = crate::service_accounts::request_token(state, ns, name, object).await?;
+            return Ok(json_response(StatusCode::CREATED, &issued));
+        }
         (Some("finalize"), Some(name)) if (info.group, info.plural) == ("", "namespaces") => {
             if method != Method::PUT {
                 return Err(ApiError::method_not_allowed(&method));

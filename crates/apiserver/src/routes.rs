@@ -43,6 +43,9 @@ async fn dispatch(
         .authenticator
         .authenticate(connection, request.headers())
         .ok_or_else(ApiError::unauthorized)?;
+    if !crate::service_accounts::still_exists(state, &identity).await {
+        return Err(ApiError::unauthorized());
+    }
     tracing::trace!(user = identity.user, "authenticated");
     let path = request.uri().path().trim_end_matches('/');
     let verbose = request

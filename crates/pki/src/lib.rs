@@ -4,6 +4,7 @@
 
 mod identity;
 mod kubeconfig;
+mod service_account;
 mod tokens;
 
 use std::net::IpAddr;
@@ -17,6 +18,7 @@ use time::{Duration, OffsetDateTime};
 
 pub use identity::{Identity, identity_from_certificate};
 pub use kubeconfig::{Kubeconfig, write_private};
+pub use service_account::ServiceAccountKeys;
 pub use tokens::{TokenEntry, TokenFile};
 
 #[derive(Debug, thiserror::Error)]

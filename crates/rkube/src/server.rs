@@ -121,6 +121,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .context("--tls-san")?;
     rkube_pki::write_cert_key(&tls_dir, "serving-kube-apiserver", &serving)?;
     let admin = ca.issue_client("system:admin", &["system:masters"])?;
+    let service_account_keys =
+        rkube_pki::ServiceAccountKeys::load_or_create(&tls_dir).context("the service-account signing key")?;
     rkube_pki::write_cert_key(&tls_dir, "client-admin", &admin)?;
 
     let options = OpenOptions {
@@ -178,6 +180,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         serving,
         client_ca_pem: ca.cert_pem.clone(),
         tokens,
+        service_account_keys,
         store,
         advertise: SocketAddr::new(advertise_ip, port),
         services,

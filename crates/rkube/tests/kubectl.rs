@@ -283,3 +283,69 @@ fn create_subcommands_and_reviews() {
     let out = k.run(&["get", "tokenreviews"]).unwrap();
     assert!(!out.status.success());
 }
+
+/// `kubectl create token` (a protobuf TokenRequest from kubectl 1.32 on): the token works
+/// as a bearer token for its service account (`auth whoami`), TokenReview accepts it, too
+/// short a lifetime is refused, and the token dies with its account.
+#[test]
+fn service_account_tokens() {
+    let server = server(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = server.ca_file();
+    let as_token = |token: &str, args: &[&str]| {
+        Command::new(rkube_testkit::resolve_kubectl("kubectl.1.33"))
+            .args(["--server", &server.url, "--certificate-authority", ca.to_str().unwrap()])
+            .args(["--token", token, "--cache-dir"])
+            .arg(dir.path().join("cache"))
+            .args(args)
+            .env("HOME", dir.path())
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap()
+    };
+    for (i, binary) in ["kubectl", "kubectl.1.32", "kubectl.1.27"].into_iter().enumerate() {
+        let k = server.kubectl_binary(binary);
+        let account = format!("robot{i}");
+        assert!(k.run(&["create", "serviceaccount", &account]).unwrap().status.success());
+        let out = k.run(&["create", "token", &account, "--duration=20m"]).unwrap();
+        assert!(
+            out.status.success(),
+            "{binary}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = stdout(&out).trim().to_string();
+        assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+        let whoami = as_token(&token, &["auth", "whoami"]);
+        let text = stdout(&whoami);
+        assert!(
+            text.contains(&format!("system:serviceaccount:default:{account}"))
+                && text.contains("system:serviceaccounts:default"),
+            "{binary}: {text}{}",
+            String::from_utf8_lossy(&whoami.stderr)
+        );
+        let out = k.run(&["create", "token", &account, "--duration=5m"]).unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("may not specify a duration less than 10 minutes"),
+            "{out:?}"
+        );
+        // TokenReview says who the token is.
+        let review = format!("apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec: {{token: {token}}}\n");
+        let file = dir.path().join("review.yaml");
+        std::fs::write(&file, review).unwrap();
+        let reviewed: serde_json::Value = serde_json::from_str(&stdout(
+            &k.run(&["create", "-f", file.to_str().unwrap(), "-o", "json"]).unwrap(),
+        ))
+        .unwrap();
+        assert_eq!(reviewed["status"]["authenticated"], true);
+        assert_eq!(
+            reviewed["status"]["user"]["username"],
+            format!("system:serviceaccount:default:{account}")
+        );
+        // Gone with its account.
+        assert!(k.run(&["delete", "serviceaccount", &account]).unwrap().status.success());
+        let out = as_token(&token, &["get", "--raw", "/version"]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthorized"), "{out:?}");
+    }
+}
