@@ -1069,6 +1069,16 @@ fn apply_and_strategic_merge_patches() {
             object["spec"]["template"]["spec"]["containers"][0]["image"],
             "nginx:1.27"
         );
+        // A server-side dry run of a patch changes nothing.
+        ok(k.run(&[
+            "patch",
+            "deployment/applied",
+            "--dry-run=server",
+            "-p",
+            r#"{"spec":{"replicas":9}}"#,
+        ])
+        .unwrap());
+        assert_eq!(get()["spec"]["replicas"], 3);
         ok(k.run(&["rollout", "pause", "deployment/applied"]).unwrap());
         assert_eq!(get()["spec"]["paused"], true);
         ok(k.run(&["rollout", "resume", "deployment/applied"]).unwrap());
