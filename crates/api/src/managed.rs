@@ -340,6 +340,8 @@ fn merge(current: &mut Value, applied: &Value, schema: Schema<'_>) {
 }
 
 /// Fields the server owns, never a manager's.
+static SERVER_FIELDS: std::sync::LazyLock<FieldSet> = std::sync::LazyLock::new(server_fields);
+
 fn server_fields() -> FieldSet {
     let mut set = FieldSet::default();
     for path in [
@@ -371,7 +373,7 @@ pub enum Scope {
 }
 
 fn scoped(mut set: FieldSet, scope: Scope, has_status: bool) -> FieldSet {
-    set.subtract(&server_fields());
+    set.subtract(&SERVER_FIELDS);
     match scope {
         Scope::Main if has_status => {
             set.children.remove("f:status");

@@ -54,6 +54,14 @@ impl Recorder {
         }
     }
 
+    /// Records an event, logging (not returning) a failure: a lost event is no reason for
+    /// a controller's sync to fail.
+    pub async fn emit(&self, involved: &ObjectReference, event_type: &str, reason: &str, message: &str) {
+        if let Err(err) = self.record(involved, event_type, reason, message).await {
+            tracing::debug!(%err, reason, "recording an event failed");
+        }
+    }
+
     /// Records an event (`Normal` or `Warning`) about `involved`.
     pub async fn record(
         &self,

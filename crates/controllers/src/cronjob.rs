@@ -84,9 +84,7 @@ pub struct Controller {
 
 impl Controller {
     async fn event(&self, cj: &CronJob, kind: &str, reason: &str, message: &str) {
-        if let Err(err) = self.recorder.record(&reference(cj), kind, reason, message).await {
-            tracing::debug!(%err, reason, "recording an event failed");
-        }
+        self.recorder.emit(&reference(cj), kind, reason, message).await;
     }
 
     async fn reconcile(&self, key: &str) -> Result<Option<Duration>, ControllerError> {

@@ -306,9 +306,7 @@ pub struct Controller {
 
 impl Controller {
     async fn event(&self, involved: &ObjectReference, kind: &str, reason: &str, message: &str) {
-        if let Err(err) = self.recorder.record(involved, kind, reason, message).await {
-            tracing::debug!(%err, reason, "recording an event failed");
-        }
+        self.recorder.emit(involved, kind, reason, message).await;
     }
 
     async fn pod_event(&self, pod: &Pod, deleted: bool) {
@@ -349,41 +347,16 @@ impl Controller {
     /// The set's pods: owned ones still matching, and matching orphans it adopts.
     async fn claim_pods(&self, ds: &DaemonSet, selector: &LabelSelector) -> Result<Vec<Arc<Pod>>, ControllerError> {
         let namespace = ds.namespace().unwrap_or_default();
-        let uid = ds.uid().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-        let mut owned = Vec::new();
-        for pod in self.pods.state() {
-            if pod.namespace().as_deref() != Some(namespace.as_str()) {
-                continue;
-            }
-            let matches = labels_match(selector, pod.metadata.labels.as_ref());
-            let patch = match controller_of(&pod) {
-                Some(c) if c.uid == uid && matches => {
-                    owned.push(pod);
-                    continue;
-                }
-                Some(c) if c.uid == uid && ds.metadata.deletion_timestamp.is_none() => {
-                    json!({"metadata": {"uid": pod.uid(), "ownerReferences": []}})
-                }
-                None if matches
-                    && ds.metadata.deletion_timestamp.is_none()
-                    && pod.metadata.deletion_timestamp.is_none() =>
-                {
-                    json!({"metadata": {"uid": pod.uid(), "ownerReferences": [controller_ref(ds)]}})
-                }
-                _ => continue,
-            };
-            match api
-                .patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(patched) if controller_of(&patched).is_some() => owned.push(Arc::new(patched)),
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(source) => return Err(ControllerError::api(&key_of(ds), "claiming a pod", source)),
-            }
-        }
-        Ok(owned)
+        let owner = (
+            &controller_ref(ds),
+            namespace.as_str(),
+            ds.metadata.deletion_timestamp.is_some(),
+        );
+        crate::pods::claim(&self.client, self.pods.state(), owner, |pod| {
+            labels_match(selector, pod.metadata.labels.as_ref())
+        })
+        .await
+        .map_err(|source| ControllerError::api(&key_of(ds), "claiming a pod", source))
     }
 
     /// Whether a failed pod on the node may be replaced now (with exponential backoff per node).

@@ -266,9 +266,7 @@ fn condition(d: &Deployment, kind: &str) -> Option<Value> {
 
 impl Controller {
     async fn event(&self, involved: &ObjectReference, kind: &str, reason: &str, message: &str) {
-        if let Err(err) = self.recorder.record(involved, kind, reason, message).await {
-            tracing::debug!(%err, reason, "recording an event failed");
-        }
+        self.recorder.emit(involved, kind, reason, message).await;
     }
 
     async fn scale(&self, d: &Deployment, rs: &ReplicaSet, replicas: i32) -> Result<(), ControllerError> {

@@ -121,9 +121,7 @@ fn controller_ref(job: &Job) -> OwnerReference {
 
 impl Controller {
     async fn event(&self, job: &Job, kind: &str, reason: &str, message: &str) {
-        if let Err(err) = self.recorder.record(&reference(job), kind, reason, message).await {
-            tracing::debug!(%err, reason, "recording an event failed");
-        }
+        self.recorder.emit(&reference(job), kind, reason, message).await;
     }
 
     async fn reconcile(&self, key: &str) -> Result<Option<Duration>, ControllerError> {

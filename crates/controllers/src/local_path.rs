@@ -309,9 +309,7 @@ impl Controller {
         reason: &str,
         message: &str,
     ) {
-        if let Err(err) = self.recorder.record(involved, kind, reason, message).await {
-            tracing::debug!(%err, reason, "recording an event failed");
-        }
+        self.recorder.emit(involved, kind, reason, message).await;
     }
 }
 

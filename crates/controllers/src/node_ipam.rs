@@ -139,12 +139,9 @@ async fn allocate(
     let Some(index) = allocator.lowest_free(&taken) else {
         drop(taken);
         let message = format!("Node {} status is now: CIDRNotAvailable", node.name_any());
-        if let Err(err) = recorder
-            .record(&reference(node), "Normal", "CIDRNotAvailable", &message)
-            .await
-        {
-            tracing::debug!(%err, "recording an event failed");
-        }
+        recorder
+            .emit(&reference(node), "Normal", "CIDRNotAvailable", &message)
+            .await;
         return;
     };
     taken.insert(index);

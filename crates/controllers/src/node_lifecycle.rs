@@ -168,13 +168,9 @@ impl Controller {
             )
             .await?;
             let message = format!("Node {name} status is now: NodeNotReady");
-            if let Err(err) = self
-                .recorder
-                .record(&reference(node), "Normal", "NodeNotReady", &message)
-                .await
-            {
-                tracing::debug!(%err, "recording an event failed");
-            }
+            self.recorder
+                .emit(&reference(node), "Normal", "NodeNotReady", &message)
+                .await;
             ready = Some("Unknown".into());
         }
         // The not-ready taints, NoSchedule and NoExecute, follow the Ready status (a node
@@ -274,13 +270,9 @@ impl Controller {
             }
             patched?;
             let message = format!("Marking for deletion Pod {namespace}/{}", pod.name_any());
-            if let Err(err) = self
-                .recorder
-                .record(&reference(pod.as_ref()), "Normal", "TaintManagerEviction", &message)
-                .await
-            {
-                tracing::debug!(%err, "recording an event failed");
-            }
+            self.recorder
+                .emit(&reference(pod.as_ref()), "Normal", "TaintManagerEviction", &message)
+                .await;
             crate::ignore_not_found(api.delete(&pod.name_any(), &DeleteParams::default()).await)?;
         }
         Ok(())

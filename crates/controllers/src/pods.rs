@@ -3,11 +3,15 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector as MetaSelector, OwnerReference, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
 use rkube_api::selector::{LabelSelector, label_selector_text};
+use serde_json::json;
 
 /// Neither finished nor being deleted.
 pub fn is_active(pod: &Pod) -> bool {
@@ -63,6 +67,58 @@ pub fn selector(selector: Option<&MetaSelector>) -> Option<LabelSelector> {
 
 pub fn labels_match(selector: &LabelSelector, labels: Option<&BTreeMap<String, String>>) -> bool {
     selector.matches_by(|key| labels.and_then(|l| l.get(key)).map(String::as_str))
+}
+
+/// Upstream's `ClaimPods`: of the `candidates` in `namespace`, the pods `owner` controls
+/// that `wanted` still accepts; orphans it accepts are adopted, owned pods it no longer
+/// accepts released (keeping their other owners). An owner being deleted, or a pod being
+/// deleted, is adopted by or released from nothing.
+pub async fn claim(
+    client: &kube::Client,
+    candidates: impl IntoIterator<Item = Arc<Pod>>,
+    (owner, namespace, deleting): (&OwnerReference, &str, bool),
+    wanted: impl Fn(&Pod) -> bool,
+) -> Result<Vec<Arc<Pod>>, kube::Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut owned = Vec::new();
+    for pod in candidates {
+        if pod.metadata.namespace.as_deref() != Some(namespace) {
+            continue;
+        }
+        let accepted = wanted(&pod);
+        let others: Vec<&OwnerReference> = pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .filter(|o| o.controller != Some(true))
+            .collect();
+        let patch = match controller_of(&pod) {
+            Some(c) if c.uid == owner.uid && accepted => {
+                owned.push(pod);
+                continue;
+            }
+            Some(c) if c.uid == owner.uid && !deleting => {
+                json!({"metadata": {"uid": pod.metadata.uid, "ownerReferences": others}})
+            }
+            None if accepted && !deleting && pod.metadata.deletion_timestamp.is_none() => {
+                let mut references: Vec<&OwnerReference> = others;
+                references.push(owner);
+                json!({"metadata": {"uid": pod.metadata.uid, "ownerReferences": references}})
+            }
+            _ => continue,
+        };
+        match api
+            .patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(patched) if controller_of(&patched).is_some_and(|c| c.uid == owner.uid) => owned.push(Arc::new(patched)),
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(owned)
 }
 
 /// Upstream's `GetPodFromTemplate`: the template's labels, annotations, finalizers and

@@ -411,9 +411,7 @@ impl<K: Replicated> Controller<K> {
         reason: &str,
         message: &str,
     ) {
-        if let Err(err) = self.recorder.record(involved, kind, reason, message).await {
-            tracing::debug!(%err, reason, "recording an event failed");
-        }
+        self.recorder.emit(involved, kind, reason, message).await;
     }
 }
 

@@ -225,9 +225,7 @@ enum Step {
 
 impl Controller {
     async fn event(&self, involved: &ObjectReference, kind: &str, reason: &str, message: &str) {
-        if let Err(err) = self.recorder.record(involved, kind, reason, message).await {
-            tracing::debug!(%err, reason, "recording an event failed");
-        }
+        self.recorder.emit(involved, kind, reason, message).await;
     }
 
     fn sets_selecting(&self, pod: &Pod) -> Vec<String> {
@@ -263,40 +261,17 @@ impl Controller {
     /// The set's pods: owned ones still matching, and orphans with its names it adopts.
     async fn claim_pods(&self, set: &StatefulSet, selector: &LabelSelector) -> Result<Vec<Arc<Pod>>, ControllerError> {
         let namespace = set.namespace().unwrap_or_default();
-        let key = key_of(set);
-        let uid = set.uid().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-        let mut owned = Vec::new();
-        for pod in self.pods.state() {
-            if pod.namespace().as_deref() != Some(namespace.as_str()) {
-                continue;
-            }
-            let matches = labels_match(selector, pod.metadata.labels.as_ref())
-                && ordinal_of(&set.name_any(), &pod.name_any()).is_some();
-            let patch = match controller_of(&pod) {
-                Some(c) if c.uid == uid && matches => {
-                    owned.push(pod);
-                    continue;
-                }
-                Some(c) if c.uid == uid && set.metadata.deletion_timestamp.is_none() => {
-                    json!({"metadata": {"uid": pod.uid(), "ownerReferences": []}})
-                }
-                None if matches && set.metadata.deletion_timestamp.is_none() => {
-                    json!({"metadata": {"uid": pod.uid(), "ownerReferences": [controller_ref(set)]}})
-                }
-                _ => continue,
-            };
-            match api
-                .patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(patched) if controller_of(&patched).is_some() => owned.push(Arc::new(patched)),
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(source) => return Err(ControllerError::api(&key, "claiming a pod", source)),
-            }
-        }
-        Ok(owned)
+        let owner = (
+            &controller_ref(set),
+            namespace.as_str(),
+            set.metadata.deletion_timestamp.is_some(),
+        );
+        crate::pods::claim(&self.client, self.pods.state(), owner, |pod| {
+            labels_match(selector, pod.metadata.labels.as_ref())
+                && ordinal_of(&set.name_any(), &pod.name_any()).is_some()
+        })
+        .await
+        .map_err(|source| ControllerError::api(&key_of(set), "claiming a pod", source))
     }
 
     async fn create_pod(&self, set: &StatefulSet, pod: &Pod, ordinal: i32) -> Result<(), ControllerError> {

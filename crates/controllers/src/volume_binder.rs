@@ -122,9 +122,7 @@ pub fn best_volume(
 
 impl Controller {
     async fn event(&self, involved: &ObjectReference, kind: &str, reason: &str, message: &str) {
-        if let Err(err) = self.recorder.record(involved, kind, reason, message).await {
-            tracing::debug!(%err, reason, "recording an event failed");
-        }
+        self.recorder.emit(involved, kind, reason, message).await;
     }
 
     async fn reconcile(&self, key: &str) -> Result<Option<Duration>, ControllerError> {
