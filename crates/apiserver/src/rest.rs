@@ -814,21 +814,31 @@ fn managed_schema(info: &ResourceInfo) -> managed::Schema<'static> {
     }
 }
 
-/// Records a write in the object's managedFields.
-fn record(info: &ResourceInfo, old: Option<&Value>, new: &mut Value, manager: &str, status_only: bool) {
-    let time = object::now_rfc3339();
-    let api_version = info.api_version();
-    let writer = managed::Writer {
+/// Who writes an object of `info`'s kind: (manager, apiVersion, time), and whether
+/// through the status subresource.
+fn managed_writer<'a>(
+    info: &ResourceInfo,
+    (manager, api_version, time): (&'a str, &'a str, &'a str),
+    status_only: bool,
+) -> managed::Writer<'a> {
+    managed::Writer {
         manager,
-        api_version: &api_version,
-        time: &time,
+        api_version,
+        time,
         scope: if status_only {
             managed::Scope::Status
         } else {
             managed::Scope::Main
         },
         has_status: info.has_status(),
-    };
+    }
+}
+
+/// Records a write in the object's managedFields.
+fn record(info: &ResourceInfo, old: Option<&Value>, new: &mut Value, manager: &str, status_only: bool) {
+    let time = object::now_rfc3339();
+    let api_version = info.api_version();
+    let writer = managed_writer(info, (manager, &api_version, &time), status_only);
     managed::record_update(old, new, &writer, managed_schema(info));
 }
 
@@ -1168,17 +1178,7 @@ async fn server_side_apply(
     loop {
         attempt += 1;
         let time = object::now_rfc3339();
-        let writer = managed::Writer {
-            manager: &manager,
-            api_version: &api_version,
-            time: &time,
-            scope: if status_only {
-                managed::Scope::Status
-            } else {
-                managed::Scope::Main
-            },
-            has_status: info.has_status(),
-        };
+        let writer = managed_writer(info, (&manager, &api_version, &time), status_only);
         let current = match current_with_revision(state, info, ns, name).await {
             Ok(found) => Some(found),
             Err(err) if err.code == StatusCode::NOT_FOUND => None,

@@ -54,29 +54,23 @@ pub(crate) async fn request_token(
         .pointer("/spec/expirationSeconds")
         .and_then(Value::as_i64)
         .unwrap_or(DEFAULT_EXPIRATION);
-    if expiration < MIN_EXPIRATION {
-        return Err(invalid_kind(
+    let refuse = |detail: &str| {
+        invalid_kind(
             "authentication.k8s.io",
             "TokenRequest",
             "",
             vec![(
                 "spec.expirationSeconds".into(),
                 format!("Invalid value: {expiration}"),
-                "may not specify a duration less than 10 minutes".into(),
+                detail.into(),
             )],
-        ));
+        )
+    };
+    if expiration < MIN_EXPIRATION {
+        return Err(refuse("may not specify a duration less than 10 minutes"));
     }
     if expiration > MAX_EXPIRATION {
-        return Err(invalid_kind(
-            "authentication.k8s.io",
-            "TokenRequest",
-            "",
-            vec![(
-                "spec.expirationSeconds".into(),
-                format!("Invalid value: {expiration}"),
-                "may not specify a duration larger than 2^32 seconds".into(),
-            )],
-        ));
+        return Err(refuse("may not specify a duration larger than 2^32 seconds"));
     }
     let mut audiences: Vec<String> = request
         .pointer("/spec/audiences")

@@ -599,47 +599,36 @@ impl Controller {
                 .await
                 .expect_creations(key, expectations_creations);
         }
-        // Slow start, as the ReplicaSet controller: a failing template fails once.
-        let (mut done, mut batch) = (0, 1);
-        while done < create_on.len() {
-            let size = batch.min(create_on.len() - done);
-            let params = PostParams::default();
-            let results = join_all(create_on[done..done + size].iter().map(|node| {
-                let pod = new_pod(ds, template, hash, node);
-                let api = api.clone();
-                let params = params.clone();
-                async move { api.create(&params, &pod).await }
-            }))
-            .await;
-            done += size;
-            let mut stop = false;
-            for result in results {
-                match result {
-                    Ok(created) => {
-                        let message = format!("Created pod: {}", created.name_any());
-                        self.event(&involved, "Normal", "SuccessfulCreate", &message).await;
+        let params = PostParams::default();
+        let results = crate::pods::slow_start(create_on.len(), |i| {
+            let pod = new_pod(ds, template, hash, &create_on[i]);
+            let (api, params) = (api.clone(), params.clone());
+            async move { api.create(&params, &pod).await }
+        })
+        .await;
+        let attempted = results.len();
+        for result in results {
+            match result {
+                Ok(created) => {
+                    let message = format!("Created pod: {}", created.name_any());
+                    self.event(&involved, "Normal", "SuccessfulCreate", &message).await;
+                }
+                Err(err) => {
+                    if expectations_creations > 0 {
+                        self.expectations.lock().await.creation_observed(key);
                     }
-                    Err(err) => {
-                        if expectations_creations > 0 {
-                            self.expectations.lock().await.creation_observed(key);
-                        }
-                        let message = format!("Error creating: {}", crate::api_message(&err));
-                        self.event(&involved, "Warning", "FailedCreate", &message).await;
-                        failed = Some(err);
-                        stop = true;
-                    }
+                    let message = format!("Error creating: {}", crate::api_message(&err));
+                    self.event(&involved, "Warning", "FailedCreate", &message).await;
+                    failed = Some(err);
                 }
             }
-            if stop {
-                if expectations_creations > 0 {
-                    let mut expectations = self.expectations.lock().await;
-                    for _ in done..create_on.len() {
-                        expectations.creation_observed(key);
-                    }
-                }
-                break;
+        }
+        if expectations_creations > 0 && attempted < create_on.len() {
+            // The rest of this sync's creations will not happen.
+            let mut expectations = self.expectations.lock().await;
+            for _ in attempted..create_on.len() {
+                expectations.creation_observed(key);
             }
-            batch *= 2;
         }
         match failed {
             Some(err) => Err(ControllerError::api(key, "managing daemon pods", err)),

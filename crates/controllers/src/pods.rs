@@ -121,6 +121,28 @@ pub async fn claim(
     Ok(owned)
 }
 
+/// Upstream's `slowStartBatch`: `create(i)` for `i` in `0..count`, in batches of 1, 2, 4,
+/// ..., stopping after a batch with a failure, so that a failing template fails once rather
+/// than `count` times. The results of the calls made, in order.
+pub async fn slow_start<Fut>(count: usize, create: impl Fn(usize) -> Fut) -> Vec<Result<Pod, kube::Error>>
+where
+    Fut: Future<Output = Result<Pod, kube::Error>>,
+{
+    let (mut results, mut batch) = (Vec::with_capacity(count), 1);
+    while results.len() < count {
+        let start = results.len();
+        let size = batch.min(count - start);
+        let outcome = futures_util::future::join_all((start..start + size).map(&create)).await;
+        let failed = outcome.iter().any(Result::is_err);
+        results.extend(outcome);
+        if failed {
+            break;
+        }
+        batch *= 2;
+    }
+    results
+}
+
 /// Upstream's `GetPodFromTemplate`: the template's labels, annotations, finalizers and
 /// spec, named after the owner, with the owner as controller.
 pub fn from_template(template: &PodTemplateSpec, owner_name: &str, controller: OwnerReference) -> Pod {

@@ -26,7 +26,9 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::expectations::Expectations;
-use crate::pods::{controller_of, deletion_order, from_template, is_active, is_available, is_ready, labels_match};
+use crate::pods::{
+    controller_of, deletion_order, from_template, is_active, is_available, is_ready, labels_match, slow_start,
+};
 use crate::workqueue::WorkQueue;
 use crate::{ControllerError, key_of, split_key};
 
@@ -334,37 +336,31 @@ impl<K: Replicated> Controller<K> {
             };
             self.expectations.lock().await.expect_creations(key, count);
             let pod = from_template(template, &owner.name_any(), controller_ref(owner));
-            // Slow start: batches of 1, 2, 4, ... so that a failing template fails once.
-            let (mut done, mut batch) = (0, 1);
-            while done < count {
-                let size = batch.min(count - done);
-                let params = PostParams::default();
-                let results = join_all((0..size).map(|_| pods.create(&params, &pod))).await;
-                done += size;
-                let mut failed = None;
-                for result in results {
-                    match result {
-                        Ok(created) => {
-                            let message = format!("Created pod: {}", created.name_any());
-                            self.event(&involved, "Normal", "SuccessfulCreate", &message).await;
-                        }
-                        Err(err) => {
-                            self.expectations.lock().await.creation_observed(key);
-                            let message = format!("Error creating: {}", crate::api_message(&err));
-                            self.event(&involved, "Warning", "FailedCreate", &message).await;
-                            failed = Some(err);
-                        }
+            let params = PostParams::default();
+            let results = slow_start(count, |_| pods.create(&params, &pod)).await;
+            let attempted = results.len();
+            let mut failed = None;
+            for result in results {
+                match result {
+                    Ok(created) => {
+                        let message = format!("Created pod: {}", created.name_any());
+                        self.event(&involved, "Normal", "SuccessfulCreate", &message).await;
+                    }
+                    Err(err) => {
+                        self.expectations.lock().await.creation_observed(key);
+                        let message = format!("Error creating: {}", crate::api_message(&err));
+                        self.event(&involved, "Warning", "FailedCreate", &message).await;
+                        failed = Some(err);
                     }
                 }
-                if let Some(err) = failed {
-                    // The rest of this sync's creations will not happen.
-                    let mut expectations = self.expectations.lock().await;
-                    for _ in done..count {
-                        expectations.creation_observed(key);
-                    }
-                    return Err(("FailedCreate", ControllerError::api(key, "creating pods", err)));
+            }
+            if let Some(err) = failed {
+                // The rest of this sync's creations will not happen.
+                let mut expectations = self.expectations.lock().await;
+                for _ in attempted..count {
+                    expectations.creation_observed(key);
                 }
-                batch *= 2;
+                return Err(("FailedCreate", ControllerError::api(key, "creating pods", err)));
             }
         } else if owned.len() > wanted {
             let count = (owned.len() - wanted).min(BURST_REPLICAS);

@@ -24,6 +24,13 @@ fn seed_document(file: &str, index: usize) -> String {
     text.split("\n---\n").nth(index).unwrap().to_string()
 }
 
+/// `kubectl rollout status` of `what` (with `-n` and the like), which must succeed in time.
+fn rollout_status(kubectl: &rkube_testkit::Kubectl, what: &[&str]) -> String {
+    let mut args = vec!["rollout", "status", "--timeout=90s"];
+    args.extend_from_slice(what);
+    common::ok(kubectl.run(&args).unwrap())
+}
+
 async fn owned_pods(pods: &Api<Pod>, selector: &str) -> Vec<Pod> {
     pods.list(&ListParams::default().labels(selector))
         .await
@@ -258,11 +265,7 @@ async fn deployments_roll_out_on_labelled_nodes() {
     let _dmz = HollowNodes::start(client.clone(), fleet("dmz", 2, "dmz"))
         .await
         .unwrap();
-    common::ok(
-        kubectl
-            .run(&["rollout", "status", "deployment/dmz-app", "--timeout=60s"])
-            .unwrap(),
-    );
+    rollout_status(&kubectl, &["deployment/dmz-app"]);
     let running = owned_pods(&pods, "app=dmz-app").await;
     assert_eq!(running.len(), 2);
     for pod in &running {
@@ -307,11 +310,7 @@ async fn deployments_roll_out_on_labelled_nodes() {
         .patch("dmz-app", &PatchParams::default(), &Patch::Merge(&update))
         .await
         .unwrap();
-    common::ok(
-        kubectl
-            .run(&["rollout", "status", "deployment/dmz-app", "--timeout=60s"])
-            .unwrap(),
-    );
+    rollout_status(&kubectl, &["deployment/dmz-app"]);
     let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
     let mut listed: Vec<(String, i32, String)> = sets
         .list(&ListParams::default().labels("app=dmz-app"))
@@ -339,11 +338,7 @@ async fn deployments_roll_out_on_labelled_nodes() {
 
     // Undo goes back to the first template (as revision 3).
     common::ok(kubectl.run(&["rollout", "undo", "deployment/dmz-app"]).unwrap());
-    common::ok(
-        kubectl
-            .run(&["rollout", "status", "deployment/dmz-app", "--timeout=60s"])
-            .unwrap(),
-    );
+    rollout_status(&kubectl, &["deployment/dmz-app"]);
     let images: Vec<String> = owned_pods(&pods, "app=dmz-app")
         .await
         .into_iter()
@@ -358,11 +353,7 @@ async fn deployments_roll_out_on_labelled_nodes() {
 
     // Scaling.
     common::ok(kubectl.run(&["scale", "deployment/dmz-app", "--replicas=4"]).unwrap());
-    common::ok(
-        kubectl
-            .run(&["rollout", "status", "deployment/dmz-app", "--timeout=60s"])
-            .unwrap(),
-    );
+    rollout_status(&kubectl, &["deployment/dmz-app"]);
     assert_eq!(owned_pods(&pods, "app=dmz-app").await.len(), 4);
 }
 
@@ -513,11 +504,7 @@ async fn namespaces_are_deleted_with_their_content() {
                    spec: {containers: [{name: web, image: 'nginx:1.27'}]}\n---\napiVersion: v1\nkind: ConfigMap\n\
                    metadata: {name: held, namespace: shop, finalizers: [example.com/hold]}\ndata: {a: b}\n";
     common::ok(common::apply_file(&kubectl, dir.path(), "shop.yaml", content, "create"));
-    common::ok(
-        kubectl
-            .run(&["rollout", "status", "-n", "shop", "deployment/web", "--timeout=60s"])
-            .unwrap(),
-    );
+    rollout_status(&kubectl, &["-n", "shop", "deployment/web"]);
 
     // The content finalizer changes only through `finalize`, not by an update.
     let cleared = namespaces
@@ -911,11 +898,7 @@ async fn pods_leave_an_unreachable_node() {
         manifest,
         "create",
     ));
-    common::ok(
-        kubectl
-            .run(&["rollout", "status", "deployment/hardy", "--timeout=60s"])
-            .unwrap(),
-    );
+    rollout_status(&kubectl, &["deployment/hardy"]);
     let survivor = HollowNodes::start(client.clone(), fleet("survivor", 1, "b"))
         .await
         .unwrap();
@@ -1005,11 +988,7 @@ async fn stateful_sets_start_in_order_with_their_own_volumes() {
     let seed =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seed/18-statefulset.yaml");
     common::ok(kubectl.run(&["create", "-f", seed.to_str().unwrap()]).unwrap());
-    common::ok(
-        kubectl
-            .run(&["rollout", "status", "statefulset/db", "--timeout=90s"])
-            .unwrap(),
-    );
+    rollout_status(&kubectl, &["statefulset/db"]);
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let running = owned_pods(&pods, "app=db").await;
     let mut names: Vec<String> = running.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
@@ -1091,11 +1070,7 @@ async fn stateful_sets_start_in_order_with_their_own_volumes() {
     sets.patch("db", &PatchParams::default(), &Patch::Merge(&partitioned))
         .await
         .unwrap();
-    let out = common::ok(
-        kubectl
-            .run(&["rollout", "status", "statefulset/db", "--timeout=90s"])
-            .unwrap(),
-    );
+    let out = rollout_status(&kubectl, &["statefulset/db"]);
     assert!(
         out.contains("partitioned roll out complete: 1 new pods have been updated"),
         "{out}"
@@ -1117,11 +1092,7 @@ async fn stateful_sets_start_in_order_with_their_own_volumes() {
     )
     .await
     .unwrap();
-    common::ok(
-        kubectl
-            .run(&["rollout", "status", "statefulset/db", "--timeout=90s"])
-            .unwrap(),
-    );
+    rollout_status(&kubectl, &["statefulset/db"]);
     eventually("the update to become current", WITHIN, async || {
         let status = sets.get("db").await.ok()?.status?;
         (status.current_revision.as_deref() == Some(second_revision.as_str())).then_some(())
@@ -1150,11 +1121,7 @@ async fn stateful_sets_start_in_order_with_their_own_volumes() {
     // Undo goes back to the first template (renumbered as revision 3); restart replaces
     // every pod with the same template.
     common::ok(kubectl.run(&["rollout", "undo", "statefulset/db"]).unwrap());
-    common::ok(
-        kubectl
-            .run(&["rollout", "status", "statefulset/db", "--timeout=90s"])
-            .unwrap(),
-    );
+    rollout_status(&kubectl, &["statefulset/db"]);
     eventually("every pod back on the first template", WITHIN, async || {
         let listed = stateful_pods(&pods, "app=db").await;
         (listed.len() == 3
@@ -1172,11 +1139,7 @@ async fn stateful_sets_start_in_order_with_their_own_volumes() {
         .map(|p| p.metadata.uid.unwrap())
         .collect();
     common::ok(kubectl.run(&["rollout", "restart", "statefulset/db"]).unwrap());
-    common::ok(
-        kubectl
-            .run(&["rollout", "status", "statefulset/db", "--timeout=90s"])
-            .unwrap(),
-    );
+    rollout_status(&kubectl, &["statefulset/db"]);
     eventually("every pod replaced by the restart", WITHIN, async || {
         let now = owned_pods(&pods, "app=db").await;
         let restarted = now.len() == 3
@@ -1477,11 +1440,7 @@ async fn volumes_bind_provision_and_reclaim() {
     .replace("NFS_SERVER", "127.0.0.1")
     .replace("NFS_PATH", "/exports/web");
     common::ok(common::apply_file(&kubectl, dir.path(), "seed11.yaml", &seed, "create"));
-    common::ok(
-        kubectl
-            .run(&["rollout", "status", "deployment/nginx-deployment", "--timeout=60s"])
-            .unwrap(),
-    );
+    rollout_status(&kubectl, &["deployment/nginx-deployment"]);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
     let volumes: Api<PersistentVolume> = Api::all(client.clone());
     let claim = claims.get("nfs-pvc").await.unwrap();
@@ -1673,11 +1632,7 @@ async fn seed_deployments_reach_their_state() {
                 .unwrap(),
         );
     }
-    common::ok(
-        kubectl
-            .run(&["rollout", "status", "deployment/wordpress-deployment", "--timeout=60s"])
-            .unwrap(),
-    );
+    rollout_status(&kubectl, &["deployment/wordpress-deployment"]);
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let running = owned_pods(&pods, "app=wordpress").await;
     assert_eq!(running.len(), 2);
@@ -1710,11 +1665,7 @@ async fn rollout_undo_returns_to_an_adopted_replica_set() {
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "hand"}}, "template": template}}))
     .unwrap();
     deployments.create(&PostParams::default(), &d).await.unwrap();
-    common::ok(
-        kubectl
-            .run(&["rollout", "status", "deployment/hand", "--timeout=60s"])
-            .unwrap(),
-    );
+    rollout_status(&kubectl, &["deployment/hand"]);
     let adopted = sets.get("hand-made").await.unwrap();
     let owner = &adopted.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Deployment", "hand"));
@@ -1724,17 +1675,9 @@ async fn rollout_undo_returns_to_an_adopted_replica_set() {
             .run(&["set", "image", "deployment/hand", "web=nginx:1.27"])
             .unwrap(),
     );
-    common::ok(
-        kubectl
-            .run(&["rollout", "status", "deployment/hand", "--timeout=60s"])
-            .unwrap(),
-    );
+    rollout_status(&kubectl, &["deployment/hand"]);
     common::ok(kubectl.run(&["rollout", "undo", "deployment/hand"]).unwrap());
-    common::ok(
-        kubectl
-            .run(&["rollout", "status", "deployment/hand", "--timeout=60s"])
-            .unwrap(),
-    );
+    rollout_status(&kubectl, &["deployment/hand"]);
     let image = deployments
         .get("hand")
         .await
