@@ -1287,18 +1287,7 @@ async fn daemon_sets_run_one_pod_per_node() {
     let seed =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seed/20-daemonset-probes.yaml");
     common::ok(kubectl.run(&["create", "-f", seed.to_str().unwrap()]).unwrap());
-    common::ok(
-        kubectl
-            .run(&[
-                "rollout",
-                "status",
-                "-n",
-                "kube-system",
-                "daemonset/node-agent",
-                "--timeout=60s",
-            ])
-            .unwrap(),
-    );
+    rollout_status(&kubectl, &["-n", "kube-system", "daemonset/node-agent"]);
     let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
     let placement = || {
         let pods = pods.clone();
@@ -1352,18 +1341,7 @@ async fn daemon_sets_run_one_pod_per_node() {
     sets.patch("node-agent", &PatchParams::default(), &Patch::Merge(&update))
         .await
         .unwrap();
-    common::ok(
-        kubectl
-            .run(&[
-                "rollout",
-                "status",
-                "-n",
-                "kube-system",
-                "daemonset/node-agent",
-                "--timeout=60s",
-            ])
-            .unwrap(),
-    );
+    rollout_status(&kubectl, &["-n", "kube-system", "daemonset/node-agent"]);
     eventually("every agent replaced", WITHIN, async || {
         let placed = placement().await;
         (placed.len() == 3 && placed.iter().all(|(_, image)| image == "busybox:1.36")).then_some(())
@@ -1382,18 +1360,7 @@ async fn daemon_sets_run_one_pod_per_node() {
             .run(&["rollout", "undo", "-n", "kube-system", "daemonset/node-agent"])
             .unwrap(),
     );
-    common::ok(
-        kubectl
-            .run(&[
-                "rollout",
-                "status",
-                "-n",
-                "kube-system",
-                "daemonset/node-agent",
-                "--timeout=60s",
-            ])
-            .unwrap(),
-    );
+    rollout_status(&kubectl, &["-n", "kube-system", "daemonset/node-agent"]);
     eventually("every agent back on the first template", WITHIN, async || {
         let placed = placement().await;
         (placed.len() == 3 && placed.iter().all(|(_, image)| image == "busybox")).then_some(())
