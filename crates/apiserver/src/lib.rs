@@ -74,7 +74,9 @@ pub(crate) struct State {
     pub metrics: Arc<metrics::Metrics>,
     /// Every resource's objects in memory, for lists and watches.
     pub cache: Arc<cache::WatchCache>,
-    pub openapi: openapi::OpenApi,
+    /// Built in the background at start (seconds in a debug build); the first OpenAPI
+    /// request waits for it.
+    pub openapi: Arc<tokio::sync::OnceCell<openapi::OpenApi>>,
     pub services: ServiceNetwork,
 }
 
@@ -92,7 +94,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let state = Arc::new(State {
         authenticator: Authenticator::new(config.tokens, config.service_account_keys),
         cache,
-        openapi: openapi::OpenApi::build().map_err(|err| ServeError::Startup(err.message))?,
+        openapi: Arc::new(tokio::sync::OnceCell::new()),
         store,
         metrics,
         services: config.services,
@@ -102,6 +104,15 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     }
     if let Err(err) = rest::ensure_kubernetes_service(&state, config.advertise).await {
         return Err(ServeError::Startup(err.message));
+    }
+    // Start building the OpenAPI documents now, so that kubectl's first request finds them.
+    {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            if let Err(err) = openapi::built(&state.openapi).await {
+                tracing::error!(err = err.message, "building the OpenAPI documents");
+            }
+        });
     }
     let local: SocketAddr = config.listener.local_addr()?;
     tracing::info!(address = %local, "API server listening");

@@ -33,6 +33,16 @@ pub(crate) struct OpenApi {
     documents: BTreeMap<String, Document>,
 }
 
+/// The documents, built once (off the async threads) by whoever asks first.
+pub(crate) async fn built(cell: &tokio::sync::OnceCell<OpenApi>) -> Result<&OpenApi, ApiError> {
+    cell.get_or_try_init(|| async {
+        tokio::task::spawn_blocking(OpenApi::build)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+    })
+    .await
+}
+
 impl OpenApi {
     pub fn build() -> Result<Self, ApiError> {
         let mut documents = BTreeMap::new();

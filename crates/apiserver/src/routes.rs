@@ -75,10 +75,12 @@ async fn dispatch(
         // No schemas are published yet: an empty v2 document is what kubectl accepts as
         // "validate nothing client-side" (v3 404 and v2 404 would make create fail).
         (&Method::GET, "/openapi/v2") => Ok(octet_stream_empty()),
-        (&Method::GET, _) if path == "/openapi/v3" || path.starts_with("/openapi/v3/") => state
-            .openapi
-            .serve(path, request.uri().query(), request.headers())
-            .ok_or_else(|| ApiError::not_found_path(path)),
+        (&Method::GET, _) if path == "/openapi/v3" || path.starts_with("/openapi/v3/") => {
+            let openapi = crate::openapi::built(&state.openapi).await?;
+            openapi
+                .serve(path, request.uri().query(), request.headers())
+                .ok_or_else(|| ApiError::not_found_path(path))
+        }
         (&Method::GET, "/metrics") => {
             let mut response = text(StatusCode::OK, state.metrics.render());
             response.headers_mut().insert(

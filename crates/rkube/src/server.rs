@@ -105,6 +105,7 @@ fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let signals = crate::ShutdownSignals::install()?;
     let sqlite_path = args.data_dir.join("server/db/state.db");
     let datastore =
         Datastore::from_endpoint(args.datastore_endpoint.as_deref(), &sqlite_path).context("--datastore-endpoint")?;
@@ -216,9 +217,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         components.push((task, client, election));
     }
     rkube_apiserver::serve(config, async move {
-        if let Err(err) = crate::shutdown_signal().await {
-            tracing::error!(%err, "waiting for a signal");
-        }
+        signals.wait().await;
         // Stop the components and hand their leases over while the API server still answers.
         for (task, client, election) in components {
             task.abort();
