@@ -6,8 +6,8 @@
 //! query parameter. Each document carries upstream's complete component schemas of its
 //! kinds (with every type they use, and the patch merge keys and strategies), which
 //! `kubectl explain` prints and client-side apply computes patches with; a PATCH operation
-//! offers only the patch types the server accepts. Legacy versions (removed upstream) have
-//! no schemas of their own.
+//! offers only the patch types the server accepts. Legacy versions (removed upstream) get
+//! their current kind's schemas under their own names and group-version-kind.
 //!
 //! Documents are built once from the catalogue; each is served at a URL carrying the hash
 //! of its content, immutable there, with an ETag.
@@ -494,8 +494,15 @@ impl Operations<'_> {
 fn group_version_document<'a>(resources: impl Iterator<Item = &'a ResourceInfo>) -> Value {
     let mut paths = Map::new();
     let mut kinds: Vec<&'static str> = Vec::new();
+    let mut legacy = BTreeMap::new();
     for info in resources {
         kinds.extend(rkube_api::schemas::names_of(info.group, info.version, info.kind));
+        if let Some(current) = info
+            .stored_as
+            .filter(|_| rkube_api::convert::deprecation(info).is_some())
+        {
+            legacy.extend(rkube_api::schemas::legacy(info.group, info.version, info.kind, current));
+        }
         let gv_id = group_version_id(info.group, info.version);
         let tag = if info.group.is_empty() {
             format!("core_{}", info.version)
@@ -508,11 +515,13 @@ fn group_version_document<'a>(resources: impl Iterator<Item = &'a ResourceInfo>)
         };
         Operations { info, gv_id, tag }.add_paths(&mut paths);
     }
+    let mut schemas = rkube_api::schemas::closure(kinds);
+    schemas.extend(legacy);
     json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.33.0"},
         "paths": paths,
-        "components": {"schemas": rkube_api::schemas::closure(kinds)},
+        "components": {"schemas": schemas},
     })
 }
 

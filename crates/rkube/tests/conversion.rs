@@ -178,6 +178,19 @@ fn legacy_versions_serve_old_manifests() {
         assert_eq!(binding["apiVersion"], "rbac.authorization.k8s.io/v1");
         assert_eq!(binding["roleRef"]["name"], "cluster-admin");
 
+        // Their schemas are published under their own version.
+        let explained = ok(k
+            .run(&[
+                "explain",
+                "deployment.spec.selector",
+                "--api-version=extensions/v1beta1",
+            ])
+            .unwrap());
+        assert!(
+            explained.contains("v1beta1") && explained.contains("matchLabels"),
+            "{binary}: {explained}"
+        );
+
         // Current versions stay preferred: no warning on plain commands.
         let out = k.run(&["get", "deployments", "-n", "test"]).unwrap();
         assert!(String::from_utf8_lossy(&out.stderr).is_empty(), "{binary}: {out:?}");
