@@ -9,6 +9,12 @@ use serde_json::{Value, json};
 /// Who service-account tokens are from and for (upstream's default issuer and audience).
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// A service account's user name.
 pub fn service_account_user(namespace: &str, name: &str) -> String {
     format!("system:serviceaccount:{namespace}:{name}")
@@ -52,7 +58,7 @@ impl Authenticator {
         audiences: &[String],
         expiration_seconds: i64,
     ) -> Result<(String, i64), rkube_pki::PkiError> {
-        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        let now = unix_now();
         let expires = now + expiration_seconds;
         let claims = json!({
             "aud": audiences, "exp": expires, "iat": now, "nbf": now, "iss": ISSUER,
@@ -66,7 +72,7 @@ impl Authenticator {
     /// The account a valid service-account token names, with its uid.
     fn service_account(&self, token: &str) -> Option<Identity> {
         let claims = self.service_accounts.verify(token)?;
-        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        let now = unix_now();
         let number = |k: &str| claims.get(k).and_then(Value::as_i64);
         if number("exp").is_none_or(|exp| exp <= now) || number("nbf").is_some_and(|nbf| nbf > now) {
             return None;
