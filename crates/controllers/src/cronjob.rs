@@ -329,6 +329,7 @@ pub async fn run(client: kube::Client) {
         let controller = Arc::clone(&controller);
         let events = watcher(Api::<CronJob>::all(client.clone()), watcher::Config::default())
             .default_backoff()
+            .modify(crate::trim)
             .reflect(cj_writer);
         tasks.spawn(async move {
             let mut events = std::pin::pin!(events);
@@ -343,6 +344,7 @@ pub async fn run(client: kube::Client) {
         let controller = Arc::clone(&controller);
         let events = watcher(Api::<Job>::all(client), watcher::Config::default())
             .default_backoff()
+            .modify(crate::trim)
             .reflect(job_writer);
         tasks.spawn(async move {
             let mut events = std::pin::pin!(events);

@@ -695,11 +695,19 @@ pub async fn run(client: kube::Client) {
         }
     });
     let (pod_events, mut pod_receiver) = tokio::sync::mpsc::unbounded_channel::<(Pod, bool)>();
-    let pods = crate::informer::spawn::<Pod, _, _>(&mut tasks, &client, move |pod, deleted| {
-        // A closed channel means the controller is going away.
-        let _ = pod_events.send((pod, deleted));
-        async {}
-    });
+    // Only the pods DaemonSets made (they carry the template generation label): orphans
+    // without it are not adopted, a difference from upstream that spares a cache of every
+    // pod.
+    let pods = crate::informer::spawn_with::<Pod, _, _>(
+        &mut tasks,
+        Api::all(client.clone()),
+        kube::runtime::watcher::Config::default().labels(GENERATION_LABEL),
+        move |pod, deleted| {
+            // A closed channel means the controller is going away.
+            let _ = pod_events.send((pod, deleted));
+            async {}
+        },
+    );
     let (node_events, mut node_receiver) = tokio::sync::mpsc::unbounded_channel::<(Node, bool)>();
     let nodes = crate::informer::spawn::<Node, _, _>(&mut tasks, &client, move |node, deleted| {
         let _ = node_events.send((node, deleted));

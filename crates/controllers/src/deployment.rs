@@ -909,13 +909,16 @@ pub async fn run(client: kube::Client) {
     });
     let d_events = watcher(Api::<Deployment>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .modify(crate::trim)
         .reflect(d_writer);
     let rs_events = watcher(Api::<ReplicaSet>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .modify(crate::trim)
         .reflect(rs_writer);
     // Pods matter only to Recreate (old pods must be gone); the store is all it needs.
     let pod_events = watcher(Api::<Pod>::all(client), watcher::Config::default())
         .default_backoff()
+        .modify(crate::trim)
         .reflect(pod_writer);
     let watching_deployments = {
         let controller = Arc::clone(&controller);

@@ -420,6 +420,7 @@ pub async fn run(client: kube::Client) {
         let controller = Arc::clone(&controller);
         let events = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
             .default_backoff()
+            .modify(crate::trim)
             .reflect(service_writer);
         tasks.spawn(async move {
             let mut events = std::pin::pin!(events);
@@ -434,6 +435,7 @@ pub async fn run(client: kube::Client) {
         let controller = Arc::clone(&controller);
         let events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
             .default_backoff()
+            .modify(crate::trim)
             .reflect(pod_writer);
         tasks.spawn(async move {
             let mut events = std::pin::pin!(events);
@@ -452,6 +454,7 @@ pub async fn run(client: kube::Client) {
             watcher::Config::default().labels(&format!("{MANAGED_BY}={CONTROLLER_NAME}")),
         )
         .default_backoff()
+        .modify(crate::trim)
         .reflect(slice_writer);
         tasks.spawn(async move {
             let mut events = std::pin::pin!(events);

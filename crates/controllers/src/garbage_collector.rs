@@ -382,7 +382,11 @@ pub async fn run(client: kube::Client) {
         let synced = Arc::clone(&synced);
         tasks.spawn(async move {
             let api: Api<DynamicObject> = Api::all_with(collector.client.clone(), &crate::api_resource(info));
-            let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+            let mut events = std::pin::pin!(
+                watcher(api, watcher::Config::default())
+                    .default_backoff()
+                    .modify(crate::trim)
+            );
             let mut first_sync = true;
             let mut listed: HashSet<String> = HashSet::new();
             while let Some(event) = events.next().await {

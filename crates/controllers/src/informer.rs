@@ -18,9 +18,26 @@ where
     F: Fn(K, bool) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
+    spawn_with(tasks, Api::<K>::all(client.clone()), watcher::Config::default(), handle)
+}
+
+/// [`spawn`] over some of the objects: those `api` reaches (a namespace) that `config`
+/// selects (labels).
+pub fn spawn_with<K, F, Fut>(
+    tasks: &mut tokio::task::JoinSet<()>,
+    api: Api<K>,
+    config: watcher::Config,
+    handle: F,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    F: Fn(K, bool) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
     let (store, writer) = reflector::store::<K>();
-    let events = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+    let events = watcher(api, config)
         .default_backoff()
+        .modify(crate::trim)
         .reflect(writer);
     tasks.spawn(async move {
         let mut events = std::pin::pin!(events);

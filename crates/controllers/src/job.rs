@@ -550,6 +550,7 @@ pub async fn run(client: kube::Client) {
         let controller = Arc::clone(&controller);
         let events = watcher(Api::<Job>::all(client.clone()), watcher::Config::default())
             .default_backoff()
+            .modify(crate::trim)
             .reflect(job_writer);
         tasks.spawn(async move {
             let mut events = std::pin::pin!(events);
@@ -568,6 +569,7 @@ pub async fn run(client: kube::Client) {
         let controller = Arc::clone(&controller);
         let events = watcher(Api::<Pod>::all(client), watcher::Config::default())
             .default_backoff()
+            .modify(crate::trim)
             .reflect(pod_writer);
         tasks.spawn(async move {
             let mut events = std::pin::pin!(events);

@@ -55,6 +55,13 @@ impl ControllerError {
 /// Upstream's `--concurrent-namespace-syncs`.
 pub const NAMESPACE_WORKERS: usize = 10;
 
+/// Drops an object's managedFields as it enters a controller's cache, as upstream's
+/// controller manager trims its informers: no controller reads them, and they would
+/// double what every cached object costs.
+pub fn trim<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
 /// A write whose object may be gone meanwhile: gone is as good as done.
 pub fn ignore_not_found<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
     match result {

@@ -27,6 +27,8 @@ pub const BASE_PATH: &str = "/var/lib/rkube/storage";
 /// The image of the helper pods; air-gapped nodes get it from their registry mirror.
 pub const HELPER_IMAGE: &str = "busybox";
 const HELPER_NAMESPACE: &str = "kube-system";
+/// The label of the helper pods, which the provisioner watches alone.
+const HELPER_LABEL: &str = "app=local-path-provisioner";
 const WORKERS: usize = 2;
 
 const CLAIM: &str = "claim:";
@@ -357,24 +359,29 @@ pub async fn run(client: kube::Client) {
         }
     });
     let classes = crate::informer::spawn::<StorageClass, _, _>(&mut tasks, &client, |_, _| async {});
-    let helpers = crate::informer::spawn::<Pod, _, _>(&mut tasks, &client, {
-        let queue = Arc::clone(&queue);
-        move |pod, _| {
+    let helpers = crate::informer::spawn_with::<Pod, _, _>(
+        &mut tasks,
+        Api::namespaced(client.clone(), HELPER_NAMESPACE),
+        kube::runtime::watcher::Config::default().labels(HELPER_LABEL),
+        {
             let queue = Arc::clone(&queue);
-            async move {
-                // Helper pods wake the claim or volume they work for.
-                let name = pod.name_any();
-                if pod.namespace().as_deref() != Some(HELPER_NAMESPACE) {
-                    return;
-                }
-                if let Some(volume) = name.strip_prefix("helper-pod-delete-") {
-                    queue.add(&format!("{VOLUME}{volume}")).await;
-                } else if let Some(volume) = name.strip_prefix("helper-pod-create-") {
-                    queue.add(&format!("{CLAIM}{volume}")).await;
+            move |pod, _| {
+                let queue = Arc::clone(&queue);
+                async move {
+                    // Helper pods wake the claim or volume they work for.
+                    let name = pod.name_any();
+                    if pod.namespace().as_deref() != Some(HELPER_NAMESPACE) {
+                        return;
+                    }
+                    if let Some(volume) = name.strip_prefix("helper-pod-delete-") {
+                        queue.add(&format!("{VOLUME}{volume}")).await;
+                    } else if let Some(volume) = name.strip_prefix("helper-pod-create-") {
+                        queue.add(&format!("{CLAIM}{volume}")).await;
+                    }
                 }
             }
-        }
-    });
+        },
+    );
     let controller = Arc::new(Controller {
         recorder: Recorder::new(client.clone(), PROVISIONER),
         client,

@@ -252,6 +252,7 @@ pub async fn run(client: kube::Client) {
         let controller = Arc::clone(&controller);
         let events = watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default())
             .default_backoff()
+            .modify(crate::trim)
             .reflect(writer);
         tasks.spawn(async move {
             let mut events = std::pin::pin!(events);
@@ -265,7 +266,9 @@ pub async fn run(client: kube::Client) {
     {
         // A deleted default account comes back.
         let controller = Arc::clone(&controller);
-        let events = watcher(Api::<ServiceAccount>::all(client), watcher::Config::default()).default_backoff();
+        let events = watcher(Api::<ServiceAccount>::all(client), watcher::Config::default())
+            .default_backoff()
+            .modify(crate::trim);
         tasks.spawn(async move {
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {

@@ -64,7 +64,11 @@ pub async fn run(client: kube::Client, cluster_cidr: (Ipv4Addr, u8)) {
     let recorder = Recorder::new(client.clone(), "node-ipam-controller");
     let used: Arc<Mutex<BTreeSet<u32>>> = Arc::default();
     let nodes: Api<Node> = Api::all(client.clone());
-    let mut events = std::pin::pin!(watcher(nodes.clone(), watcher::Config::default()).default_backoff());
+    let mut events = std::pin::pin!(
+        watcher(nodes.clone(), watcher::Config::default())
+            .default_backoff()
+            .modify(crate::trim)
+    );
     let mut waiting: Vec<Node> = Vec::new();
     let mut listing = true;
     while let Some(event) = events.next().await {

@@ -352,6 +352,7 @@ pub async fn run(client: kube::Client) {
     let mut tasks = tokio::task::JoinSet::new();
     let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .modify(crate::trim)
         .reflect(node_writer);
     tasks.spawn(async move {
         let mut events = std::pin::pin!(node_events);
@@ -369,6 +370,7 @@ pub async fn run(client: kube::Client) {
     });
     let pod_events = watcher(Api::<Pod>::all(client), watcher::Config::default())
         .default_backoff()
+        .modify(crate::trim)
         .reflect(pod_writer);
     tasks.spawn(async move {
         let mut events = std::pin::pin!(pod_events);

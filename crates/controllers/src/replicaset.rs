@@ -426,9 +426,11 @@ pub async fn run<K: Replicated>(client: kube::Client) {
     });
     let owner_events = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .modify(crate::trim)
         .reflect(owner_writer);
     let pod_events = watcher(Api::<Pod>::all(client), watcher::Config::default())
         .default_backoff()
+        .modify(crate::trim)
         .reflect(pod_writer);
     let watching_owners = {
         let controller = Arc::clone(&controller);

@@ -26,8 +26,9 @@ const WORKERS: usize = 2;
 /// Kinds without a watch of their own are recounted this often.
 const RESYNC: Duration = Duration::from_secs(30);
 const CLASS_SUFFIX: &str = ".storageclass.storage.k8s.io/";
-/// Besides pods, services and claims (which the controller caches), the kinds it watches.
-const WATCHED_COUNTS: [(&str, &str); 9] = [
+/// Besides services and claims (which the controller caches), the kinds it watches.
+const WATCHED_COUNTS: [(&str, &str); 10] = [
+    ("", "pods"),
     ("", "configmaps"),
     ("", "secrets"),
     ("", "replicationcontrollers"),
@@ -43,7 +44,6 @@ pub struct Controller {
     client: kube::Client,
     queue: Arc<WorkQueue>,
     quotas: Store<ResourceQuota>,
-    pods: Store<Pod>,
     services: Store<Service>,
     claims: Store<PersistentVolumeClaim>,
 }
@@ -299,11 +299,16 @@ impl Controller {
         let hard = quota.spec.as_ref().and_then(|s| s.hard.clone()).unwrap_or_default();
         let keys: Vec<String> = hard.keys().cloned().collect();
         let in_namespace = |ns: Option<String>| ns.as_deref() == Some(namespace);
-        let pods_state = self.pods.state();
-        let pods: Vec<&Pod> = pods_state
+        // Pods are listed when counted (a cache of every pod would cost the controller
+        // manager more than the few namespaces with quotas do).
+        let listed = Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .list(&ListParams::default())
+            .await
+            .map_err(|source| ControllerError::api(key, "listing pods", source))?;
+        let pods: Vec<&Pod> = listed
+            .items
             .iter()
-            .filter(|p| in_namespace(p.namespace()) && !is_terminal(p) && pod_in_scopes(&quota, p))
-            .map(Arc::as_ref)
+            .filter(|p| !is_terminal(p) && pod_in_scopes(&quota, p))
             .collect();
         let services_state = self.services.state();
         let services: Vec<&Service> = services_state
@@ -386,14 +391,6 @@ pub async fn run(client: kube::Client) {
             async move { queue.add(&key_of(&quota)).await }
         }
     });
-    let pods = crate::informer::spawn::<Pod, _, _>(&mut tasks, &client, {
-        let changes = changes.clone();
-        move |pod, _| {
-            // A closed channel means the controller is going away.
-            let _ = changes.send(pod.namespace());
-            async {}
-        }
-    });
     let services = crate::informer::spawn::<Service, _, _>(&mut tasks, &client, {
         let changes = changes.clone();
         move |service, _| {
@@ -426,6 +423,7 @@ pub async fn run(client: kube::Client) {
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
                 if let Ok(object) = event {
+                    // A closed channel means the controller is going away.
                     let _ = changes.send(object.namespace());
                 }
             }
@@ -435,7 +433,6 @@ pub async fn run(client: kube::Client) {
         client,
         queue: Arc::clone(&queue),
         quotas: quotas.clone(),
-        pods: pods.clone(),
         services: services.clone(),
         claims: claims.clone(),
     });
@@ -459,7 +456,6 @@ pub async fn run(client: kube::Client) {
         });
     }
     quotas.wait_until_ready().await.ok();
-    pods.wait_until_ready().await.ok();
     services.wait_until_ready().await.ok();
     claims.wait_until_ready().await.ok();
     {

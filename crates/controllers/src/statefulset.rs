@@ -675,11 +675,18 @@ pub async fn run(client: kube::Client) {
         }
     });
     let (pod_events, mut pod_receiver) = tokio::sync::mpsc::unbounded_channel::<Pod>();
-    let pods = crate::informer::spawn::<Pod, _, _>(&mut tasks, &client, move |pod, _| {
-        // A closed channel means the controller is going away.
-        let _ = pod_events.send(pod);
-        async {}
-    });
+    // Only the pods StatefulSets made (they carry their name label): orphans without it
+    // are not adopted, a difference from upstream that spares a cache of every pod.
+    let pods = crate::informer::spawn_with::<Pod, _, _>(
+        &mut tasks,
+        Api::all(client.clone()),
+        kube::runtime::watcher::Config::default().labels(POD_NAME_LABEL),
+        move |pod, _| {
+            // A closed channel means the controller is going away.
+            let _ = pod_events.send(pod);
+            async {}
+        },
+    );
     let (revision_events, mut revision_receiver) = tokio::sync::mpsc::unbounded_channel::<ControllerRevision>();
     let revisions = crate::informer::spawn::<ControllerRevision, _, _>(&mut tasks, &client, move |revision, _| {
         let _ = revision_events.send(revision);

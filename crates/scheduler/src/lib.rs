@@ -44,6 +44,12 @@ use rkube_client::leader;
 const VOLUME_BIND_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The scheduler name pods select by default.
+/// Drops managedFields as objects enter the scheduler's caches (as upstream's informers
+/// are trimmed): nothing here reads them.
+fn trim<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
 
 #[derive(Debug, thiserror::Error)]
@@ -109,9 +115,11 @@ pub async fn run(client: kube::Client, name: String) {
     });
     let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .modify(trim)
         .reflect(node_writer);
     let pod_events = watcher(Api::<Pod>::all(client), watcher::Config::default())
         .default_backoff()
+        .modify(trim)
         .reflect(pod_writer);
     let watching_nodes = {
         let (scheduler, nodes, pods) = (Arc::clone(&scheduler), nodes.clone(), pods.clone());
@@ -194,7 +202,7 @@ pub async fn run(client: kube::Client, name: String) {
 /// at once when it is complete, so decisions never see it half listed.
 async fn mirror<K: Mirrored>(scheduler: Arc<Scheduler>) {
     let api: Api<K> = Api::all(scheduler.client.clone());
-    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff().modify(trim));
     let mut listing: Vec<K> = Vec::new();
     while let Some(event) = events.next().await {
         let mut cache = scheduler.cache.lock().await;
