@@ -261,10 +261,15 @@ impl Scheduler {
             return;
         };
         let reference = reflector::ObjectRef::<Pod>::new(name).within(namespace);
-        let Some(pod) = self.pods.get(&reference) else { return };
-        if !wants_scheduling(&pod, &self.name) {
+        let Some(pod) = self
+            .pods
+            .get(&reference)
+            .filter(|pod| wants_scheduling(pod, &self.name))
+        else {
+            // Gone, bound or handed to another scheduler since it was queued.
+            self.queue.done(key).await;
             return;
-        }
+        };
         let outcome = {
             let mut cache = self.cache.lock().await;
             let outcome = cache.schedule(&pod);
@@ -305,8 +310,9 @@ impl Scheduler {
                             }
                         }
                         drop(cache);
-                        let attempts = scheduler.queue.attempts(&key).await + 1;
-                        scheduler.queue.failed(&key, priority(&pod), attempts, false).await;
+                        scheduler.queue.failed(&key, priority(&pod), false).await;
+                    } else {
+                        scheduler.queue.done(&key).await;
                     }
                 });
             }
@@ -322,8 +328,7 @@ impl Scheduler {
                     tracing::warn!(pod = key, %err, "preemption failed");
                 }
                 // Back when the victims are gone (a pod deletion wakes unschedulable pods).
-                let attempts = self.queue.attempts(key).await + 1;
-                self.queue.failed(key, priority(&pod), attempts, true).await;
+                self.queue.failed(key, priority(&pod), true).await;
             }
             Outcome::Unschedulable(fit) => {
                 let message = fit.to_string();
@@ -345,8 +350,7 @@ impl Scheduler {
                 if let Err(err) = self.report_unschedulable(&pod, &message, nomination).await {
                     tracing::warn!(pod = key, %err, "reporting an unschedulable pod failed");
                 }
-                let attempts = self.queue.attempts(key).await + 1;
-                self.queue.failed(key, priority(&pod), attempts, true).await;
+                self.queue.failed(key, priority(&pod), true).await;
             }
         }
     }

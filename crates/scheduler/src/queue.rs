@@ -1,7 +1,9 @@
 //! The scheduling queue: active pods in priority order (PrioritySort), pods backing off
 //! after a failed attempt (1 s, doubling to 10 s), and unschedulable pods, which wait for a
 //! cluster event that could make them fit (a node added or changed, a pod gone) or, at
-//! the latest, five minutes, as upstream's queue does.
+//! the latest, five minutes, as upstream's queue does. An event that comes while a pod is
+//! being scheduled is not lost: a pod whose attempt began before the latest such event
+//! backs off instead of waiting for the next one (upstream's `moveRequestCycle`).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
@@ -21,7 +23,19 @@ struct State {
     active: BTreeSet<(Reverse<i32>, u64, String)>,
     /// Where each queued pod is, by key.
     entries: HashMap<String, Entry>,
+    /// Pods popped and not yet placed or failed, with their attempt's cycle.
+    in_flight: HashMap<String, InFlight>,
     arrivals: u64,
+    /// Counts pops: each attempt has its own cycle.
+    cycle: u64,
+    /// The cycle current when the latest cluster event came that may let pods fit.
+    move_request_cycle: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    cycle: u64,
+    attempts: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -51,11 +65,15 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// A pod to schedule (new, or changed while waiting): active unless it is backing off.
+    /// A pod to schedule (new, or changed while waiting): active unless it is backing off
+    /// or being scheduled.
     pub async fn add(&self, key: &str, priority: i32) {
         let mut state = self.state.lock().await;
         if let Some(entry) = state.entries.get_mut(key) {
             entry.priority = priority;
+            return;
+        }
+        if state.in_flight.contains_key(key) {
             return;
         }
         push_active(&mut state, key, priority, 0);
@@ -66,6 +84,7 @@ impl Queue {
     /// Forgets a pod (deleted, or bound by someone else).
     pub async fn remove(&self, key: &str) {
         let mut state = self.state.lock().await;
+        state.in_flight.remove(key);
         if let Some(entry) = state.entries.remove(key)
             && let Place::Active(arrival) = entry.place
         {
@@ -84,7 +103,10 @@ impl Queue {
                 if let Some(first) = state.active.pop_first() {
                     let key = first.2;
                     // Out of the queue while it is being scheduled.
-                    state.entries.remove(&key);
+                    let attempts = state.entries.remove(&key).map_or(0, |e| e.attempts);
+                    state.cycle += 1;
+                    let cycle = state.cycle;
+                    state.in_flight.insert(key.clone(), InFlight { cycle, attempts });
                     return key;
                 }
             }
@@ -93,13 +115,20 @@ impl Queue {
     }
 
     /// A failed attempt: back to the queue after a backoff that doubles per attempt;
-    /// `unschedulable` pods also wait for a cluster event.
-    pub async fn failed(&self, key: &str, priority: i32, attempts: u32, unschedulable: bool) {
+    /// `unschedulable` pods also wait for a cluster event, unless one came during the
+    /// attempt.
+    pub async fn failed(&self, key: &str, priority: i32, unschedulable: bool) {
+        let now = Instant::now();
+        let mut state = self.state.lock().await;
+        let Some(attempt) = state.in_flight.remove(key) else {
+            // Deleted or bound meanwhile: nothing to retry.
+            return;
+        };
+        let attempts = attempt.attempts.saturating_add(1);
         let backoff = INITIAL_BACKOFF
             .saturating_mul(1 << attempts.saturating_sub(1).min(10))
             .min(MAX_BACKOFF);
-        let now = Instant::now();
-        let place = if unschedulable {
+        let place = if unschedulable && attempt.cycle > state.move_request_cycle {
             Place::Unschedulable {
                 since: now,
                 retry_at: now + backoff,
@@ -108,7 +137,6 @@ impl Queue {
         } else {
             Place::Backoff(now + backoff)
         };
-        let mut state = self.state.lock().await;
         state.entries.insert(
             key.to_string(),
             Entry {
@@ -119,14 +147,15 @@ impl Queue {
         );
     }
 
-    /// How many attempts the pod has had (for its next backoff).
-    pub async fn attempts(&self, key: &str) -> u32 {
-        self.state.lock().await.entries.get(key).map_or(0, |e| e.attempts)
+    /// The pod was placed: its attempts are over.
+    pub async fn done(&self, key: &str) {
+        self.state.lock().await.in_flight.remove(key);
     }
 
     /// A cluster event that may let unschedulable pods fit: they retry once backed off.
     pub async fn move_unschedulable(&self) {
         let mut state = self.state.lock().await;
+        state.move_request_cycle = state.cycle;
         for entry in state.entries.values_mut() {
             if let Place::Unschedulable { moved, .. } = &mut entry.place {
                 *moved = true;
@@ -194,7 +223,9 @@ mod tests {
     #[tokio::test]
     async fn unschedulable_pods_wait_for_an_event() {
         let queue = Queue::default();
-        queue.failed("default/p", 0, 1, true).await;
+        queue.add("default/p", 0).await;
+        assert_eq!(queue.pop().await, "default/p");
+        queue.failed("default/p", 0, true).await;
         // Past the first backoff (1 s): only the missing event holds the pod back.
         tokio::time::sleep(INITIAL_BACKOFF + Duration::from_millis(50)).await;
         queue.flush().await;
@@ -202,6 +233,52 @@ mod tests {
         queue.move_unschedulable().await;
         queue.flush().await;
         assert_eq!(queue.pop().await, "default/p");
-        assert_eq!(queue.attempts("default/p").await, 0, "popped pods leave the queue");
+        assert_eq!(queue.state.lock().await.in_flight["default/p"].attempts, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_during_the_attempt_is_not_lost() {
+        let queue = Queue::default();
+        queue.add("default/p", 0).await;
+        assert_eq!(queue.pop().await, "default/p");
+        // A node joins while the pod is being scheduled against the older snapshot.
+        queue.move_unschedulable().await;
+        // An update of the pod meanwhile (its own status) does not queue it twice.
+        queue.add("default/p", 0).await;
+        assert!(queue.state.lock().await.active.is_empty());
+        queue.failed("default/p", 0, true).await;
+        tokio::time::advance(INITIAL_BACKOFF).await;
+        queue.flush().await;
+        assert_eq!(queue.pop().await, "default/p", "backed off, not left waiting");
+        // Without a new event, the next failure waits for one.
+        queue.failed("default/p", 0, true).await;
+        tokio::time::advance(MAX_BACKOFF).await;
+        queue.flush().await;
+        assert!(queue.state.lock().await.active.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_doubles_per_attempt_until_placed() {
+        let queue = Queue::default();
+        queue.add("default/p", 0).await;
+        for expected in [1, 2, 4, 8, 10, 10] {
+            assert_eq!(queue.pop().await, "default/p");
+            queue.failed("default/p", 0, false).await;
+            tokio::time::advance(Duration::from_secs(expected) - Duration::from_millis(10)).await;
+            queue.flush().await;
+            assert!(
+                queue.state.lock().await.active.is_empty(),
+                "still backing off ({expected} s)"
+            );
+            tokio::time::advance(Duration::from_millis(10)).await;
+            queue.flush().await;
+        }
+        assert_eq!(queue.pop().await, "default/p");
+        queue.done("default/p").await;
+        assert!(queue.state.lock().await.in_flight.is_empty());
+        // Placed pods start afresh if they ever come back.
+        queue.add("default/p", 0).await;
+        assert_eq!(queue.pop().await, "default/p");
+        assert_eq!(queue.state.lock().await.in_flight["default/p"].attempts, 0);
     }
 }
