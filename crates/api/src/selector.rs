@@ -94,6 +94,16 @@ impl LabelSelector {
         self.requirements.is_empty()
     }
 
+    /// A label every object the selector matches carries (from `k=v`, or `k in (v)`), for
+    /// looking candidates up in an index.
+    pub fn required_label(&self) -> Option<(&str, &str)> {
+        self.requirements.iter().find_map(|r| match r {
+            Requirement::Equals(k, v) => Some((k.as_str(), v.as_str())),
+            Requirement::In(k, vs) if vs.len() == 1 => Some((k.as_str(), vs[0].as_str())),
+            _ => None,
+        })
+    }
+
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.matches_by(|key| labels.get(key).map(String::as_str))
     }
@@ -245,6 +255,19 @@ mod tests {
         }
         for bad in ["app=we b", "=x", "app in web", "a/", "app=-x"] {
             assert!(LabelSelector::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn required_labels_for_index_lookups() {
+        for (text, required) in [
+            ("app=web,tier in (a,b)", Some(("app", "web"))),
+            ("tier in (a,b),app==web", Some(("app", "web"))),
+            ("tier in (a)", Some(("tier", "a"))),
+            ("app!=web,tier in (a,b),x", None),
+            ("", None),
+        ] {
+            assert_eq!(LabelSelector::parse(text).unwrap().required_label(), required, "{text}");
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{ObjectReference, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -23,7 +23,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use rkube_client::events::{Recorder, reference};
 use serde_json::{Value, json};
 
-use crate::pods::{controller_of, labels_match, selector};
+use crate::pods::{labels_match, selector};
+use crate::shared_pods::SharedPods;
 use crate::workqueue::WorkQueue;
 use crate::{ControllerError, key_of, split_key};
 
@@ -240,7 +241,7 @@ pub struct Controller {
     queue: Arc<WorkQueue>,
     deployments: Store<Deployment>,
     sets: Store<ReplicaSet>,
-    pods: Store<Pod>,
+    pods: SharedPods,
 }
 
 fn controller_ref(d: &Deployment) -> OwnerReference {
@@ -619,11 +620,11 @@ impl Controller {
             return self.write_status(d, new_rs.as_ref(), old).await;
         }
         // Old pods must be gone before new ones start.
-        let old_uids: Vec<String> = old.iter().filter_map(|rs| rs.uid()).collect();
-        let old_running = self.pods.state().iter().any(|p| {
-            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-            controller_of(p).is_some_and(|c| old_uids.contains(&c.uid))
-                && !matches!(phase, Some("Succeeded" | "Failed"))
+        let old_running = old.iter().filter_map(|rs| rs.uid()).any(|uid| {
+            self.pods.controlled_by(&uid).iter().any(|p| {
+                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                !matches!(phase, Some("Succeeded" | "Failed"))
+            })
         });
         if old_running {
             return self.write_status(d, new_rs.as_ref(), old).await;
@@ -895,10 +896,10 @@ impl Controller {
 }
 
 /// Runs the controller until the future is dropped.
-pub async fn run(client: kube::Client) {
+/// Pods matter only to Recreate (old pods must be gone): the shared cache is all it needs.
+pub async fn run(client: kube::Client, pods: SharedPods) {
     let (deployments, d_writer) = reflector::store::<Deployment>();
     let (sets, rs_writer) = reflector::store::<ReplicaSet>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
     let controller = Arc::new(Controller {
         recorder: Recorder::new(client.clone(), "deployment-controller"),
         client: client.clone(),
@@ -911,15 +912,10 @@ pub async fn run(client: kube::Client) {
         .default_backoff()
         .modify(crate::trim)
         .reflect(d_writer);
-    let rs_events = watcher(Api::<ReplicaSet>::all(client.clone()), watcher::Config::default())
+    let rs_events = watcher(Api::<ReplicaSet>::all(client), watcher::Config::default())
         .default_backoff()
         .modify(crate::trim)
         .reflect(rs_writer);
-    // Pods matter only to Recreate (old pods must be gone); the store is all it needs.
-    let pod_events = watcher(Api::<Pod>::all(client), watcher::Config::default())
-        .default_backoff()
-        .modify(crate::trim)
-        .reflect(pod_writer);
     let watching_deployments = {
         let controller = Arc::clone(&controller);
         async move {
@@ -950,14 +946,10 @@ pub async fn run(client: kube::Client) {
             }
         }
     };
-    let watching_pods = async move {
-        let mut events = std::pin::pin!(pod_events);
-        while events.next().await.is_some() {}
-    };
     let working = async {
         deployments.wait_until_ready().await.ok();
         sets.wait_until_ready().await.ok();
-        pods.wait_until_ready().await.ok();
+        pods.wait_until_ready().await;
         // Each worker a task of its own: deep futures polled inline would need a deep stack.
         let mut workers = tokio::task::JoinSet::new();
         let queue = Arc::clone(&controller.queue);
@@ -968,7 +960,7 @@ pub async fn run(client: kube::Client) {
         });
         workers.join_all().await;
     };
-    tokio::join!(watching_deployments, watching_sets, watching_pods, working);
+    tokio::join!(watching_deployments, watching_sets, working);
 }
 
 #[cfg(test)]

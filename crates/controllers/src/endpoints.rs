@@ -21,6 +21,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
 use crate::pods::is_ready;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::shared_pods::{PodEvent, SharedPods, handle_events};
 use crate::workqueue::WorkQueue;
 use crate::{ControllerError, key_of, split_key};
 
@@ -211,7 +214,7 @@ pub struct Controller {
     client: kube::Client,
     queue: Arc<WorkQueue>,
     services: Store<Service>,
-    pods: Store<Pod>,
+    pods: SharedPods,
     slices: Store<EndpointSlice>,
 }
 
@@ -268,12 +271,8 @@ impl Controller {
             }
             return Ok(());
         };
-        let all = self.pods.state();
-        let pods: Vec<&Pod> = all
-            .iter()
-            .map(AsRef::as_ref)
-            .filter(|p| p.namespace().as_deref() == Some(namespace) && selects(service, p))
-            .collect();
+        let all = self.pods.in_namespace(namespace);
+        let pods: Vec<&Pod> = all.iter().map(AsRef::as_ref).filter(|p| selects(service, p)).collect();
         let endpoints = desired(service, &pods);
         let mut labels = service.metadata.labels.clone().unwrap_or_default();
         let headless = service.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None");
@@ -404,9 +403,8 @@ impl Controller {
 }
 
 /// Runs the controllers until the future is dropped.
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, pods: SharedPods, pod_events: UnboundedReceiver<PodEvent>) {
     let (services, service_writer) = reflector::store::<Service>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
     let (slices, slice_writer) = reflector::store::<EndpointSlice>();
     let controller = Arc::new(Controller {
         client: client.clone(),
@@ -433,20 +431,14 @@ pub async fn run(client: kube::Client) {
     }
     {
         let controller = Arc::clone(&controller);
-        let events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .modify(crate::trim)
-            .reflect(pod_writer);
-        tasks.spawn(async move {
-            let mut events = std::pin::pin!(events);
-            while let Some(event) = events.next().await {
-                if let Ok(watcher::Event::Apply(p) | watcher::Event::Delete(p)) = event {
-                    for key in controller.services_for(&p) {
-                        controller.queue.add(&key).await;
-                    }
+        tasks.spawn(handle_events(pod_events, move |pod, _| {
+            let controller = Arc::clone(&controller);
+            async move {
+                for key in controller.services_for(&pod) {
+                    controller.queue.add(&key).await;
                 }
             }
-        });
+        }));
     }
     {
         let events = watcher(
@@ -462,7 +454,7 @@ pub async fn run(client: kube::Client) {
         });
     }
     services.wait_until_ready().await.ok();
-    pods.wait_until_ready().await.ok();
+    pods.wait_until_ready().await;
     slices.wait_until_ready().await.ok();
     {
         let controller = Arc::clone(&controller);

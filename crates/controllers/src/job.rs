@@ -23,9 +23,11 @@ use kube::runtime::{WatchStreamExt, watcher};
 use rkube_client::events::{Recorder, reference};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::expectations::Expectations;
 use crate::pods::{controller_of, from_template, is_ready};
+use crate::shared_pods::{PodEvent, SharedPods, handle_events};
 use crate::workqueue::WorkQueue;
 use crate::{ControllerError, api_message, key_of, split_key};
 
@@ -103,7 +105,7 @@ pub struct Controller {
     recorder: Recorder,
     queue: Arc<WorkQueue>,
     jobs: Store<Job>,
-    pods: Store<Pod>,
+    pods: SharedPods,
     expectations: Mutex<Expectations>,
     seen: Mutex<HashSet<String>>,
 }
@@ -133,13 +135,8 @@ impl Controller {
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), namespace);
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let uid = job.uid().unwrap_or_default();
-        let all = self.pods.state();
-        let owned: Vec<&Pod> = all
-            .iter()
-            .map(AsRef::as_ref)
-            .filter(|p| p.namespace().as_deref() == Some(namespace))
-            .filter(|p| controller_of(p).is_some_and(|c| c.uid == uid))
-            .collect();
+        let all = self.pods.controlled_by(&uid);
+        let owned: Vec<&Pod> = all.iter().map(AsRef::as_ref).collect();
         // TTL after finished.
         if let Some(done) = finished(&job) {
             let Some(ttl) = job.spec.as_ref().and_then(|s| s.ttl_seconds_after_finished) else {
@@ -533,9 +530,8 @@ impl Controller {
 }
 
 /// Runs the controller until the future is dropped.
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, pods: SharedPods, pod_events: UnboundedReceiver<PodEvent>) {
     let (jobs, job_writer) = reflector::store::<Job>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
     let controller = Arc::new(Controller {
         recorder: Recorder::new(client.clone(), "job-controller"),
         client: client.clone(),
@@ -548,7 +544,7 @@ pub async fn run(client: kube::Client) {
     let mut tasks = tokio::task::JoinSet::new();
     {
         let controller = Arc::clone(&controller);
-        let events = watcher(Api::<Job>::all(client.clone()), watcher::Config::default())
+        let events = watcher(Api::<Job>::all(client), watcher::Config::default())
             .default_backoff()
             .modify(crate::trim)
             .reflect(job_writer);
@@ -567,25 +563,13 @@ pub async fn run(client: kube::Client) {
     }
     {
         let controller = Arc::clone(&controller);
-        let events = watcher(Api::<Pod>::all(client), watcher::Config::default())
-            .default_backoff()
-            .modify(crate::trim)
-            .reflect(pod_writer);
-        tasks.spawn(async move {
-            let mut events = std::pin::pin!(events);
-            while let Some(event) = events.next().await {
-                match event {
-                    Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
-                        controller.pod_event(&pod, false).await
-                    }
-                    Ok(watcher::Event::Delete(pod)) => controller.pod_event(&pod, true).await,
-                    _ => {}
-                }
-            }
-        });
+        tasks.spawn(handle_events(pod_events, move |pod, deleted| {
+            let controller = Arc::clone(&controller);
+            async move { controller.pod_event(&pod, deleted).await }
+        }));
     }
     jobs.wait_until_ready().await.ok();
-    pods.wait_until_ready().await.ok();
+    pods.wait_until_ready().await;
     {
         let controller = Arc::clone(&controller);
         crate::workqueue::spawn_workers(&mut tasks, &controller.queue.clone(), WORKERS, "job", move |key| {

@@ -21,6 +21,7 @@ pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;
 pub mod resource_quota;
+pub mod shared_pods;
 pub mod statefulset;
 pub mod volume_binder;
 pub mod workqueue;
@@ -113,21 +114,32 @@ pub struct Config {
 pub async fn run(client: kube::Client, config: Config) {
     // Each controller a task of its own (aborted with the set when this future is dropped).
     let mut controllers = tokio::task::JoinSet::new();
+    let pods = shared_pods::SharedPods::new();
     controllers.spawn(daemonset::run(client.clone()));
-    controllers.spawn(deployment::run(client.clone()));
-    controllers.spawn(endpoints::run(client.clone()));
+    controllers.spawn(deployment::run(client.clone(), pods.clone()));
+    controllers.spawn(endpoints::run(client.clone(), pods.clone(), pods.subscribe()));
     controllers.spawn(garbage_collector::run(client.clone()));
-    controllers.spawn(job::run(client.clone()));
+    controllers.spawn(job::run(client.clone(), pods.clone(), pods.subscribe()));
     controllers.spawn(local_path::run(client.clone()));
     controllers.spawn(cronjob::run(client.clone()));
     controllers.spawn(namespace::run(client.clone()));
     controllers.spawn(node_ipam::run(client.clone(), config.cluster_cidr));
-    controllers.spawn(node_lifecycle::run(client.clone()));
-    controllers.spawn(replicaset::run::<ReplicaSet>(client.clone()));
-    controllers.spawn(replicaset::run::<ReplicationController>(client.clone()));
+    controllers.spawn(node_lifecycle::run(client.clone(), pods.clone()));
+    controllers.spawn(replicaset::run::<ReplicaSet>(
+        client.clone(),
+        pods.clone(),
+        pods.subscribe(),
+    ));
+    controllers.spawn(replicaset::run::<ReplicationController>(
+        client.clone(),
+        pods.clone(),
+        pods.subscribe(),
+    ));
     controllers.spawn(resource_quota::run(client.clone()));
     controllers.spawn(statefulset::run(client.clone()));
-    controllers.spawn(volume_binder::run(client));
+    controllers.spawn(volume_binder::run(client.clone()));
+    // Every subscriber is in: the informer starts with the full list for all of them.
+    controllers.spawn(pods.run(client));
     controllers.join_all().await;
 }
 

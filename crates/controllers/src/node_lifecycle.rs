@@ -18,6 +18,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
+
+use crate::shared_pods::SharedPods;
 use kube::runtime::{WatchStreamExt, watcher};
 use rkube_client::events::{Recorder, reference};
 use serde_json::{Value, json};
@@ -90,7 +92,7 @@ pub struct Controller {
     recorder: Recorder,
     nodes: Store<Node>,
     leases: Store<Lease>,
-    pods: Store<Pod>,
+    pods: SharedPods,
     observed: tokio::sync::Mutex<HashMap<String, Observed>>,
     missing_since: tokio::sync::Mutex<HashMap<String, Instant>>,
 }
@@ -336,10 +338,9 @@ impl Controller {
 }
 
 /// Runs the controllers until the future is dropped.
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, pods: SharedPods) {
     let (nodes, node_writer) = reflector::store::<Node>();
     let (leases, lease_writer) = reflector::store::<Lease>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
     let controller = Arc::new(Controller {
         recorder: Recorder::new(client.clone(), "node-controller"),
         client: client.clone(),
@@ -359,7 +360,7 @@ pub async fn run(client: kube::Client) {
         while events.next().await.is_some() {}
     });
     let lease_events = watcher(
-        Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
+        Api::<Lease>::namespaced(client, "kube-node-lease"),
         watcher::Config::default(),
     )
     .default_backoff()
@@ -368,17 +369,9 @@ pub async fn run(client: kube::Client) {
         let mut events = std::pin::pin!(lease_events);
         while events.next().await.is_some() {}
     });
-    let pod_events = watcher(Api::<Pod>::all(client), watcher::Config::default())
-        .default_backoff()
-        .modify(crate::trim)
-        .reflect(pod_writer);
-    tasks.spawn(async move {
-        let mut events = std::pin::pin!(pod_events);
-        while events.next().await.is_some() {}
-    });
     nodes.wait_until_ready().await.ok();
     leases.wait_until_ready().await.ok();
-    pods.wait_until_ready().await.ok();
+    pods.wait_until_ready().await;
     tasks.spawn(async move {
         let mut ticker = tokio::time::interval(PERIOD);
         loop {

@@ -24,11 +24,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::expectations::Expectations;
 use crate::pods::{
     controller_of, deletion_order, from_template, is_active, is_available, is_ready, labels_match, slow_start,
 };
+use crate::shared_pods::{PodEvent, SharedPods, handle_events};
 use crate::workqueue::WorkQueue;
 use crate::{ControllerError, key_of, split_key};
 
@@ -99,7 +101,7 @@ pub struct Controller<K: Replicated> {
     recorder: Recorder,
     queue: Arc<WorkQueue>,
     owners: Store<K>,
-    pods: Store<Pod>,
+    pods: SharedPods,
     expectations: Mutex<Expectations>,
     /// Pods seen so far, so that an update is not taken for a creation.
     seen: Mutex<std::collections::HashSet<String>>,
@@ -240,13 +242,13 @@ impl<K: Replicated> Controller<K> {
             return Ok(None);
         };
         let uid = owner.uid().unwrap_or_default();
-        let all = self.pods.state();
+        // Its own pods, and the orphans it might adopt: pods other controllers control
+        // are none of its business.
+        let mut candidates = self.pods.controlled_by(&uid);
+        candidates.extend(self.pods.orphans_in(namespace));
         let mut owned: Vec<&Pod> = Vec::new();
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        for pod in all
-            .iter()
-            .filter(|p| p.namespace().as_deref() == Some(namespace) && is_active(p))
-        {
+        for pod in candidates.iter().filter(|p| is_active(p)) {
             let matches = labels_match(&selector, pod.metadata.labels.as_ref());
             match controller_of(pod) {
                 Some(c) if c.uid == uid => {
@@ -412,9 +414,8 @@ impl<K: Replicated> Controller<K> {
 }
 
 /// Runs the controller for `K` until the future is dropped.
-pub async fn run<K: Replicated>(client: kube::Client) {
+pub async fn run<K: Replicated>(client: kube::Client, pods: SharedPods, pod_events: UnboundedReceiver<PodEvent>) {
     let (owners, owner_writer) = reflector::store::<K>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
     let controller = Arc::new(Controller {
         recorder: Recorder::new(client.clone(), "replicaset-controller"),
         client: client.clone(),
@@ -424,14 +425,10 @@ pub async fn run<K: Replicated>(client: kube::Client) {
         expectations: Mutex::new(Expectations::default()),
         seen: Mutex::new(std::collections::HashSet::new()),
     });
-    let owner_events = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+    let owner_events = watcher(Api::<K>::all(client), watcher::Config::default())
         .default_backoff()
         .modify(crate::trim)
         .reflect(owner_writer);
-    let pod_events = watcher(Api::<Pod>::all(client), watcher::Config::default())
-        .default_backoff()
-        .modify(crate::trim)
-        .reflect(pod_writer);
     let watching_owners = {
         let controller = Arc::clone(&controller);
         async move {
@@ -453,22 +450,14 @@ pub async fn run<K: Replicated>(client: kube::Client) {
     };
     let watching_pods = {
         let controller = Arc::clone(&controller);
-        async move {
-            let mut events = std::pin::pin!(pod_events);
-            while let Some(event) = events.next().await {
-                match event {
-                    Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
-                        controller.pod_event(&pod, false).await;
-                    }
-                    Ok(watcher::Event::Delete(pod)) => controller.pod_event(&pod, true).await,
-                    _ => {}
-                }
-            }
-        }
+        handle_events(pod_events, move |pod, deleted| {
+            let controller = Arc::clone(&controller);
+            async move { controller.pod_event(&pod, deleted).await }
+        })
     };
     let working = async {
         owners.wait_until_ready().await.ok();
-        pods.wait_until_ready().await.ok();
+        pods.wait_until_ready().await;
         // Each worker a task of its own: deep futures polled inline would need a deep stack.
         let mut workers = tokio::task::JoinSet::new();
         let queue = Arc::clone(&controller.queue);

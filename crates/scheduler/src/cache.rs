@@ -109,6 +109,22 @@ fn occupies(pod: &Pod) -> Option<&str> {
     node_of(pod).filter(|_| !is_terminal(pod))
 }
 
+/// Whether a pod's new version counts on its node exactly as the old one did: the node's
+/// accounting reads requests, host ports and affinity terms from the spec, and namespace
+/// and labels for selectors.
+fn same_footprint(old: &Pod, new: &Pod) -> bool {
+    let same_spec = match (old.spec.as_ref(), new.spec.as_ref()) {
+        (Some(a), Some(b)) => {
+            a.containers == b.containers
+                && a.init_containers == b.init_containers
+                && a.overhead == b.overhead
+                && a.affinity == b.affinity
+        }
+        (a, b) => a.is_none() && b.is_none(),
+    };
+    same_spec && old.metadata.namespace == new.metadata.namespace && old.metadata.labels == new.metadata.labels
+}
+
 impl Cache {
     fn rebuild(&mut self, node: &str) {
         let Some(info) = self.nodes.get_mut(node) else { return };
@@ -171,6 +187,18 @@ impl Cache {
     }
 
     fn place(&mut self, key: &str, placement: Placement) {
+        // Most updates of a placed pod are its status: the node's accounting stays, only
+        // the pod it holds is the newer one (a rebuild would re-add every pod there).
+        if let Some(old) = self.placements.get(key)
+            && old.node == placement.node
+            && old.uid == placement.uid
+            && same_footprint(&old.pod, &placement.pod)
+            && let Some(info) = self.nodes.get_mut(&placement.node)
+            && info.replace_pod(&old.pod, &placement.pod)
+        {
+            self.placements.insert(key.to_string(), placement);
+            return;
+        }
         let node = placement.node.clone();
         self.unplace(key);
         self.on_node.entry(node.clone()).or_default().insert(key.to_string());
@@ -344,5 +372,39 @@ mod tests {
         assert_eq!(cache.nodes["b"].requested.milli_cpu, 1000);
         cache.remove_pod(&pod("early", Some("b"), "Running"));
         assert_eq!(cache.nodes["b"].requested.milli_cpu, 0);
+    }
+
+    #[test]
+    fn status_updates_swap_the_pod_and_spec_changes_rebuild() {
+        let mut cache = Cache::default();
+        cache.set_node(node("a", "8"));
+        cache.set_pod(pod("p", Some("a"), "Pending"));
+        cache.set_pod(pod("q", Some("a"), "Running"));
+        let running = pod("p", Some("a"), "Running");
+        cache.set_pod(Arc::clone(&running));
+        let info = &cache.nodes["a"];
+        assert_eq!(info.pods.len(), 2);
+        assert!(
+            info.pods.iter().any(|p| Arc::ptr_eq(p, &running)),
+            "the newer pod is held"
+        );
+        assert_eq!(info.requested.milli_cpu, 2000);
+        // New labels: the label index must see them.
+        let mut labelled = (*running).clone();
+        labelled.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+        cache.set_pod(Arc::new(labelled));
+        let selector = rkube_api::selector::LabelSelector::parse("app=web").unwrap();
+        assert_eq!(
+            crate::framework::count_matching(&selector, "default", &cache.nodes["a"]),
+            1
+        );
+        assert_eq!(cache.nodes["a"].requested.milli_cpu, 2000);
+        // Bigger requests: counted anew.
+        let mut bigger = (*running).clone();
+        bigger.spec.as_mut().unwrap().containers[0].resources =
+            serde_json::from_value(json!({"requests": {"cpu": "3"}})).unwrap();
+        cache.set_pod(Arc::new(bigger));
+        assert_eq!(cache.nodes["a"].requested.milli_cpu, 4000);
+        assert_eq!(cache.nodes["a"].pods.len(), 2);
     }
 }

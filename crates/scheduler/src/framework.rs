@@ -29,6 +29,10 @@ pub struct NodeInfo {
     pub used_ports: HashSet<(String, String, i32)>,
     /// The pods placed here, for pod (anti-)affinity.
     pub pods: Vec<Arc<Pod>>,
+    /// Positions in `pods` by a hash of (namespace, label key, label value): counting the
+    /// pods a selector matches looks only at those carrying one of its required labels,
+    /// not at every pod on the node for every node and every pod scheduled.
+    labelled: HashMap<u64, Vec<usize>>,
     /// Those of them with pod (anti-)affinity terms, parsed: every decision checks their
     /// required anti-affinity and scores their other terms.
     pub pods_with_affinity: Vec<(Arc<Pod>, Arc<plugins::inter_pod_affinity::PodTerms>)>,
@@ -47,11 +51,42 @@ impl NodeInfo {
             non_zero: (0, 0),
             used_ports: HashSet::new(),
             pods: Vec::new(),
+            labelled: HashMap::new(),
             pods_with_affinity: Vec::new(),
         }
     }
 
+    /// The pods in `namespace` that may carry `key=value`: a superset (hashes collide),
+    /// so callers still check.
+    pub fn pods_labelled<'a>(&'a self, namespace: &str, key: &str, value: &str) -> impl Iterator<Item = &'a Arc<Pod>> {
+        self.labelled
+            .get(&label_hash(namespace, key, value))
+            .into_iter()
+            .flatten()
+            .filter_map(|&i| self.pods.get(i))
+    }
+
+    /// Holds `new` where `old` was; the caller knows they count the same here. False if
+    /// `old` is not here.
+    pub fn replace_pod(&mut self, old: &Arc<Pod>, new: &Arc<Pod>) -> bool {
+        let Some(slot) = self.pods.iter_mut().find(|p| Arc::ptr_eq(p, old)) else {
+            return false;
+        };
+        *slot = Arc::clone(new);
+        for (pod, _) in self.pods_with_affinity.iter_mut().filter(|(p, _)| Arc::ptr_eq(p, old)) {
+            *pod = Arc::clone(new);
+        }
+        true
+    }
+
     pub fn add_pod(&mut self, pod: &Arc<Pod>) {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+        for (key, value) in pod.metadata.labels.iter().flatten() {
+            self.labelled
+                .entry(label_hash(namespace, key, value))
+                .or_default()
+                .push(self.pods.len());
+        }
         self.pods.push(Arc::clone(pod));
         if let Some(terms) = plugins::inter_pod_affinity::PodTerms::of_placed(pod) {
             self.pods_with_affinity.push((Arc::clone(pod), Arc::new(terms)));
@@ -77,6 +112,26 @@ impl NodeInfo {
             fresh.add_pod(pod);
         }
         fresh
+    }
+}
+
+fn label_hash(namespace: &str, key: &str, value: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    (namespace, key, value).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// How many pods on `node` in `namespace` and not being deleted `selector` matches.
+pub fn count_matching(selector: &LabelSelector, namespace: &str, node: &NodeInfo) -> usize {
+    let matches = |p: &&Arc<Pod>| {
+        p.metadata.namespace.as_deref().unwrap_or_default() == namespace
+            && p.metadata.deletion_timestamp.is_none()
+            && labels_match(selector, p.metadata.labels.as_ref())
+    };
+    match selector.required_label() {
+        Some((key, value)) => node.pods_labelled(namespace, key, value).filter(matches).count(),
+        None => node.pods.iter().filter(matches).count(),
     }
 }
 
@@ -494,6 +549,51 @@ mod tests {
     use super::testing::{node, pod};
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn counting_through_the_label_index_matches_a_full_scan() {
+        let mut info = node("n", json!({}));
+        let placed = [
+            ("default", json!({"app": "web", "tier": "a"}), false),
+            ("default", json!({"app": "web", "tier": "b"}), false),
+            ("default", json!({"app": "web"}), true),
+            ("default", json!({"app": "db"}), false),
+            ("other", json!({"app": "web", "tier": "a"}), false),
+            ("default", json!({}), false),
+        ];
+        for (namespace, labels, deleting) in placed {
+            let mut meta = json!({"namespace": namespace, "labels": labels});
+            if deleting {
+                meta["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+            }
+            info.add_pod(&Arc::new(pod(json!({"metadata": meta, "spec": {"containers": []}}))));
+        }
+        for (text, namespace, expected) in [
+            ("app=web", "default", 2),
+            ("app=web,tier=a", "default", 1),
+            ("tier in (a,b)", "default", 2),
+            ("app=web", "other", 1),
+            ("app!=web", "default", 2),
+            ("app=nothing", "default", 0),
+        ] {
+            let selector = LabelSelector::parse(text).unwrap();
+            let scanned = info
+                .pods
+                .iter()
+                .filter(|p| {
+                    p.metadata.namespace.as_deref() == Some(namespace)
+                        && p.metadata.deletion_timestamp.is_none()
+                        && labels_match(&selector, p.metadata.labels.as_ref())
+                })
+                .count();
+            assert_eq!(scanned, expected, "{text} in {namespace} (scan)");
+            assert_eq!(
+                count_matching(&selector, namespace, &info),
+                expected,
+                "{text} in {namespace}"
+            );
+        }
+    }
 
     #[test]
     fn failure_messages_read_as_upstream() {

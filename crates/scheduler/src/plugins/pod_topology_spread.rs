@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use k8s_openapi::api::core::v1::{Pod, TopologySpreadConstraint};
 use rkube_api::selector::LabelSelector;
 
-use crate::framework::{FilterResult, NodeInfo, Objects, Refusal, labels_match, selector_of};
+use crate::framework::{FilterResult, NodeInfo, Objects, Refusal, count_matching, labels_match, selector_of};
 use crate::plugins::{node_affinity, taint_toleration};
 
 const HOSTNAME: &str = "kubernetes.io/hostname";
@@ -54,12 +54,7 @@ impl Constraint {
     }
 
     fn count(&self, namespace: &str, node: &NodeInfo) -> i64 {
-        let matching = node.pods.iter().filter(|p| {
-            p.metadata.namespace.as_deref() == Some(namespace)
-                && p.metadata.deletion_timestamp.is_none()
-                && labels_match(&self.selector, p.metadata.labels.as_ref())
-        });
-        i64::try_from(matching.count()).unwrap_or(i64::MAX)
+        i64::try_from(count_matching(&self.selector, namespace, node)).unwrap_or(i64::MAX)
     }
 }
 

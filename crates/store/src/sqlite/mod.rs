@@ -128,6 +128,7 @@ impl ReadPool {
         )
         .map_err(|e| self.sqlite_error(e))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
+            .and_then(|()| schema::stable_plans(&conn))
             .and_then(|()| conn.execute_batch("PRAGMA query_only = 1; PRAGMA cache_size = -16384;"))
             .map_err(|e| self.sqlite_error(e))?;
         Ok(conn)
