@@ -35,6 +35,11 @@ enum Bench {
     Controllers(controllers::ControllersArgs),
 }
 
+// The same allocator as the server: the hollow nodes and clients here stand in for other
+// machines, and should take as little of this one's two cores as they can.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
