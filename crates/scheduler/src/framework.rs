@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, 
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as MetaSelector;
+use rayon::prelude::*;
 use rkube_api::selector::{LabelSelector, label_selector_text};
 
 use crate::plugins;
@@ -317,7 +318,12 @@ impl<'a> Decision<'a> {
     /// default weights; normalized scores are normalized over the feasible nodes.
     fn scores(&self, feasible: &[&NodeInfo]) -> Vec<i64> {
         let pod = self.pod;
-        let raw: Vec<i64> = feasible.iter().map(|node| self.affinity.raw_score(node)).collect();
+        let parallel = self.depends_on_placed_pods() && feasible.len() >= PARALLEL_FROM;
+        let raw: Vec<i64> = if parallel {
+            feasible.par_iter().map(|node| self.affinity.raw_score(node)).collect()
+        } else {
+            feasible.iter().map(|node| self.affinity.raw_score(node)).collect()
+        };
         let (low, high) = (
             raw.iter().copied().min().unwrap_or(0),
             raw.iter().copied().max().unwrap_or(0),
@@ -326,29 +332,29 @@ impl<'a> Decision<'a> {
         let total = self.cluster.nodes.len();
         // ImageLocality can only tell nodes apart when some node holds one of the images.
         let images_somewhere = self.images.iter().any(|i| self.cluster.image_spread.contains_key(i));
-        feasible
-            .iter()
-            .zip(raw)
-            .zip(spread)
-            .map(|((node, raw), spread)| {
-                let affinity = if high > low {
-                    (raw - low) * 100 / (high - low)
+        let score = |((node, raw), spread): ((&&NodeInfo, i64), i64)| {
+            let affinity = if high > low {
+                (raw - low) * 100 / (high - low)
+            } else {
+                0
+            };
+            plugins::node_resources_fit::least_allocated_for(self.wanted.non_zero, node)
+                + plugins::node_resources_fit::balanced_allocation_for(self.wanted.non_zero, node)
+                + 3 * plugins::taint_toleration::score(pod, node)
+                + 2 * plugins::node_affinity::score(pod, node)
+                + 2 * spread
+                + 2 * affinity
+                + if images_somewhere {
+                    plugins::image_locality::score(&self.images, node, self.cluster.image_spread, total)
                 } else {
                     0
-                };
-                plugins::node_resources_fit::least_allocated_for(self.wanted.non_zero, node)
-                    + plugins::node_resources_fit::balanced_allocation_for(self.wanted.non_zero, node)
-                    + 3 * plugins::taint_toleration::score(pod, node)
-                    + 2 * plugins::node_affinity::score(pod, node)
-                    + 2 * spread
-                    + 2 * affinity
-                    + if images_somewhere {
-                        plugins::image_locality::score(&self.images, node, self.cluster.image_spread, total)
-                    } else {
-                        0
-                    }
-            })
-            .collect()
+                }
+        };
+        if parallel {
+            feasible.par_iter().zip(raw).zip(spread).map(score).collect()
+        } else {
+            feasible.iter().zip(raw).zip(spread).map(score).collect()
+        }
     }
 
     /// What binding the pod's volumes on `node` takes.
@@ -401,6 +407,13 @@ pub struct Choice {
     pub volumes: Vec<VolumeAction>,
 }
 
+/// Below this many nodes to filter or score, one thread does it: handing work to the
+/// pool costs more than it saves.
+const PARALLEL_FROM: usize = 64;
+
+/// The fewest nodes filtered in one batch (more than are still wanted when only a few are).
+const MIN_BATCH: usize = 16;
+
 /// How many feasible nodes to find before choosing among them (upstream's
 /// `percentageOfNodesToScore` left adaptive): all of a small cluster, a shrinking share of
 /// a large one (10% of 5,000), never fewer than 100.
@@ -450,27 +463,44 @@ pub fn find_node(pod: &Pod, cluster: Cluster<'_>, start: usize) -> (Result<Choic
     let wanted = feasible_nodes_to_find(total);
     let mut feasible = Vec::new();
     let mut searched = 0;
-    for offset in 0..total {
-        if feasible.len() >= wanted {
-            break;
-        }
-        searched += 1;
-        let node = nodes[(start + offset) % total];
-        match decision.filter(node) {
-            Ok(()) => feasible.push(node),
-            Err(refusal) => {
-                let reasons = match refusal {
-                    Refusal::Unschedulable(reasons) => {
-                        error.resolvable.push(node.name.clone());
-                        reasons
+    // Filtered a batch at a time, in parallel when the batch is large, and the verdicts
+    // taken in search order: the outcome is the sequential search's, the surplus of the
+    // last batch is work thrown away (as upstream's parallel search throws it away).
+    // Filters that look at other pods are worth the pool's hand-off; the others are
+    // cheaper than waking a thread.
+    let heavy = decision.depends_on_placed_pods();
+    let mut offset = 0;
+    while offset < total && feasible.len() < wanted {
+        let batch = (wanted - feasible.len()).max(MIN_BATCH).min(total - offset);
+        let at = |i: usize| nodes[(start + offset + i) % total];
+        let verdicts: Vec<FilterResult> = if heavy && batch >= PARALLEL_FROM {
+            (0..batch).into_par_iter().map(|i| decision.filter(at(i))).collect()
+        } else {
+            (0..batch).map(|i| decision.filter(at(i))).collect()
+        };
+        for (i, verdict) in verdicts.into_iter().enumerate() {
+            if feasible.len() >= wanted {
+                break;
+            }
+            searched += 1;
+            let node = at(i);
+            match verdict {
+                Ok(()) => feasible.push(node),
+                Err(refusal) => {
+                    let reasons = match refusal {
+                        Refusal::Unschedulable(reasons) => {
+                            error.resolvable.push(node.name.clone());
+                            reasons
+                        }
+                        Refusal::Unresolvable(reasons) => reasons,
+                    };
+                    for reason in reasons {
+                        *error.reasons.entry(reason).or_default() += 1;
                     }
-                    Refusal::Unresolvable(reasons) => reasons,
-                };
-                for reason in reasons {
-                    *error.reasons.entry(reason).or_default() += 1;
                 }
             }
         }
+        offset += batch;
     }
     let next = if total == 0 { 0 } else { (start + searched) % total };
     let scores = decision.scores(&feasible);
@@ -641,6 +671,46 @@ mod tests {
         let (chosen, next) = find_node(&pod(json!({})), cluster, 990);
         assert_eq!(next, (990 + feasible_nodes_to_find(1000)) % 1000);
         assert!(chosen.is_ok());
+    }
+
+    #[test]
+    fn the_parallel_search_stops_where_a_sequential_one_would() {
+        // Every third node is too small; the search from 700 wraps around.
+        let nodes: Vec<NodeInfo> = (0..1000)
+            .map(|i| {
+                let cpu = if i % 3 == 0 { "1" } else { "4" };
+                node(&format!("n{i:04}"), json!({"status": {"allocatable": {"cpu": cpu}}}))
+            })
+            .collect();
+        let refs: Vec<&NodeInfo> = nodes.iter().collect();
+        let (objects, spread, nominated) = (Objects::default(), HashMap::new(), Nominated::new());
+        let cluster = Cluster {
+            nodes: &refs,
+            objects: &objects,
+            image_spread: &spread,
+            nominated: &nominated,
+        };
+        let asking = |cpu: &str| {
+            pod(json!({"spec": {"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": cpu}}}]}}))
+        };
+        let start = 700;
+        let wanted = feasible_nodes_to_find(1000);
+        let (mut found, mut searched) = (0, 0);
+        while found < wanted {
+            if (start + searched) % 1000 % 3 != 0 {
+                found += 1;
+            }
+            searched += 1;
+        }
+        let (chosen, next) = find_node(&asking("2"), cluster, start);
+        assert_eq!(next, (start + searched) % 1000);
+        let chosen = chosen.unwrap().node;
+        let index: usize = chosen[1..].parse().unwrap();
+        assert_ne!(index % 3, 0, "{chosen} is too small");
+        assert!((index + 1000 - start) % 1000 < searched, "{chosen} was not searched");
+        // Nothing fits: every node is filtered and counted once.
+        let fit = find_node(&asking("8"), cluster, start).0.unwrap_err();
+        assert_eq!(fit.to_string(), "0/1000 nodes are available: 1000 Insufficient cpu.");
     }
 
     #[test]

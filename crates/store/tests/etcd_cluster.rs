@@ -19,7 +19,7 @@ async fn three_members_survive_losing_one() {
         .await
         .unwrap();
 
-    let mut watcher = store.watch("/ha/", 0).await.unwrap();
+    let watcher = store.watch("/ha/", 0).await.unwrap();
     let first = store.create("/ha/before", Bytes::from_static(b"1")).await.unwrap();
 
     tokio::task::block_in_place(|| cluster.kill_member(0)).unwrap();

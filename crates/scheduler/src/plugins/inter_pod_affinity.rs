@@ -122,6 +122,20 @@ fn label<'a>(node: &'a NodeInfo, key: &str) -> Option<&'a str> {
 }
 
 /// The topology domains that decide where one pod may go, and the scores of domains.
+/// Topology key → the values (domains) of that key.
+type Domains = HashMap<String, HashSet<String>>;
+
+fn forbid(domains: &mut Domains, key: &str, value: &str) {
+    match domains.get_mut(key) {
+        Some(values) => {
+            values.insert(value.to_string());
+        }
+        None => {
+            domains.insert(key.to_string(), HashSet::from([value.to_string()]));
+        }
+    }
+}
+
 pub struct PreFilter {
     affinity: Vec<Term>,
     /// Per affinity term, the domain values holding a matching pod.
@@ -129,10 +143,10 @@ pub struct PreFilter {
     /// No placed pod matches the affinity terms, and the pod matches them itself: the first
     /// of its group may go anywhere with the topology labels.
     first_of_group: bool,
-    /// (topology key, value) domains the pod's anti-affinity forbids.
-    anti_domains: HashSet<(String, String)>,
-    /// (topology key, value) domains placed pods' anti-affinity forbids to this pod.
-    existing_anti_domains: HashSet<(String, String)>,
+    /// Domains (values by topology key) the pod's anti-affinity forbids.
+    anti_domains: Domains,
+    /// Domains (values by topology key) placed pods' anti-affinity forbids to this pod.
+    existing_anti_domains: Domains,
     /// Score per topology key and value (upstream's `topologyToScore`).
     domain_scores: HashMap<String, HashMap<String, i64>>,
 }
@@ -143,8 +157,8 @@ impl PreFilter {
         let mut state = Self {
             affinity_domains: vec![HashSet::new(); own.required_affinity.len()],
             first_of_group: false,
-            anti_domains: HashSet::new(),
-            existing_anti_domains: HashSet::new(),
+            anti_domains: Domains::new(),
+            existing_anti_domains: Domains::new(),
             domain_scores: HashMap::new(),
             affinity: Vec::new(),
         };
@@ -162,9 +176,7 @@ impl PreFilter {
             for (_, theirs) in &node.pods_with_affinity {
                 for term in theirs.required_anti.iter().filter(|t| t.matches(pod, namespace_labels)) {
                     if let Some(value) = label(node, &term.topology_key) {
-                        state
-                            .existing_anti_domains
-                            .insert((term.topology_key.clone(), value.to_string()));
+                        forbid(&mut state.existing_anti_domains, &term.topology_key, value);
                     }
                 }
                 let weighted = theirs
@@ -197,9 +209,7 @@ impl PreFilter {
                     if let Some(value) = label(node, &term.topology_key)
                         && term.matches(placed, namespace_labels)
                     {
-                        state
-                            .anti_domains
-                            .insert((term.topology_key.clone(), value.to_string()));
+                        forbid(&mut state.anti_domains, &term.topology_key, value);
                     }
                 }
                 let weighted = own
@@ -229,10 +239,11 @@ impl PreFilter {
     }
 
     pub fn filter(&self, node: &NodeInfo) -> FilterResult {
-        let forbidden = |domains: &HashSet<(String, String)>| {
+        // One lookup per topology key, however many domains are forbidden.
+        let forbidden = |domains: &Domains| {
             domains
                 .iter()
-                .any(|(key, value)| label(node, key) == Some(value.as_str()))
+                .any(|(key, values)| label(node, key).is_some_and(|value| values.contains(value)))
         };
         // Upstream's order: the pod's affinity, its anti-affinity, then placed pods'.
         let affinity_ok = self.affinity.iter().zip(&self.affinity_domains).all(|(term, domains)| {

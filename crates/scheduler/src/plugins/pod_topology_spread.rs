@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::{Pod, TopologySpreadConstraint};
+use rayon::prelude::*;
 use rkube_api::selector::LabelSelector;
 
 use crate::framework::{FilterResult, NodeInfo, Objects, Refusal, count_matching, labels_match, selector_of};
@@ -136,58 +137,93 @@ pub struct PreFilter<'a> {
     self_match: Vec<bool>,
     /// Per constraint, matching pods per domain (the node label values).
     counts: Vec<HashMap<&'a str, i64>>,
+    /// Per constraint, the fewest matching pods in a domain (0 below minDomains).
+    min_matches: Vec<i64>,
+}
+
+/// Below this many nodes, one thread counts: the pool's hand-off costs more.
+const PARALLEL_FROM: usize = 256;
+
+/// Per constraint, the matching pods per domain of `nodes`.
+fn count_domains<'a>(pod: &Pod, constraints: &[Constraint], nodes: &[&'a NodeInfo]) -> Vec<HashMap<&'a str, i64>> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let mut counts: Vec<HashMap<&'a str, i64>> = vec![HashMap::new(); constraints.len()];
+    let mut values: Vec<&'a str> = Vec::with_capacity(constraints.len());
+    for node in nodes {
+        // Nodes without every topology key take no part.
+        values.clear();
+        values.extend(constraints.iter().map_while(|c| label(node, &c.topology_key)));
+        if values.len() < constraints.len() {
+            continue;
+        }
+        for (i, c) in constraints.iter().enumerate() {
+            if c.includes(pod, node) {
+                let matching = if node.pods.is_empty() {
+                    0
+                } else {
+                    c.count(namespace, node)
+                };
+                *counts[i].entry(values[i]).or_default() += matching;
+            }
+        }
+    }
+    counts
 }
 
 impl<'a> PreFilter<'a> {
     pub fn new(pod: &Pod, nodes: &[&'a NodeInfo]) -> Self {
-        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
         let constraints = constraints(pod, "DoNotSchedule");
         let self_match = constraints
             .iter()
             .map(|c| labels_match(&c.selector, pod.metadata.labels.as_ref()))
             .collect();
-        let mut counts: Vec<HashMap<&'a str, i64>> = vec![HashMap::new(); constraints.len()];
-        if !constraints.is_empty() {
-            let mut values: Vec<&'a str> = Vec::with_capacity(constraints.len());
-            for node in nodes {
-                // Nodes without every topology key take no part.
-                values.clear();
-                values.extend(constraints.iter().map_while(|c| label(node, &c.topology_key)));
-                if values.len() < constraints.len() {
-                    continue;
+        // Counting looks at every pod on every node: upstream parallelises it, so do we,
+        // a chunk of nodes per thread, the chunks' counts added up after.
+        let counts = if constraints.is_empty() {
+            Vec::new()
+        } else if nodes.len() < PARALLEL_FROM {
+            count_domains(pod, &constraints, nodes)
+        } else {
+            let chunk = nodes.len().div_ceil(rayon::current_num_threads().max(1));
+            nodes
+                .par_chunks(chunk)
+                .map(|part| count_domains(pod, &constraints, part))
+                .reduce(
+                    || vec![HashMap::new(); constraints.len()],
+                    |mut total, part| {
+                        for (sum, counts) in total.iter_mut().zip(part) {
+                            for (domain, n) in counts {
+                                *sum.entry(domain).or_default() += n;
+                            }
+                        }
+                        total
+                    },
+                )
+        };
+        let min_matches = constraints
+            .iter()
+            .zip(&counts)
+            .map(|(c, domains)| {
+                let fewer_than_min = c
+                    .min_domains
+                    .is_some_and(|min| i64::try_from(domains.len()).unwrap_or(i64::MAX) < min);
+                if fewer_than_min {
+                    0
+                } else {
+                    domains.values().copied().min().unwrap_or(0)
                 }
-                for (i, c) in constraints.iter().enumerate() {
-                    if c.includes(pod, node) {
-                        let matching = if node.pods.is_empty() {
-                            0
-                        } else {
-                            c.count(namespace, node)
-                        };
-                        *counts[i].entry(values[i]).or_default() += matching;
-                    }
-                }
-            }
-        }
+            })
+            .collect();
         Self {
             constraints,
             self_match,
             counts,
+            min_matches,
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.constraints.is_empty()
-    }
-
-    fn min_match(&self, i: usize) -> i64 {
-        let domains = &self.counts[i];
-        let fewer_than_min = self.constraints[i]
-            .min_domains
-            .is_some_and(|min| i64::try_from(domains.len()).unwrap_or(i64::MAX) < min);
-        if fewer_than_min {
-            return 0;
-        }
-        domains.values().copied().min().unwrap_or(0)
     }
 
     pub fn filter(&self, node: &NodeInfo) -> FilterResult {
@@ -198,7 +234,7 @@ impl<'a> PreFilter<'a> {
                 )]));
             };
             let matching = self.counts[i].get(value).copied().unwrap_or(0);
-            let skew = matching + i64::from(self.self_match[i]) - self.min_match(i);
+            let skew = matching + i64::from(self.self_match[i]) - self.min_matches[i];
             if skew > c.max_skew {
                 return Err(Refusal::Unschedulable(vec![NOT_MATCH.into()]));
             }
