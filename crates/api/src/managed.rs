@@ -9,7 +9,7 @@
 //! `v:<value>` for items of sets, and `.` for an item itself. Which lists are keyed sets or
 //! atomic comes from the published schemas (`x-kubernetes-list-type`, `…-map-type`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Map, Value, json};
 
@@ -482,25 +482,16 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, writer: &Writer<'_>, 
         Some(sent) if old.is_some() && Some(&sent) != kept.as_ref() => return,
         Some(_) => {}
     }
-    let new_set = scoped(fields_of(new, schema), writer.scope, writer.has_status);
-    let mut changed = FieldSet::default();
-    let mut removed = FieldSet::default();
-    match old {
-        None => changed = new_set.clone(),
-        Some(old) => {
-            for path in new_set.members() {
-                if value_at(old, &path, schema) != value_at(new, &path, schema) || !path_exists(old, &path, schema) {
-                    changed.insert(&path);
-                }
-            }
-            let old_set = scoped(fields_of(old, schema), writer.scope, writer.has_status);
-            for path in old_set.members() {
-                if !new_set.contains(&path) {
-                    removed.insert(&path);
-                }
-            }
-        }
-    }
+    let (changed, removed) = match old {
+        None => (
+            scoped(fields_of(new, schema), writer.scope, writer.has_status),
+            FieldSet::default(),
+        ),
+        Some(old) => (
+            scoped(changed_fields(Some(old), new, schema), writer.scope, writer.has_status),
+            scoped(removed_fields(old, Some(new), schema), writer.scope, writer.has_status),
+        ),
+    };
     let mut entries = previous;
     for entry in &mut entries {
         entry.fields.subtract(&removed);
@@ -531,8 +522,133 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, writer: &Writer<'_>, 
     set_entries(new, &entries);
 }
 
-fn path_exists(value: &Value, path: &[String], schema: Schema<'_>) -> bool {
-    value_at(value, path, schema).is_some()
+/// Whether [`fields_of`] finds any field in `value` (if not, `value` is one field itself).
+fn has_fields(value: &Value, schema: Schema<'_>) -> bool {
+    match value {
+        Value::Object(map) => !map.is_empty() && !schema.atomic_map(),
+        Value::Array(items) => {
+            let list = schema.list_type();
+            list != ListType::Atomic && items.iter().any(|item| item_key(item, &list).is_some())
+        }
+        _ => false,
+    }
+}
+
+/// A list's items by their key (the first of duplicates, as a lookup by key finds it).
+fn items_by_key<'v>(items: &'v [Value], list: &ListType) -> HashMap<String, &'v Value> {
+    let mut by_key = HashMap::with_capacity(items.len());
+    for item in items {
+        if let Some(key) = item_key(item, list) {
+            by_key.entry(key).or_insert(item);
+        }
+    }
+    by_key
+}
+
+/// The fields of `new` (as [`fields_of`] finds them) whose value differs in `old` or is
+/// missing there: one walk of both trees, instead of a lookup from the root per field.
+fn changed_fields(old: Option<&Value>, new: &Value, schema: Schema<'_>) -> FieldSet {
+    let mut set = FieldSet::default();
+    match new {
+        Value::Object(map) if !schema.atomic_map() => {
+            let old = old.and_then(Value::as_object);
+            for (key, inner) in map {
+                let before = old.and_then(|o| o.get(key));
+                let child_schema = schema.child(key);
+                let child = if has_fields(inner, child_schema) {
+                    changed_fields(before, inner, child_schema)
+                } else {
+                    FieldSet {
+                        member: before != Some(inner),
+                        children: BTreeMap::new(),
+                    }
+                };
+                if !child.is_empty() {
+                    set.children.insert(format!("f:{key}"), child);
+                }
+            }
+        }
+        Value::Array(items) => {
+            let list = schema.list_type();
+            if list == ListType::Atomic {
+                return set;
+            }
+            let old = old
+                .and_then(Value::as_array)
+                .map(|o| items_by_key(o, &list))
+                .unwrap_or_default();
+            for item in items {
+                let Some(key) = item_key(item, &list) else { continue };
+                let before = old.get(&key).copied();
+                let mut child = if list == ListType::Set {
+                    FieldSet::default()
+                } else {
+                    changed_fields(before, item, schema.items())
+                };
+                child.member = before != Some(item);
+                if child.is_empty() {
+                    set.children.remove(&key);
+                } else {
+                    set.children.insert(key, child);
+                }
+            }
+        }
+        _ => {}
+    }
+    set
+}
+
+/// The fields of `old` (as [`fields_of`] finds them) that are not fields of `new`.
+fn removed_fields(old: &Value, new: Option<&Value>, schema: Schema<'_>) -> FieldSet {
+    let mut set = FieldSet::default();
+    match old {
+        Value::Object(map) if !schema.atomic_map() => {
+            let new = new.and_then(Value::as_object);
+            for (key, inner) in map {
+                let after = new.and_then(|n| n.get(key));
+                let child_schema = schema.child(key);
+                let child = if has_fields(inner, child_schema) {
+                    // Fields of a value that is itself a field in `new` are gone too.
+                    removed_fields(inner, after.filter(|a| has_fields(a, child_schema)), child_schema)
+                } else {
+                    FieldSet {
+                        member: after.is_none_or(|a| has_fields(a, child_schema)),
+                        children: BTreeMap::new(),
+                    }
+                };
+                if !child.is_empty() {
+                    set.children.insert(format!("f:{key}"), child);
+                }
+            }
+        }
+        Value::Array(items) => {
+            let list = schema.list_type();
+            if list == ListType::Atomic {
+                return set;
+            }
+            let new = new
+                .and_then(Value::as_array)
+                .map(|n| items_by_key(n, &list))
+                .unwrap_or_default();
+            for item in items {
+                let Some(key) = item_key(item, &list) else { continue };
+                let after = new.get(&key).copied();
+                let mut child = if list == ListType::Set {
+                    FieldSet::default()
+                } else {
+                    removed_fields(item, after, schema.items())
+                };
+                child.member = after.is_none();
+                if child.is_empty() {
+                    set.children.remove(&key);
+                } else {
+                    set.children.insert(key, child);
+                }
+            }
+        }
+        _ => {}
+    }
+    set
 }
 
 /// A field another manager owns with a different value.
@@ -676,6 +792,82 @@ mod tests {
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
                 "template": {"metadata": {"labels": {"app": "web"}},
                     "spec": {"containers": [{"name": "web", "image": image}]}}}})
+    }
+
+    /// What the walks must find: every field of `new` looked up from the root in both
+    /// objects, and every field of `old` looked up in `new`'s fields.
+    fn reference_diff(old: &Value, new: &Value, schema: Schema<'_>) -> (FieldSet, FieldSet) {
+        let new_set = fields_of(new, schema);
+        let old_set = fields_of(old, schema);
+        let mut changed = FieldSet::default();
+        let mut removed = FieldSet::default();
+        for path in new_set.members() {
+            if value_at(old, &path, schema) != value_at(new, &path, schema) {
+                changed.insert(&path);
+            }
+        }
+        for path in old_set.members() {
+            if !new_set.contains(&path) {
+                removed.insert(&path);
+            }
+        }
+        (changed, removed)
+    }
+
+    #[test]
+    fn one_walk_finds_what_lookups_from_the_root_find() {
+        let pod = Schema::named(schemas(), "io.k8s.api.core.v1.Pod");
+        let base = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "labels": {"app": "web", "tier": "a"}, "annotations": {}},
+            "spec": {"containers": [
+                {"name": "web", "image": "nginx", "ports": [{"containerPort": 80, "protocol": "TCP"}],
+                 "env": [{"name": "A", "value": "1"}], "args": ["x", "y"]},
+                {"name": "side", "image": "busybox"}],
+                "nodeSelector": {"zone": "dmz"}, "tolerations": [{"key": "k", "operator": "Exists"}],
+                "finalizers": ["a"]},
+            "status": {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}]}});
+        type Edit = Box<dyn Fn(&mut Value)>;
+        let edits: Vec<Edit> = vec![
+            Box::new(|_| {}),
+            Box::new(|v| v["spec"]["containers"][0]["image"] = json!("nginx:2")),
+            Box::new(|v| {
+                v["spec"]["containers"].as_array_mut().unwrap().remove(1);
+            }),
+            Box::new(|v| {
+                v["spec"]["containers"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"name": "new", "image": "x"}))
+            }),
+            Box::new(|v| v["spec"]["containers"][0]["ports"] = json!([])),
+            Box::new(|v| v["spec"]["containers"][0]["env"][0]["value"] = json!("2")),
+            Box::new(|v| v["spec"]["containers"][0]["args"] = json!(["y"])),
+            Box::new(|v| v["metadata"]["labels"] = json!({"app": "db"})),
+            Box::new(|v| v["metadata"]["labels"] = json!({})),
+            Box::new(|v| v["metadata"]["annotations"] = json!({"a": "b"})),
+            Box::new(|v| {
+                v["metadata"].as_object_mut().unwrap().remove("labels");
+            }),
+            Box::new(|v| v["spec"]["nodeSelector"] = json!("not a map")),
+            Box::new(|v| v["spec"]["tolerations"] = json!([{"key": "k", "operator": "Equal", "value": "v"}])),
+            Box::new(|v| {
+                v["status"] = json!({"phase": "Running", "podIP": "10.0.0.1",
+                "conditions": [{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}]})
+            }),
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("spec");
+            }),
+            Box::new(|v| v["spec"]["containers"] = json!({"name": "web"})),
+        ];
+        for (i, edit) in edits.iter().enumerate() {
+            let mut new = base.clone();
+            edit(&mut new);
+            for (old, new) in [(&base, &new), (&new, &base)] {
+                let (changed, removed) = reference_diff(old, new, pod);
+                assert_eq!(changed_fields(Some(old), new, pod), changed, "edit {i}: changed");
+                assert_eq!(removed_fields(old, Some(new), pod), removed, "edit {i}: removed");
+            }
+        }
     }
 
     #[test]
