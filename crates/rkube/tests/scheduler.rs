@@ -90,6 +90,29 @@ async fn pods_land_where_they_fit_and_say_why_not() {
         "{first} {second}"
     );
     assert_ne!(first, second, "the emptier node wins");
+    // Each placement is told as upstream tells it (`kubectl describe pod`'s first event).
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let scheduled = eventually("the Scheduled event", WITHIN, async || {
+        let list = events
+            .list(&ListParams::default().fields("involvedObject.name=dmz-app-1"))
+            .await
+            .ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("Scheduled"))
+    })
+    .await;
+    assert_eq!(
+        (scheduled.type_.as_deref(), scheduled.message),
+        (
+            Some("Normal"),
+            Some(format!("Successfully assigned default/dmz-app-1 to {first}"))
+        )
+    );
+    assert_eq!(
+        scheduled.source.and_then(|s| s.component).as_deref(),
+        Some("default-scheduler")
+    );
 
     // Tainted nodes take only pods that tolerate the taint.
     let tolerating = json!({"nodeSelector": {"pool": "db"},
@@ -109,7 +132,6 @@ async fn pods_land_where_they_fit_and_say_why_not() {
     let expected = "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: db}, \
                     2 node(s) didn't match Pod's node affinity/selector. preemption: 0/3 nodes are available: \
                     3 Preemption is not helpful for scheduling.";
-    let events: Api<Event> = Api::namespaced(client.clone(), "default");
     let event = scheduling_event(&events, "lost").await;
     assert_eq!(event.message.as_deref(), Some(expected));
     assert_eq!(event.type_.as_deref(), Some("Warning"));

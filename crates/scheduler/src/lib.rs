@@ -313,6 +313,11 @@ impl Scheduler {
                         scheduler.queue.failed(&key, priority(&pod), false).await;
                     } else {
                         scheduler.queue.done(&key).await;
+                        let message = format!("Successfully assigned {key} to {}", choice.node);
+                        scheduler
+                            .recorder
+                            .emit(&rkube_client::events::reference(&*pod), "Normal", "Scheduled", &message)
+                            .await;
                     }
                 });
             }
