@@ -347,6 +347,12 @@ impl WatchCache {
         *self.seen.borrow()
     }
 
+    /// The object at `key` as the cache holds it now: possibly behind the store, so only
+    /// for reads a later compare-and-swap checks, or where upstream reads an informer.
+    pub fn object(&self, info: &ResourceInfo, key: &str) -> Option<Arc<Cached>> {
+        self.resource(info).ok()?.read().objects.get(key).cloned()
+    }
+
     /// Waits until the cache has applied every change up to `revision`; false if it does
     /// not get there in time (the store is unreachable, or the revision is in the future).
     pub async fn wait_for(&self, revision: i64) -> bool {

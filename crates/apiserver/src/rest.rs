@@ -25,8 +25,6 @@ use crate::{pods, services, table, watch};
 
 /// Largest request body accepted (upstream's limit).
 const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
-/// Attempts of a read-modify-write patch before giving up on conflicts.
-const PATCH_ATTEMPTS: usize = 5;
 
 pub(crate) async fn handle(
     state: &State,
@@ -395,9 +393,7 @@ async fn scale(
     body: &[u8],
     query: &Query,
 ) -> Result<Response<Body>, ApiError> {
-    let mut attempt = 0;
     loop {
-        attempt += 1;
         let (current, revision) = current_with_revision(state, info, ns, name).await?;
         let current_scale = scale_of(&current);
         let requested = match *method {
@@ -446,7 +442,7 @@ async fn scale(
         };
         match write_update(state, (info, ns, name), &current, new, expected, mode).await {
             Ok(updated) => return Ok(json_response(StatusCode::OK, &scale_of(&updated))),
-            Err(err) if err.reason == "Conflict" && pinned.is_none() && attempt < PATCH_ATTEMPTS => continue,
+            Err(err) if err.reason == "Conflict" && pinned.is_none() => continue,
             Err(err) => return Err(err),
         }
     }
@@ -607,9 +603,21 @@ fn namespaces() -> &'static ResourceInfo {
     find("", "v1", "namespaces").unwrap_or(&rkube_api::resources()[0])
 }
 
-/// New objects need a namespace that exists and is not being deleted.
+/// The object as the watch cache holds it, else as the store does. The cache may be
+/// behind: callers either compare-and-swap against its revision (a stale copy then fails
+/// with a conflict and is read again from the store) or only need what upstream reads
+/// from an informer.
+async fn get_cached(state: &State, info: &ResourceInfo, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    match state.cache.object(info, &info.key(ns, name)) {
+        Some(cached) => cached.value(),
+        None => get(state, info, ns, name).await,
+    }
+}
+
+/// New objects need a namespace that exists and is not being deleted (upstream's
+/// NamespaceLifecycle admission reads its informer; so does this, through the cache).
 async fn check_namespace_open(state: &State, ns: &str) -> Result<(), ApiError> {
-    let namespace = get(state, namespaces(), None, ns).await?;
+    let namespace = get_cached(state, namespaces(), None, ns).await?;
     let terminating = namespace.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating")
         || meta_str(&namespace, "deletionTimestamp").is_some();
     if terminating {
@@ -1057,32 +1065,51 @@ async fn patch(
     // The patch applies to the object as the request's version shows it.
     let view = info;
     let info = rkube_api::storage_of(view);
-    let mut attempt = 0;
+    // Conflicts without a resourceVersion precondition are retried until the write lands,
+    // as upstream's GuaranteedUpdate retries (each conflict is another writer's success).
+    // The first attempt starts from the watch cache's copy, as upstream's GuaranteedUpdate
+    // starts from the cacher's: the write is a compare-and-swap on its revision, so a
+    // stale copy costs a conflict and a read from the store, never a lost update.
+    let mut from_cache = !dry_run;
     loop {
-        attempt += 1;
-        let (current, revision) = current_with_revision(state, info, ns, name).await?;
-        let shown = convert::from_storage(view, current.clone());
-        let mut patched = shown.clone();
-        patch.apply(&mut patched)?;
-        if !patched.is_object() || patched.get("kind") != shown.get("kind") {
-            return Err(bad_request("a patch may not change the object's kind"));
-        }
+        let cached = std::mem::take(&mut from_cache);
         let mut warnings = Vec::new();
-        let patched = decode_typed(view, &patched, write.validation, &mut warnings)?;
-        let patched = convert::to_storage(view, patched);
-        // A resourceVersion the patch sets is a precondition; otherwise retry on conflicts.
-        let pinned = meta_str(&patched, "resourceVersion") != meta_str(&current, "resourceVersion");
-        let expected = expected_revision(info, name, &patched, revision)?;
-        if pinned && expected != revision {
-            return Err(conflict(info, name));
+        let mut pinned = false;
+        let outcome = async {
+            let current = if cached {
+                get_cached(state, info, ns, name).await?
+            } else {
+                get(state, info, ns, name).await?
+            };
+            let revision = meta_str(&current, "resourceVersion")
+                .and_then(|rv| rv.parse().ok())
+                .unwrap_or(0);
+            let shown = convert::from_storage(view, current.clone());
+            let mut patched = shown.clone();
+            patch.apply(&mut patched)?;
+            if !patched.is_object() || patched.get("kind") != shown.get("kind") {
+                return Err(bad_request("a patch may not change the object's kind"));
+            }
+            let patched = decode_typed(view, &patched, write.validation, &mut warnings)?;
+            let patched = convert::to_storage(view, patched);
+            // A resourceVersion the patch sets is a precondition; otherwise retry on conflicts.
+            pinned = meta_str(&patched, "resourceVersion") != meta_str(&current, "resourceVersion");
+            let expected = expected_revision(info, name, &patched, revision)?;
+            if pinned && expected != revision {
+                return Err(conflict(info, name));
+            }
+            let mode = WriteMode {
+                status_only,
+                dry_run,
+                manager: write.manager.clone(),
+            };
+            write_update(state, (info, ns, name), &current, patched, expected, mode).await
         }
-        let mode = WriteMode {
-            status_only,
-            dry_run,
-            manager: write.manager.clone(),
-        };
-        match write_update(state, (info, ns, name), &current, patched, expected, mode).await {
-            Err(err) if err.reason == "Conflict" && !pinned && attempt < PATCH_ATTEMPTS => continue,
+        .await;
+        match outcome {
+            // The cache's copy may have been stale: whatever failed is decided on the store's.
+            Err(_) if cached => continue,
+            Err(err) if err.reason == "Conflict" && !pinned => continue,
             result => {
                 write.warnings.extend(warnings);
                 return result;
@@ -1174,9 +1201,7 @@ async fn server_side_apply(
     let info = rkube_api::storage_of(view);
     let schema = managed_schema(info);
     let api_version = view.api_version();
-    let mut attempt = 0;
     loop {
-        attempt += 1;
         let time = object::now_rfc3339();
         let writer = managed_writer(info, (&manager, &api_version, &time), status_only);
         let current = match current_with_revision(state, info, ns, name).await {
@@ -1208,7 +1233,7 @@ async fn server_side_apply(
             manager: None,
         };
         match write_update(state, (info, ns, name), &current, merged, expected, mode).await {
-            Err(err) if err.reason == "Conflict" && err.details.is_none() && attempt < PATCH_ATTEMPTS => continue,
+            Err(err) if err.reason == "Conflict" && err.details.is_none() => continue,
             result => {
                 write.warnings.extend(warnings);
                 return result.map(|object| (StatusCode::OK, object));
