@@ -545,21 +545,54 @@ fn items_by_key<'v>(items: &'v [Value], list: &ListType) -> HashMap<String, &'v 
     by_key
 }
 
-/// The fields of `new` (as [`fields_of`] finds them) whose value differs in `old` or is
-/// missing there: one walk of both trees, instead of a lookup from the root per field.
-fn changed_fields(old: Option<&Value>, new: &Value, schema: Schema<'_>) -> FieldSet {
+/// Which fields of the walked object [`field_diff`] keeps, against the other object.
+#[derive(Clone, Copy)]
+enum Compare {
+    /// Those whose value differs in the other object or is missing there.
+    Changed,
+    /// Those that are not fields of the other object.
+    Removed,
+}
+
+impl Compare {
+    /// Whether the field `this` counts, the other object holding `other` at its path
+    /// (`item`: a list item, which is a field whatever it holds).
+    fn counts(self, this: &Value, other: Option<&Value>, schema: Schema<'_>, item: bool) -> bool {
+        match self {
+            Compare::Changed => other != Some(this),
+            Compare::Removed if item => other.is_none(),
+            // A value with fields of its own is no field itself.
+            Compare::Removed => other.is_none_or(|o| has_fields(o, schema)),
+        }
+    }
+
+    /// What the walk below a map field compares against.
+    fn below<'v>(self, other: Option<&'v Value>, schema: Schema<'_>) -> Option<&'v Value> {
+        match self {
+            Compare::Changed => other,
+            // Fields below a value that is itself a field in the other object are not
+            // fields there.
+            Compare::Removed => other.filter(|o| has_fields(o, schema)),
+        }
+    }
+}
+
+/// The fields of `this` (as [`fields_of`] finds them) that `compare` keeps against
+/// `other`: one walk of both trees, list items matched by key, instead of a lookup from
+/// the root per field.
+fn field_diff(this: &Value, other: Option<&Value>, schema: Schema<'_>, compare: Compare) -> FieldSet {
     let mut set = FieldSet::default();
-    match new {
+    match this {
         Value::Object(map) if !schema.atomic_map() => {
-            let old = old.and_then(Value::as_object);
+            let other = other.and_then(Value::as_object);
             for (key, inner) in map {
-                let before = old.and_then(|o| o.get(key));
+                let there = other.and_then(|o| o.get(key));
                 let child_schema = schema.child(key);
                 let child = if has_fields(inner, child_schema) {
-                    changed_fields(before, inner, child_schema)
+                    field_diff(inner, compare.below(there, child_schema), child_schema, compare)
                 } else {
                     FieldSet {
-                        member: before != Some(inner),
+                        member: compare.counts(inner, there, child_schema, false),
                         children: BTreeMap::new(),
                     }
                 };
@@ -573,19 +606,19 @@ fn changed_fields(old: Option<&Value>, new: &Value, schema: Schema<'_>) -> Field
             if list == ListType::Atomic {
                 return set;
             }
-            let old = old
+            let other = other
                 .and_then(Value::as_array)
                 .map(|o| items_by_key(o, &list))
                 .unwrap_or_default();
             for item in items {
                 let Some(key) = item_key(item, &list) else { continue };
-                let before = old.get(&key).copied();
+                let there = other.get(&key).copied();
                 let mut child = if list == ListType::Set {
                     FieldSet::default()
                 } else {
-                    changed_fields(before, item, schema.items())
+                    field_diff(item, there, schema.items(), compare)
                 };
-                child.member = before != Some(item);
+                child.member = compare.counts(item, there, schema.items(), true);
                 if child.is_empty() {
                     set.children.remove(&key);
                 } else {
@@ -598,57 +631,14 @@ fn changed_fields(old: Option<&Value>, new: &Value, schema: Schema<'_>) -> Field
     set
 }
 
-/// The fields of `old` (as [`fields_of`] finds them) that are not fields of `new`.
+/// The fields of `new` whose value differs in `old` or is missing there.
+fn changed_fields(old: Option<&Value>, new: &Value, schema: Schema<'_>) -> FieldSet {
+    field_diff(new, old, schema, Compare::Changed)
+}
+
+/// The fields of `old` that are not fields of `new`.
 fn removed_fields(old: &Value, new: Option<&Value>, schema: Schema<'_>) -> FieldSet {
-    let mut set = FieldSet::default();
-    match old {
-        Value::Object(map) if !schema.atomic_map() => {
-            let new = new.and_then(Value::as_object);
-            for (key, inner) in map {
-                let after = new.and_then(|n| n.get(key));
-                let child_schema = schema.child(key);
-                let child = if has_fields(inner, child_schema) {
-                    // Fields of a value that is itself a field in `new` are gone too.
-                    removed_fields(inner, after.filter(|a| has_fields(a, child_schema)), child_schema)
-                } else {
-                    FieldSet {
-                        member: after.is_none_or(|a| has_fields(a, child_schema)),
-                        children: BTreeMap::new(),
-                    }
-                };
-                if !child.is_empty() {
-                    set.children.insert(format!("f:{key}"), child);
-                }
-            }
-        }
-        Value::Array(items) => {
-            let list = schema.list_type();
-            if list == ListType::Atomic {
-                return set;
-            }
-            let new = new
-                .and_then(Value::as_array)
-                .map(|n| items_by_key(n, &list))
-                .unwrap_or_default();
-            for item in items {
-                let Some(key) = item_key(item, &list) else { continue };
-                let after = new.get(&key).copied();
-                let mut child = if list == ListType::Set {
-                    FieldSet::default()
-                } else {
-                    removed_fields(item, after, schema.items())
-                };
-                child.member = after.is_none();
-                if child.is_empty() {
-                    set.children.remove(&key);
-                } else {
-                    set.children.insert(key, child);
-                }
-            }
-        }
-        _ => {}
-    }
-    set
+    field_diff(old, new, schema, Compare::Removed)
 }
 
 /// A field another manager owns with a different value.

@@ -523,15 +523,7 @@ pub fn find_node(pod: &Pod, cluster: Cluster<'_>, start: usize) -> (Result<Choic
 /// [`find_node`] over every node, searching from the first, with preemption's verdict
 /// when nothing fits (victims are not evicted here).
 pub fn schedule(pod: &Pod, nodes: &[NodeInfo]) -> Result<String, FitError> {
-    let refs: Vec<&NodeInfo> = nodes.iter().collect();
-    let (objects, spread, nominated) = (Objects::default(), HashMap::new(), Nominated::new());
-    let cluster = Cluster {
-        nodes: &refs,
-        objects: &objects,
-        image_spread: &spread,
-        nominated: &nominated,
-    };
-    match find_node(pod, cluster, 0).0 {
+    with_bare_cluster(nodes, |cluster| match find_node(pod, cluster, 0).0 {
         Ok(choice) => Ok(choice.node),
         Err(mut fit) => {
             if let Err(message) = plugins::default_preemption::preempt(pod, cluster, &fit) {
@@ -539,7 +531,19 @@ pub fn schedule(pod: &Pod, nodes: &[NodeInfo]) -> Result<String, FitError> {
             }
             Err(fit)
         }
-    }
+    })
+}
+
+/// `decide` over a cluster of `nodes` alone: no other objects, images or nominations.
+pub fn with_bare_cluster<T>(nodes: &[NodeInfo], decide: impl FnOnce(Cluster<'_>) -> T) -> T {
+    let refs: Vec<&NodeInfo> = nodes.iter().collect();
+    let (objects, spread, nominated) = (Objects::default(), HashMap::new(), Nominated::new());
+    decide(Cluster {
+        nodes: &refs,
+        objects: &objects,
+        image_spread: &spread,
+        nominated: &nominated,
+    })
 }
 
 #[cfg(test)]
@@ -660,15 +664,7 @@ mod tests {
         assert_eq!(feasible_nodes_to_find(5000), 500);
         assert_eq!(feasible_nodes_to_find(100_000), 5000);
         let nodes: Vec<NodeInfo> = (0..1000).map(|i| node(&format!("n{i:04}"), json!({}))).collect();
-        let refs: Vec<&NodeInfo> = nodes.iter().collect();
-        let (objects, spread, nominated) = (Objects::default(), HashMap::new(), Nominated::new());
-        let cluster = Cluster {
-            nodes: &refs,
-            objects: &objects,
-            image_spread: &spread,
-            nominated: &nominated,
-        };
-        let (chosen, next) = find_node(&pod(json!({})), cluster, 990);
+        let (chosen, next) = with_bare_cluster(&nodes, |cluster| find_node(&pod(json!({})), cluster, 990));
         assert_eq!(next, (990 + feasible_nodes_to_find(1000)) % 1000);
         assert!(chosen.is_ok());
     }
@@ -682,14 +678,6 @@ mod tests {
                 node(&format!("n{i:04}"), json!({"status": {"allocatable": {"cpu": cpu}}}))
             })
             .collect();
-        let refs: Vec<&NodeInfo> = nodes.iter().collect();
-        let (objects, spread, nominated) = (Objects::default(), HashMap::new(), Nominated::new());
-        let cluster = Cluster {
-            nodes: &refs,
-            objects: &objects,
-            image_spread: &spread,
-            nominated: &nominated,
-        };
         let asking = |cpu: &str| {
             pod(json!({"spec": {"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": cpu}}}]}}))
         };
@@ -702,14 +690,16 @@ mod tests {
             }
             searched += 1;
         }
-        let (chosen, next) = find_node(&asking("2"), cluster, start);
+        let (chosen, next) = with_bare_cluster(&nodes, |cluster| find_node(&asking("2"), cluster, start));
         assert_eq!(next, (start + searched) % 1000);
         let chosen = chosen.unwrap().node;
         let index: usize = chosen[1..].parse().unwrap();
         assert_ne!(index % 3, 0, "{chosen} is too small");
         assert!((index + 1000 - start) % 1000 < searched, "{chosen} was not searched");
         // Nothing fits: every node is filtered and counted once.
-        let fit = find_node(&asking("8"), cluster, start).0.unwrap_err();
+        let fit = with_bare_cluster(&nodes, |cluster| find_node(&asking("8"), cluster, start))
+            .0
+            .unwrap_err();
         assert_eq!(fit.to_string(), "0/1000 nodes are available: 1000 Insufficient cpu.");
     }
 
