@@ -26,16 +26,19 @@ fn pod(name: &str, spec: Value) -> Pod {
     serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
 }
 
-/// The first scheduling event about `pod`, once there is one.
-async fn scheduling_event(events: &Api<Event>, pod: &str) -> Event {
-    eventually(&format!("an event about {pod}"), WITHIN, async || {
+/// The first event with `reason` about `pod`, once there is one.
+async fn event_about(events: &Api<Event>, pod: &str, reason: &str) -> Event {
+    eventually(&format!("a {reason} event about {pod}"), WITHIN, async || {
         let selector = format!("involvedObject.name={pod}");
         let list = events.list(&ListParams::default().fields(&selector)).await.ok()?;
-        list.items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("FailedScheduling"))
+        list.items.into_iter().find(|e| e.reason.as_deref() == Some(reason))
     })
     .await
+}
+
+/// The first FailedScheduling event about `pod`, once there is one.
+async fn scheduling_event(events: &Api<Event>, pod: &str) -> Event {
+    event_about(events, pod, "FailedScheduling").await
 }
 
 fn fleet(prefix: &str, count: usize, labels: &[(&str, &str)], taints: Vec<Value>) -> HollowOptions {
@@ -92,16 +95,7 @@ async fn pods_land_where_they_fit_and_say_why_not() {
     assert_ne!(first, second, "the emptier node wins");
     // Each placement is told as upstream tells it (`kubectl describe pod`'s first event).
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    let scheduled = eventually("the Scheduled event", WITHIN, async || {
-        let list = events
-            .list(&ListParams::default().fields("involvedObject.name=dmz-app-1"))
-            .await
-            .ok()?;
-        list.items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("Scheduled"))
-    })
-    .await;
+    let scheduled = event_about(&events, "dmz-app-1", "Scheduled").await;
     assert_eq!(
         (scheduled.type_.as_deref(), scheduled.message),
         (
@@ -456,16 +450,7 @@ async fn a_higher_priority_pod_preempts_a_lower_one() {
         Some("small-0"),
         "nominated while the victim terminated"
     );
-    let preempted = eventually("the victim's Preempted event", WITHIN, async || {
-        let list = events
-            .list(&ListParams::default().fields("involvedObject.name=low"))
-            .await
-            .ok()?;
-        list.items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("Preempted"))
-    })
-    .await;
+    let preempted = event_about(&events, "low", "Preempted").await;
     assert_eq!(
         preempted.message.unwrap(),
         format!("Preempted by pod {} on node small-0", created.metadata.uid.unwrap())
