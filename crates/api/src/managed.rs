@@ -365,21 +365,23 @@ fn server_fields() -> FieldSet {
 }
 
 /// Which part of an object a write may touch: the main resource leaves `status` alone, the
-/// status subresource only touches it.
+/// status subresource only touches it, the scale subresource touches the main resource's
+/// replicas (and is recorded as `subresource: scale`, as upstream records it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     Main,
     Status,
+    Scale,
 }
 
 fn scoped(mut set: FieldSet, scope: Scope, has_status: bool) -> FieldSet {
     set.subtract(&SERVER_FIELDS);
     match scope {
-        Scope::Main if has_status => {
+        Scope::Main | Scope::Scale if has_status => {
             set.children.remove("f:status");
         }
         Scope::Status => set.children.retain(|k, _| k == "f:status"),
-        Scope::Main => {}
+        Scope::Main | Scope::Scale => {}
     }
     set
 }
@@ -462,6 +464,7 @@ impl Writer<'_> {
         match self.scope {
             Scope::Main => "",
             Scope::Status => "status",
+            Scope::Scale => "scale",
         }
     }
 }

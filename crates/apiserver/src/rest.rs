@@ -437,6 +437,7 @@ async fn scale(
         new["spec"]["replicas"] = json!(replicas);
         let mode = WriteMode {
             status_only: false,
+            scale: true,
             dry_run: query.dry_run,
             manager: query.field_manager.clone(),
         };
@@ -768,7 +769,7 @@ pub(crate) async fn create(
             }
         }
         if !write.applied {
-            record(info, None, &mut object, manager, false);
+            record(info, None, &mut object, manager, managed::Scope::Main);
         }
     }
     if dry_run {
@@ -808,6 +809,8 @@ fn split_spec(object: &Value) -> Value {
 #[derive(Debug, Clone)]
 struct WriteMode {
     status_only: bool,
+    /// Through the scale subresource (recorded as such in managedFields).
+    scale: bool,
     dry_run: bool,
     /// Who the change is recorded for in managedFields (`None`: nobody, it is the server's).
     manager: Option<String>,
@@ -822,31 +825,36 @@ fn managed_schema(info: &ResourceInfo) -> managed::Schema<'static> {
     }
 }
 
-/// Who writes an object of `info`'s kind: (manager, apiVersion, time), and whether
-/// through the status subresource.
+/// Which part of the object a write touches, as field management scopes it.
+fn scope_of(status_only: bool, scale: bool) -> managed::Scope {
+    match (status_only, scale) {
+        (true, _) => managed::Scope::Status,
+        (false, true) => managed::Scope::Scale,
+        (false, false) => managed::Scope::Main,
+    }
+}
+
+/// Who writes an object of `info`'s kind: (manager, apiVersion, time), and through which
+/// part of it.
 fn managed_writer<'a>(
     info: &ResourceInfo,
     (manager, api_version, time): (&'a str, &'a str, &'a str),
-    status_only: bool,
+    scope: managed::Scope,
 ) -> managed::Writer<'a> {
     managed::Writer {
         manager,
         api_version,
         time,
-        scope: if status_only {
-            managed::Scope::Status
-        } else {
-            managed::Scope::Main
-        },
+        scope,
         has_status: info.has_status(),
     }
 }
 
 /// Records a write in the object's managedFields.
-fn record(info: &ResourceInfo, old: Option<&Value>, new: &mut Value, manager: &str, status_only: bool) {
+fn record(info: &ResourceInfo, old: Option<&Value>, new: &mut Value, manager: &str, scope: managed::Scope) {
     let time = object::now_rfc3339();
     let api_version = info.api_version();
-    let writer = managed_writer(info, (manager, &api_version, &time), status_only);
+    let writer = managed_writer(info, (manager, &api_version, &time), scope);
     managed::record_update(old, new, &writer, managed_schema(info));
 }
 
@@ -863,6 +871,7 @@ async fn write_update(
 ) -> Result<Value, ApiError> {
     let WriteMode {
         status_only,
+        scale,
         dry_run,
         manager,
     } = mode;
@@ -938,7 +947,7 @@ async fn write_update(
         return Ok(new);
     }
     if let Some(manager) = manager.as_deref() {
-        record(info, Some(current), &mut new, manager, status_only);
+        record(info, Some(current), &mut new, manager, scope_of(status_only, scale));
     }
     let mut problems = validation::validate(info, &new);
     problems.extend(validation::validate_update(info, current, &new));
@@ -1046,6 +1055,7 @@ async fn update(
     }
     let mode = WriteMode {
         status_only,
+        scale: false,
         dry_run,
         manager: write.manager.clone(),
     };
@@ -1100,6 +1110,7 @@ async fn patch(
             }
             let mode = WriteMode {
                 status_only,
+                scale: false,
                 dry_run,
                 manager: write.manager.clone(),
             };
@@ -1203,7 +1214,7 @@ async fn server_side_apply(
     let api_version = view.api_version();
     loop {
         let time = object::now_rfc3339();
-        let writer = managed_writer(info, (&manager, &api_version, &time), status_only);
+        let writer = managed_writer(info, (&manager, &api_version, &time), scope_of(status_only, false));
         let current = match current_with_revision(state, info, ns, name).await {
             Ok(found) => Some(found),
             Err(err) if err.code == StatusCode::NOT_FOUND => None,
@@ -1228,6 +1239,7 @@ async fn server_side_apply(
         let expected = revision;
         let mode = WriteMode {
             status_only,
+            scale: false,
             dry_run: write.dry_run,
             // The apply made the managed fields already.
             manager: None,

@@ -605,6 +605,21 @@ fn scale_subresource() {
                 .unwrap()),
             "5"
         );
+        // Recorded as upstream records it: through the scale subresource, owning replicas.
+        let written: Value = serde_json::from_str(&ok(k
+            .run(&["get", "deploy", "web", "-o", "json", "--show-managed-fields"])
+            .unwrap()))
+        .unwrap();
+        let scaled: Vec<&Value> = written["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["subresource"] == "scale")
+            .collect();
+        assert_eq!(scaled.len(), 1, "{written}");
+        assert_eq!(scaled[0]["operation"], "Update");
+        assert_eq!(scaled[0]["apiVersion"], "apps/v1");
+        assert_eq!(scaled[0]["fieldsV1"], serde_json::json!({"f:spec": {"f:replicas": {}}}));
         // --current-replicas: GET the Scale, then PUT it back (without Content-Type).
         ok(
             k.run(&["scale", "deploy", "web", "--current-replicas=5", "--replicas=1"])
