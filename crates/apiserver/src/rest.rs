@@ -436,8 +436,7 @@ async fn scale(
         let mut new = current.clone();
         new["spec"]["replicas"] = json!(replicas);
         let mode = WriteMode {
-            status_only: false,
-            scale: true,
+            scope: managed::Scope::Scale,
             dry_run: query.dry_run,
             manager: query.field_manager.clone(),
         };
@@ -482,6 +481,16 @@ impl<'a> Write<'a> {
             warnings,
             manager: None,
             applied: false,
+        }
+    }
+
+    /// How this request writes through the main resource or its status, recorded for its
+    /// field manager.
+    fn mode(&self, status_only: bool) -> WriteMode {
+        WriteMode {
+            scope: scope_of(status_only),
+            dry_run: self.dry_run,
+            manager: self.manager.clone(),
         }
     }
 
@@ -808,9 +817,8 @@ fn split_spec(object: &Value) -> Value {
 /// as a dry run.
 #[derive(Debug, Clone)]
 struct WriteMode {
-    status_only: bool,
-    /// Through the scale subresource (recorded as such in managedFields).
-    scale: bool,
+    /// The main resource, or its status or scale subresource.
+    scope: managed::Scope,
     dry_run: bool,
     /// Who the change is recorded for in managedFields (`None`: nobody, it is the server's).
     manager: Option<String>,
@@ -825,12 +833,12 @@ fn managed_schema(info: &ResourceInfo) -> managed::Schema<'static> {
     }
 }
 
-/// Which part of the object a write touches, as field management scopes it.
-fn scope_of(status_only: bool, scale: bool) -> managed::Scope {
-    match (status_only, scale) {
-        (true, _) => managed::Scope::Status,
-        (false, true) => managed::Scope::Scale,
-        (false, false) => managed::Scope::Main,
+/// The part of the object a request on the main resource or its status touches.
+fn scope_of(status_only: bool) -> managed::Scope {
+    if status_only {
+        managed::Scope::Status
+    } else {
+        managed::Scope::Main
     }
 }
 
@@ -870,11 +878,11 @@ async fn write_update(
     mode: WriteMode,
 ) -> Result<Value, ApiError> {
     let WriteMode {
-        status_only,
-        scale,
+        scope,
         dry_run,
         manager,
     } = mode;
+    let status_only = scope == managed::Scope::Status;
     if status_only {
         let status = new.get("status").cloned();
         let labels = metadata(&new).and_then(|m| m.get("labels")).cloned();
@@ -947,7 +955,7 @@ async fn write_update(
         return Ok(new);
     }
     if let Some(manager) = manager.as_deref() {
-        record(info, Some(current), &mut new, manager, scope_of(status_only, scale));
+        record(info, Some(current), &mut new, manager, scope);
     }
     let mut problems = validation::validate(info, &new);
     problems.extend(validation::validate_update(info, current, &new));
@@ -1029,10 +1037,15 @@ async fn current_with_revision(
     name: &str,
 ) -> Result<(Value, i64), ApiError> {
     let current = get(state, info, ns, name).await?;
-    let revision = meta_str(&current, "resourceVersion")
-        .and_then(|rv| rv.parse().ok())
-        .unwrap_or(0);
+    let revision = revision_of(&current);
     Ok((current, revision))
+}
+
+/// The revision an object read from the store or the cache was written at.
+fn revision_of(object: &Value) -> i64 {
+    meta_str(object, "resourceVersion")
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0)
 }
 
 async fn update(
@@ -1046,20 +1059,21 @@ async fn update(
     check_kind(info, &mut object)?;
     let mut object = decode_typed(info, &object, write.validation, write.warnings)?;
     check_namespace(info, &mut object, ns)?;
-    let dry_run = write.dry_run;
     check_name_matches(&object, name)?;
     let (current, revision) = current_with_revision(state, info, ns, name).await?;
     let expected = expected_revision(info, name, &object, revision)?;
     if expected != revision {
         return Err(conflict(info, name));
     }
-    let mode = WriteMode {
-        status_only,
-        scale: false,
-        dry_run,
-        manager: write.manager.clone(),
-    };
-    write_update(state, (info, ns, name), &current, object, expected, mode).await
+    write_update(
+        state,
+        (info, ns, name),
+        &current,
+        object,
+        expected,
+        write.mode(status_only),
+    )
+    .await
 }
 
 async fn patch(
@@ -1091,9 +1105,7 @@ async fn patch(
             } else {
                 get(state, info, ns, name).await?
             };
-            let revision = meta_str(&current, "resourceVersion")
-                .and_then(|rv| rv.parse().ok())
-                .unwrap_or(0);
+            let revision = revision_of(&current);
             let shown = convert::from_storage(view, current.clone());
             let mut patched = shown.clone();
             patch.apply(&mut patched)?;
@@ -1108,12 +1120,7 @@ async fn patch(
             if pinned && expected != revision {
                 return Err(conflict(info, name));
             }
-            let mode = WriteMode {
-                status_only,
-                scale: false,
-                dry_run,
-                manager: write.manager.clone(),
-            };
+            let mode = write.mode(status_only);
             write_update(state, (info, ns, name), &current, patched, expected, mode).await
         }
         .await;
@@ -1214,7 +1221,7 @@ async fn server_side_apply(
     let api_version = view.api_version();
     loop {
         let time = object::now_rfc3339();
-        let writer = managed_writer(info, (&manager, &api_version, &time), scope_of(status_only, false));
+        let writer = managed_writer(info, (&manager, &api_version, &time), scope_of(status_only));
         let current = match current_with_revision(state, info, ns, name).await {
             Ok(found) => Some(found),
             Err(err) if err.code == StatusCode::NOT_FOUND => None,
@@ -1238,8 +1245,7 @@ async fn server_side_apply(
         let merged = decode_typed(info, &merged, write.validation, &mut warnings)?;
         let expected = revision;
         let mode = WriteMode {
-            status_only,
-            scale: false,
+            scope: scope_of(status_only),
             dry_run: write.dry_run,
             // The apply made the managed fields already.
             manager: None,
