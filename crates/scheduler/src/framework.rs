@@ -318,12 +318,8 @@ impl<'a> Decision<'a> {
     /// default weights; normalized scores are normalized over the feasible nodes.
     fn scores(&self, feasible: &[&NodeInfo]) -> Vec<i64> {
         let pod = self.pod;
-        let parallel = self.depends_on_placed_pods() && feasible.len() >= PARALLEL_FROM;
-        let raw: Vec<i64> = if parallel {
-            feasible.par_iter().map(|node| self.affinity.raw_score(node)).collect()
-        } else {
-            feasible.iter().map(|node| self.affinity.raw_score(node)).collect()
-        };
+        let parallel = self.worth_the_pool(feasible.len());
+        let raw = map_indices(parallel, feasible.len(), |i| self.affinity.raw_score(feasible[i]));
         let (low, high) = (
             raw.iter().copied().min().unwrap_or(0),
             raw.iter().copied().max().unwrap_or(0),
@@ -332,9 +328,10 @@ impl<'a> Decision<'a> {
         let total = self.cluster.nodes.len();
         // ImageLocality can only tell nodes apart when some node holds one of the images.
         let images_somewhere = self.images.iter().any(|i| self.cluster.image_spread.contains_key(i));
-        let score = |((node, raw), spread): ((&&NodeInfo, i64), i64)| {
+        map_indices(parallel, feasible.len(), |i| {
+            let node = feasible[i];
             let affinity = if high > low {
-                (raw - low) * 100 / (high - low)
+                (raw[i] - low) * 100 / (high - low)
             } else {
                 0
             };
@@ -342,19 +339,20 @@ impl<'a> Decision<'a> {
                 + plugins::node_resources_fit::balanced_allocation_for(self.wanted.non_zero, node)
                 + 3 * plugins::taint_toleration::score(pod, node)
                 + 2 * plugins::node_affinity::score(pod, node)
-                + 2 * spread
+                + 2 * spread[i]
                 + 2 * affinity
                 + if images_somewhere {
                     plugins::image_locality::score(&self.images, node, self.cluster.image_spread, total)
                 } else {
                     0
                 }
-        };
-        if parallel {
-            feasible.par_iter().zip(raw).zip(spread).map(score).collect()
-        } else {
-            feasible.iter().zip(raw).zip(spread).map(score).collect()
-        }
+        })
+    }
+
+    /// Whether filtering or scoring `nodes` nodes for this pod is worth handing to the
+    /// pool: only filters that look at other pods cost more than waking a thread.
+    fn worth_the_pool(&self, nodes: usize) -> bool {
+        nodes >= PARALLEL_FROM && self.depends_on_placed_pods()
     }
 
     /// What binding the pod's volumes on `node` takes.
@@ -411,6 +409,15 @@ pub struct Choice {
 /// pool costs more than it saves.
 const PARALLEL_FROM: usize = 64;
 
+/// `f` of `0..n`, in order; on the pool when `parallel`.
+fn map_indices<R: Send>(parallel: bool, n: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+    if parallel {
+        (0..n).into_par_iter().map(f).collect()
+    } else {
+        (0..n).map(f).collect()
+    }
+}
+
 /// The fewest nodes filtered in one batch (more than are still wanted when only a few are).
 const MIN_BATCH: usize = 16;
 
@@ -466,18 +473,11 @@ pub fn find_node(pod: &Pod, cluster: Cluster<'_>, start: usize) -> (Result<Choic
     // Filtered a batch at a time, in parallel when the batch is large, and the verdicts
     // taken in search order: the outcome is the sequential search's, the surplus of the
     // last batch is work thrown away (as upstream's parallel search throws it away).
-    // Filters that look at other pods are worth the pool's hand-off; the others are
-    // cheaper than waking a thread.
-    let heavy = decision.depends_on_placed_pods();
     let mut offset = 0;
     while offset < total && feasible.len() < wanted {
         let batch = (wanted - feasible.len()).max(MIN_BATCH).min(total - offset);
         let at = |i: usize| nodes[(start + offset + i) % total];
-        let verdicts: Vec<FilterResult> = if heavy && batch >= PARALLEL_FROM {
-            (0..batch).into_par_iter().map(|i| decision.filter(at(i))).collect()
-        } else {
-            (0..batch).map(|i| decision.filter(at(i))).collect()
-        };
+        let verdicts = map_indices(decision.worth_the_pool(batch), batch, |i| decision.filter(at(i)));
         for (i, verdict) in verdicts.into_iter().enumerate() {
             if feasible.len() >= wanted {
                 break;
