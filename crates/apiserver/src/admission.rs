@@ -11,9 +11,7 @@ use serde_json::{Value, json};
 
 use crate::State;
 use crate::filter::Filter;
-use crate::query::Query;
 use crate::response::ApiError;
-use crate::rest;
 
 const PREEMPT_LOWER_PRIORITY: &str = "PreemptLowerPriority";
 
@@ -27,17 +25,15 @@ fn forbidden(name: &str, message: String) -> ApiError {
 
 /// The objects as the watch cache holds them: admission, like upstream's listers, does not
 /// wait for the newest revision.
-async fn cached(state: &State, group: &str, plural: &str) -> Result<Vec<Value>, ApiError> {
+fn cached(state: &State, group: &str, plural: &str) -> Result<Vec<Value>, ApiError> {
     let Some(info) = find(group, "v1", plural) else {
         return Ok(Vec::new());
     };
-    let query = Query {
-        resource_version: Some("0".into()),
-        ..Query::default()
-    };
-    Ok(rest::list_page(state, info, None, &query, &Filter::everything(), None)
-        .await?
-        .items)
+    let page = state
+        .cache
+        .page(info, None, &Filter::everything(), None, None, None)?
+        .ok_or_else(|| ApiError::internal(format!("the watch cache could not list {plural}")))?;
+    page.items.iter().map(|cached| cached.value()).collect()
 }
 
 /// Gives a claim created without `spec.storageClassName` (nor the beta annotation) the
@@ -50,7 +46,7 @@ pub(crate) async fn admit_claim(state: &State, claim: &mut Value) -> Result<(), 
     if named {
         return Ok(());
     }
-    let classes = cached(state, "storage.k8s.io", "storageclasses").await?;
+    let classes = cached(state, "storage.k8s.io", "storageclasses")?;
     let default = classes
         .iter()
         .filter(|c| {
@@ -80,7 +76,12 @@ pub(crate) async fn admit_pod(state: &State, pod: &mut Value, name: &str) -> Res
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let classes = cached(state, "scheduling.k8s.io", "priorityclasses").await?;
+    let mut classes = cached(state, "scheduling.k8s.io", "priorityclasses")?;
+    let named = |c: &Value| c.pointer("/metadata/name").and_then(Value::as_str) == Some(class_name.as_str());
+    if !class_name.is_empty() && !classes.iter().any(named) && state.cache.wait_for_current().await? {
+        // A class created just before the pod may not have reached the cache yet.
+        classes = cached(state, "scheduling.k8s.io", "priorityclasses")?;
+    }
     let class = if class_name.is_empty() {
         // The global default with the lowest value, as upstream picks among several.
         classes
@@ -88,9 +89,7 @@ pub(crate) async fn admit_pod(state: &State, pod: &mut Value, name: &str) -> Res
             .filter(|c| c.get("globalDefault").and_then(Value::as_bool) == Some(true))
             .min_by_key(|c| c.get("value").and_then(Value::as_i64).unwrap_or_default())
     } else {
-        let found = classes
-            .iter()
-            .find(|c| c.pointer("/metadata/name").and_then(Value::as_str) == Some(class_name.as_str()));
+        let found = classes.iter().find(|c| named(c));
         if found.is_none() {
             return Err(forbidden(
                 name,

@@ -93,12 +93,44 @@ pub fn set_resource_version(object: &mut Value, revision: i64) {
 
 /// The bytes stored for an object: without resourceVersion, which the store assigns.
 pub fn to_store(object: &Value) -> Result<Vec<u8>, ApiError> {
-    let mut stored = object.clone();
-    if let Some(meta) = metadata_mut(&mut stored) {
-        meta.remove("resourceVersion");
-        meta.remove("selfLink");
+    serde_json::to_vec(&Stored(object)).map_err(|e| ApiError::internal(format!("encoding an object: {e}")))
+}
+
+/// An object as stored, written without copying it first (every write stores one).
+struct Stored<'a>(&'a Value);
+
+/// Metadata as stored: the store's own fields left out.
+struct StoredMeta<'a>(&'a Map<String, Value>);
+
+const NOT_STORED: [&str; 2] = ["resourceVersion", "selfLink"];
+
+impl serde::Serialize for Stored<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Value::Object(map) = self.0 else {
+            return self.0.serialize(serializer);
+        };
+        let mut out = serializer.serialize_map(Some(map.len()))?;
+        for (key, value) in map {
+            match value {
+                Value::Object(meta) if key == "metadata" => out.serialize_entry(key, &StoredMeta(meta))?,
+                _ => out.serialize_entry(key, value)?,
+            }
+        }
+        out.end()
     }
-    serde_json::to_vec(&stored).map_err(|e| ApiError::internal(format!("encoding an object: {e}")))
+}
+
+impl serde::Serialize for StoredMeta<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let kept = self.0.iter().filter(|(key, _)| !NOT_STORED.contains(&key.as_str()));
+        let mut out = serializer.serialize_map(None)?;
+        for (key, value) in kept {
+            out.serialize_entry(key, value)?;
+        }
+        out.end()
+    }
 }
 
 fn details(info: &ResourceInfo, name: &str) -> StatusDetails {
@@ -272,5 +304,38 @@ pub fn general_store_error(err: StoreError) -> ApiError {
         ),
         StoreError::InvalidKey { reason, .. } => bad_request(format!("invalid name: {reason}")),
         other => ApiError::internal(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn stored_bytes_leave_out_only_what_the_store_assigns() {
+        let object = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "resourceVersion": "7", "selfLink": "/x", "labels": {"resourceVersion": "kept"}},
+            "data": {"resourceVersion": "kept too"},
+        });
+        let stored: Value = serde_json::from_slice(&to_store(&object).unwrap()).unwrap();
+        let mut expected = object.clone();
+        let meta = expected["metadata"].as_object_mut().unwrap();
+        meta.remove("resourceVersion");
+        meta.remove("selfLink");
+        assert_eq!(stored, expected);
+        let kv = KeyValue {
+            key: "k".into(),
+            value: to_store(&object).unwrap().into(),
+            create_revision: 7,
+            mod_revision: 7,
+        };
+        let mut read = from_store(&kv).unwrap();
+        read["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .insert("selfLink".into(), json!("/x"));
+        assert_eq!(read, object, "reading it back restores the revision");
     }
 }

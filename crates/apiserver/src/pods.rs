@@ -72,7 +72,37 @@ async fn bind(
             )],
         ));
     }
-    let (pod, revision) = rest::get_with_revision(state, info, Some(ns), name).await?;
+    // The watch cache's copy first: the write is a compare-and-swap, so a stale copy fails
+    // and the attempt is redone from the store's, whose answer stands.
+    if let Some(cached) = rest::get_from_cache(state, info, Some(ns), name)?
+        && bind_to(state, (info, ns, name), &binding, node, cached, query)
+            .await
+            .is_ok()
+    {
+        return Ok(bound_status());
+    }
+    let current = rest::get_with_revision(state, info, Some(ns), name).await?;
+    bind_to(state, (info, ns, name), &binding, node, current, query).await?;
+    Ok(bound_status())
+}
+
+fn bound_status() -> Response<Body> {
+    json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    )
+}
+
+/// Binds `pod`, read at `revision`, if it still is at that revision, as upstream's
+/// setPodHostAndAnnotations: the node, the binding's annotations, and PodScheduled=True.
+async fn bind_to(
+    state: &State,
+    (info, ns, name): (&ResourceInfo, &str, &str),
+    binding: &Value,
+    node: &str,
+    (pod, revision): (Value, i64),
+    query: &Query,
+) -> Result<(), ApiError> {
     if let Some(uid) = binding.pointer("/metadata/uid").and_then(Value::as_str)
         && meta_str(&pod, "uid") != Some(uid)
     {
@@ -82,9 +112,9 @@ async fn bind(
         )));
     }
     if meta_str(&pod, "deletionTimestamp").is_some() {
-        return Err(
-            conflict(info, name).with_message(format!("pod {name} is being deleted, cannot be assigned to a host"))
-        );
+        return Err(conflict(info, name).with_message(format!(
+            "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is being deleted, cannot be assigned to a host"
+        )));
     }
     let current = pod
         .pointer("/spec/nodeName")
@@ -95,20 +125,64 @@ async fn bind(
             "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{current}\""
         )));
     }
-    let mut bound = pod.clone();
+    let gated = pod
+        .pointer("/spec/schedulingGates")
+        .and_then(Value::as_array)
+        .is_some_and(|gates| !gates.is_empty());
+    if gated {
+        return Err(conflict(info, name).with_message(format!(
+            "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} has non-empty .spec.schedulingGates"
+        )));
+    }
+    let mut bound = pod;
     bound["spec"]["nodeName"] = json!(node);
     if let Some(annotations) = binding.pointer("/metadata/annotations").and_then(Value::as_object) {
         for (key, value) in annotations {
             bound["metadata"]["annotations"][key] = value.clone();
         }
     }
+    set_scheduled(&mut bound);
     if !query.dry_run {
         rest::store_update(state, (info, Some(ns), name), &bound, revision).await?;
     }
-    Ok(json_response(
-        StatusCode::CREATED,
-        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-    ))
+    Ok(())
+}
+
+/// PodScheduled=True, as upstream's UpdatePodCondition writes it: reason and message
+/// cleared, the transition time kept unless the status changes.
+fn set_scheduled(pod: &mut Value) {
+    let Some(status) = pod
+        .as_object_mut()
+        .map(|p| p.entry("status").or_insert_with(|| json!({})))
+    else {
+        return;
+    };
+    if !status.is_object() {
+        *status = json!({});
+    }
+    let conditions = &mut status["conditions"];
+    if !conditions.is_array() {
+        *conditions = json!([]);
+    }
+    let Some(conditions) = conditions.as_array_mut() else {
+        return;
+    };
+    let existing = conditions
+        .iter()
+        .position(|c| c.get("type").and_then(Value::as_str) == Some("PodScheduled"));
+    let mut transition = json!(crate::object::now_rfc3339());
+    if let Some(i) = existing
+        && conditions[i].get("status").and_then(Value::as_str) == Some("True")
+        && let Some(kept) = conditions[i].get("lastTransitionTime")
+    {
+        transition = kept.clone();
+    }
+    let condition =
+        json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": transition});
+    match existing {
+        Some(i) => conditions[i] = condition,
+        None => conditions.push(condition),
+    }
 }
 
 /// `POST pods/<name>/eviction`: deletes the pod unless a disruption budget that selects it

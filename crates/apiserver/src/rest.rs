@@ -1833,6 +1833,22 @@ pub(crate) async fn get_object(
     get(state, info, ns, name).await
 }
 
+/// One object and its revision as the watch cache holds it (possibly behind the store:
+/// only for compare-and-swap writes, which a stale copy fails).
+pub(crate) fn get_from_cache(
+    state: &State,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Option<(Value, i64)>, ApiError> {
+    let Some(cached) = state.cache.object(info, &info.key(ns, name)) else {
+        return Ok(None);
+    };
+    let object = cached.value()?;
+    let revision = revision_of(&object);
+    Ok(Some((object, revision)))
+}
+
 /// One object and the revision it was read at.
 pub(crate) async fn get_with_revision(
     state: &State,

@@ -173,10 +173,17 @@ pub async fn run(mut args: ControllersArgs, json: bool) -> anyhow::Result<()> {
     );
     report.add("end to end", &case, "all_available", "s", all_available.as_secs_f64());
     report.add("end to end", &case, "server_cpu", "s", cpu);
+    report.add(
+        "end to end",
+        &case,
+        "server_cpu_per_pod",
+        "ms",
+        cpu * 1000.0 / total as f64,
+    );
     if let Some(rss) = rss_mib(server.pid()) {
         report.add("end to end", &case, "server_rss", "MiB", rss);
     }
-    drop(hollow);
+    hollow.stop().await;
     report.print_table();
     Ok(())
 }

@@ -754,6 +754,8 @@ fn pod_binding_eviction_and_streams() {
         ok(k.run(&["get", "pod", "p1", "-o", "jsonpath={.spec.nodeName}"]).unwrap()),
         "node-1"
     );
+    let scheduled = r#"jsonpath={.status.conditions[?(@.type=="PodScheduled")].status}"#;
+    assert_eq!(ok(k.run(&["get", "pod", "p1", "-o", scheduled]).unwrap()), "True");
     let (code, body) = post(
         "/api/v1/namespaces/default/pods/p1/binding",
         &binding.replace("node-1", "node-2"),
@@ -763,6 +765,17 @@ fn pod_binding_eviction_and_streams() {
         body.contains(r#"pod p1 is already assigned to node \"node-1\""#),
         "{body}"
     );
+
+    // A pod with scheduling gates cannot be bound, as upstream.
+    let gated = format!("{}  schedulingGates:\n  - name: example.com/wait\n", pod("gated"));
+    ok(apply_file(&k, dir.path(), "gated.yaml", &gated, "create"));
+    let (code, body) = post(
+        "/api/v1/namespaces/default/pods/gated/binding",
+        &binding.replace("\"p1\"", "\"gated\""),
+    );
+    assert_eq!(code, "409", "{body}");
+    assert!(body.contains("pod gated has non-empty .spec.schedulingGates"), "{body}");
+    ok(k.run(&["delete", "pod", "gated"]).unwrap());
 
     // Streams need a node agent: a clear error, not a hang.
     let err = fails(k.run(&["logs", "p1"]).unwrap());

@@ -204,6 +204,15 @@ impl HollowNodes {
         Ok(Self { names, stats, tasks })
     }
 
+    /// Stops the nodes and waits until nothing of theirs runs any more.
+    pub async fn stop(mut self) {
+        for task in std::mem::take(&mut self.tasks) {
+            task.abort();
+            // An aborted task's only outcome is its cancellation.
+            drop(task.await);
+        }
+    }
+
     pub fn names(&self) -> &[String] {
         &self.names
     }
@@ -267,7 +276,11 @@ async fn serve_pods(
     let all: Api<Pod> = Api::all(client.clone());
     let config = watcher::Config::default().fields("spec.nodeName!=");
     let mut events = watcher(all, config).boxed();
+    // Each pod's step runs on its own, but within this task's set: when the nodes stop,
+    // the steps in flight stop with them instead of talking to a server that is gone.
+    let mut steps = tokio::task::JoinSet::new();
     while let Some(event) = events.next().await {
+        while steps.try_join_next().is_some() {}
         let pods = match event {
             Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => vec![pod],
             Ok(_) => continue,
@@ -284,7 +297,7 @@ async fn serve_pods(
                 continue;
             };
             let (client, assignments, stats) = (client.clone(), Arc::clone(&assignments), Arc::clone(&stats));
-            tokio::spawn(async move {
+            steps.spawn(async move {
                 if let Err(err) = advance(client, &pod, (&node, index), &assignments, finish_after, &stats).await {
                     tracing::debug!(%err, "a hollow pod step failed; the next event retries it");
                 }
