@@ -17,6 +17,7 @@ use bytes::Bytes;
 use rkube_api::ResourceInfo;
 use rkube_store::{ContinueToken, Event, EventKind, KeyValue, RangeRequest, Store, StoreError};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::{broadcast, watch};
 
 use crate::filter::{Filter, Selectable, selectable_fields};
@@ -73,8 +74,61 @@ impl Cached {
         })
     }
 
+    /// Every change passes here once: the stored bytes are read without building a tree
+    /// (the labels and fields are picked out, the resourceVersion spliced in), with the
+    /// full decode as the fallback for anything the quick reading does not handle.
     pub fn from_kv(info: &ResourceInfo, kv: &KeyValue) -> Result<Self, ApiError> {
-        Self::new(info, &from_store(kv)?)
+        match Self::from_stored(info, &kv.value, kv.mod_revision) {
+            Some(cached) => Ok(cached),
+            None => Self::new(info, &from_store(kv)?),
+        }
+    }
+
+    fn from_stored(info: &ResourceInfo, stored: &[u8], revision: i64) -> Option<Self> {
+        let top: RawMap<'_> = serde_json::from_slice(stored).ok()?;
+        let meta_raw = *top.get("metadata")?;
+        let meta: RawMap<'_> = serde_json::from_str(meta_raw.get()).ok()?;
+        if meta.contains_key("resourceVersion") || meta.contains_key("selfLink") {
+            return None;
+        }
+        let mut labels: Vec<(Box<str>, Box<str>)> = match meta.get("labels") {
+            Some(raw) => {
+                let map: BTreeMap<&str, &RawValue> = serde_json::from_str(raw.get()).ok()?;
+                map.into_iter()
+                    .filter_map(|(k, v)| Some((k.into(), serde_json::from_str::<&str>(v.get()).ok()?.into())))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        labels.sort_unstable();
+        let mut fields = Vec::new();
+        let mut sections = Sections::new(&top);
+        sections.read.push(("metadata", Some(meta.clone())));
+        for path in ["metadata.name", "metadata.namespace"]
+            .iter()
+            .chain(selectable_fields(info))
+        {
+            if let Some(text) = sections.text(path)? {
+                fields.push((*path, text.into_boxed_str()));
+            }
+        }
+        // `{` opens the metadata: the resourceVersion goes first inside it.
+        let at = (meta_raw.get().as_ptr() as usize).checked_sub(stored.as_ptr() as usize)? + 1;
+        let revision = revision.to_string();
+        let mut json = Vec::with_capacity(stored.len() + revision.len() + 24);
+        json.extend_from_slice(stored.get(..at)?);
+        json.extend_from_slice(b"\"resourceVersion\":\"");
+        json.extend_from_slice(revision.as_bytes());
+        json.push(b'"');
+        if !meta.is_empty() {
+            json.push(b',');
+        }
+        json.extend_from_slice(stored.get(at..)?);
+        Some(Self {
+            json: Bytes::from(json),
+            labels: labels.into_boxed_slice(),
+            fields: fields.into_boxed_slice(),
+        })
     }
 
     pub fn value(&self) -> Result<Value, ApiError> {
@@ -94,6 +148,78 @@ impl Selectable for Cached {
             .find(|(p, _)| *p == path)
             .map(|(_, v)| Cow::Borrowed(&**v))
     }
+}
+
+/// One level of a JSON object, its members left encoded. Keys are borrowed: a key with
+/// escapes fails the quick reading, and the full decode takes over.
+type RawMap<'a> = BTreeMap<&'a str, &'a RawValue>;
+
+/// The objects directly under the top level, each read once however many fields it holds
+/// (a pod has five selectable fields under `spec`).
+struct Sections<'a> {
+    top: &'a RawMap<'a>,
+    read: Vec<(&'a str, Option<RawMap<'a>>)>,
+}
+
+impl<'a> Sections<'a> {
+    fn new(top: &'a RawMap<'a>) -> Self {
+        Self { top, read: Vec::new() }
+    }
+
+    /// `field_text` over encoded members: `None` when the quick reading cannot tell (the
+    /// caller then decodes in full), `Some(None)` when the field is absent or not a scalar.
+    fn text(&mut self, path: &'a str) -> Option<Option<String>> {
+        let (first, rest) = match path.split_once('.') {
+            Some((first, rest)) => (first, Some(rest)),
+            None => (path, None),
+        };
+        let Some(&section) = self.top.get(first) else {
+            return Some(None);
+        };
+        let Some(rest) = rest else {
+            return scalar_text(section);
+        };
+        let index = match self.read.iter().position(|(name, _)| *name == first) {
+            Some(index) => index,
+            None => {
+                let map = if section.get().starts_with('{') {
+                    Some(serde_json::from_str::<RawMap<'a>>(section.get()).ok()?)
+                } else {
+                    None
+                };
+                self.read.push((first, map));
+                self.read.len() - 1
+            }
+        };
+        let Some(mut map) = self.read[index].1.as_ref().map(Cow::Borrowed) else {
+            return Some(None);
+        };
+        let mut parts = rest.split('.').peekable();
+        while let Some(part) = parts.next() {
+            let Some(&raw) = map.get(part) else {
+                return Some(None);
+            };
+            if parts.peek().is_none() {
+                return scalar_text(raw);
+            }
+            if !raw.get().starts_with('{') {
+                return Some(None);
+            }
+            map = Cow::Owned(serde_json::from_str(raw.get()).ok()?);
+        }
+        Some(None)
+    }
+}
+
+/// A string, boolean or number as `field_text` gives it; `Some(None)` for anything else.
+fn scalar_text(raw: &RawValue) -> Option<Option<String>> {
+    let text = raw.get();
+    Some(match text.as_bytes().first() {
+        Some(b'"') => Some(serde_json::from_str::<String>(text).ok()?),
+        Some(b't' | b'f') => Some(serde_json::from_str::<bool>(text).ok()?.to_string()),
+        Some(b'-' | b'0'..=b'9') => Some(serde_json::from_str::<serde_json::Number>(text).ok()?.to_string()),
+        _ => None,
+    })
 }
 
 /// Which event line a watcher needs from a change.
@@ -647,6 +773,72 @@ mod tests {
             ..Default::default()
         };
         Filter::from_query(pods(), &query).unwrap()
+    }
+
+    #[test]
+    fn the_quick_reading_of_stored_objects_equals_the_full_decode() {
+        let stored = [
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "p", "namespace": "ns", "labels": {"app": "web", "tier": "1"}},
+                   "spec": {"nodeName": "n1", "hostNetwork": true, "restartPolicy": "Always"},
+                   "status": {"phase": "Running", "podIP": "10.0.0.1"}}),
+            json!({"kind": "Pod", "metadata": {}, "spec": {"nodeName": {"not": "a scalar"}}, "status": 7}),
+            json!({"kind": "Pod", "metadata": {"name": "q\"uote", "labels": {"a": 1, "b": "x"}}}),
+            json!({"kind": "Pod", "metadata": {"name": "e", "labels": {"we\u{1}ird": "v"}}}),
+        ];
+        let node = Filter::from_query(
+            pods(),
+            &crate::query::Query {
+                field_selector: "spec.nodeName=n1,status.phase=Running,spec.hostNetwork=true".into(),
+                label_selector: "app=web".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for object in stored {
+            let bytes = serde_json::to_vec(&object).unwrap();
+            let kv = KeyValue {
+                key: "/registry/pods/ns/p".into(),
+                value: bytes.clone().into(),
+                create_revision: 3,
+                mod_revision: 42,
+            };
+            let escaped_key = object.to_string().contains("\\u0001");
+            assert_eq!(
+                Cached::from_stored(pods(), &bytes, 42).is_none(),
+                escaped_key,
+                "{object}"
+            );
+            let quick = Cached::from_kv(pods(), &kv).unwrap();
+            let full = Cached::new(pods(), &from_store(&kv).unwrap()).unwrap();
+            assert_eq!(quick.value().unwrap(), full.value().unwrap(), "{object}");
+            assert_eq!(quick.labels, full.labels, "{object}");
+            assert_eq!(quick.fields, full.fields, "{object}");
+            assert_eq!(node.matches(&quick), node.matches(&full), "{object}");
+        }
+        let events = rkube_api::find("", "v1", "events").unwrap();
+        let event = json!({"kind": "Event", "metadata": {"name": "e", "namespace": "ns"}, "reason": "Scheduled",
+                           "type": "Normal", "source": {"component": "default-scheduler"},
+                           "involvedObject": {"kind": "Pod", "name": "p", "uid": "u-1", "namespace": "ns"}});
+        let kv = KeyValue {
+            key: "/registry/events/ns/e".into(),
+            value: serde_json::to_vec(&event).unwrap().into(),
+            create_revision: 3,
+            mod_revision: 9,
+        };
+        let quick = Cached::from_stored(events, &kv.value, 9).unwrap();
+        let full = Cached::new(events, &from_store(&kv).unwrap()).unwrap();
+        assert_eq!(quick.fields, full.fields);
+        assert!(quick.fields.len() >= 6, "{:?}", quick.fields);
+        let running = Cached::from_stored(
+            pods(),
+            &serde_json::to_vec(&json!({"metadata": {"name": "p"}})).unwrap(),
+            5,
+        );
+        assert_eq!(
+            running.unwrap().json.as_ref(),
+            br#"{"metadata":{"resourceVersion":"5","name":"p"}}"#
+        );
     }
 
     #[test]

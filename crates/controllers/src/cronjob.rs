@@ -99,7 +99,7 @@ impl Controller {
             .jobs
             .state()
             .into_iter()
-            .filter(|j| j.namespace().as_deref() == Some(namespace))
+            .filter(|j| j.metadata.namespace.as_deref() == Some(namespace))
             .filter(|j| {
                 j.metadata
                     .owner_references

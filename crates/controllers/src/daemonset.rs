@@ -332,7 +332,7 @@ impl Controller {
             Some(_) => {}
             None if !deleted => {
                 for set in self.sets.state() {
-                    if set.namespace().as_deref() == Some(namespace.as_str())
+                    if set.metadata.namespace.as_deref() == Some(namespace.as_str())
                         && selector(set.spec.as_ref().map(|s| &s.selector))
                             .is_some_and(|s| labels_match(&s, pod.metadata.labels.as_ref()))
                     {

@@ -305,16 +305,20 @@ impl Controller {
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &namespace);
         let mut owned = Vec::new();
         for rs in self.sets.state() {
-            if rs.namespace().as_deref() != Some(namespace.as_str()) {
+            if rs.metadata.namespace.as_deref() != Some(namespace.as_str()) {
                 continue;
             }
-            let matches = labels_match(&selector, rs.metadata.labels.as_ref());
             let controller = rs
                 .metadata
                 .owner_references
                 .iter()
                 .flatten()
                 .find(|o| o.controller == Some(true));
+            if controller.is_some_and(|c| c.uid != uid) {
+                // Another owner's set: nothing to claim or release, no selector to match.
+                continue;
+            }
+            let matches = labels_match(&selector, rs.metadata.labels.as_ref());
             let being_deleted = d.metadata.deletion_timestamp.is_some();
             let patch = match controller {
                 Some(c) if c.uid == uid && matches => {
@@ -885,7 +889,7 @@ impl Controller {
         self.deployments
             .state()
             .iter()
-            .filter(|d| d.namespace() == rs.namespace())
+            .filter(|d| d.metadata.namespace == rs.metadata.namespace)
             .filter(|d| {
                 selector(d.spec.as_ref().map(|s| &s.selector))
                     .is_some_and(|s| labels_match(&s, rs.metadata.labels.as_ref()))

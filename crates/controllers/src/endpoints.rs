@@ -240,7 +240,7 @@ impl Controller {
             .slices
             .state()
             .into_iter()
-            .filter(|s| s.namespace().as_deref() == Some(namespace))
+            .filter(|s| s.metadata.namespace.as_deref() == Some(namespace))
             .filter(|s| {
                 let labels = s.metadata.labels.clone().unwrap_or_default();
                 labels.get(SERVICE_NAME).map(String::as_str) == Some(name)
@@ -382,7 +382,7 @@ impl Controller {
         self.services
             .state()
             .iter()
-            .filter(|s| s.namespace() == pod.namespace())
+            .filter(|s| s.metadata.namespace == pod.metadata.namespace)
             .filter(|s| selects(s, pod) || self.lists(s, pod))
             .map(|s| key_of(s.as_ref()))
             .collect()
@@ -392,7 +392,7 @@ impl Controller {
     fn lists(&self, service: &Service, pod: &Pod) -> bool {
         let uid = pod.uid();
         self.slices.state().iter().any(|slice| {
-            slice.namespace() == service.namespace()
+            slice.metadata.namespace == service.metadata.namespace
                 && slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME)) == service.metadata.name.as_ref()
                 && slice
                     .endpoints

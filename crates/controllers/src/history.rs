@@ -81,7 +81,7 @@ pub async fn claim(
     let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &owner.namespace);
     let mut owned = Vec::new();
     for revision in store.state() {
-        if revision.namespace().as_deref() != Some(owner.namespace.as_str()) {
+        if revision.metadata.namespace.as_deref() != Some(owner.namespace.as_str()) {
             continue;
         }
         let controller = revision

@@ -370,7 +370,7 @@ pub async fn run(client: kube::Client) {
                 async move {
                     // Helper pods wake the claim or volume they work for.
                     let name = pod.name_any();
-                    if pod.namespace().as_deref() != Some(HELPER_NAMESPACE) {
+                    if pod.metadata.namespace.as_deref() != Some(HELPER_NAMESPACE) {
                         return;
                     }
                     if let Some(volume) = name.strip_prefix("helper-pod-delete-") {

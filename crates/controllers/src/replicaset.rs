@@ -195,7 +195,7 @@ impl<K: Replicated> Controller<K> {
         self.owners
             .state()
             .iter()
-            .filter(|o| o.namespace().as_deref() == Some(namespace.as_str()))
+            .filter(|o| o.meta().namespace.as_deref() == Some(namespace.as_str()))
             .filter(|o| {
                 o.pod_selector()
                     .is_some_and(|s| labels_match(&s, pod.metadata.labels.as_ref()))

@@ -370,7 +370,7 @@ impl Controller {
             .quotas
             .state()
             .iter()
-            .filter(|q| q.namespace().as_deref() == Some(namespace.as_str()))
+            .filter(|q| q.metadata.namespace.as_deref() == Some(namespace.as_str()))
             .map(|q| key_of(q.as_ref()))
             .collect();
         for key in keys {

@@ -233,7 +233,7 @@ impl Controller {
         self.sets
             .state()
             .iter()
-            .filter(|s| s.namespace().as_deref() == Some(namespace.as_str()))
+            .filter(|s| s.metadata.namespace.as_deref() == Some(namespace.as_str()))
             .filter(|s| {
                 selector(s.spec.as_ref().map(|s| &s.selector))
                     .is_some_and(|sel| labels_match(&sel, pod.metadata.labels.as_ref()))
