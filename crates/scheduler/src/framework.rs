@@ -39,11 +39,26 @@ pub struct NodeInfo {
     pub pods_with_affinity: Vec<(Arc<Pod>, Arc<plugins::inter_pod_affinity::PodTerms>)>,
     /// The images the node holds (normalized names) and their sizes.
     pub images: Arc<HashMap<String, i64>>,
+    /// The node's values of [`TOPOLOGY_KEYS`], held here: spreading and affinity read one
+    /// of them on every node for every pod, and a search of the node's label map (a
+    /// pointer chase per key compared) is what that cost on thousands of nodes.
+    topology: [Option<Box<str>>; TOPOLOGY_KEYS.len()],
 }
+
+/// The labels topology spreading and pod affinity use most (the default spreading
+/// constraints use the first two).
+const TOPOLOGY_KEYS: [&str; 3] = [
+    "kubernetes.io/hostname",
+    "topology.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+];
 
 impl NodeInfo {
     pub fn new(node: Arc<Node>) -> Self {
+        let labels = node.metadata.labels.as_ref();
+        let topology = TOPOLOGY_KEYS.map(|key| labels.and_then(|l| l.get(key)).map(|v| v.as_str().into()));
         Self {
+            topology,
             name: node.metadata.name.clone().unwrap_or_default(),
             allocatable: allocatable(&node),
             images: Arc::new(plugins::image_locality::node_images(&node)),
@@ -57,11 +72,23 @@ impl NodeInfo {
         }
     }
 
+    /// The node's value of the label `key`.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        match TOPOLOGY_KEYS.iter().position(|k| *k == key) {
+            Some(i) => self.topology[i].as_deref(),
+            None => self.node.metadata.labels.as_ref()?.get(key).map(String::as_str),
+        }
+    }
+
     /// The pods in `namespace` that may carry `key=value`: a superset (hashes collide),
     /// so callers still check.
     pub fn pods_labelled<'a>(&'a self, namespace: &str, key: &str, value: &str) -> impl Iterator<Item = &'a Arc<Pod>> {
+        self.pods_with_label_hash(label_hash(namespace, key, value))
+    }
+
+    fn pods_with_label_hash(&self, hash: u64) -> impl Iterator<Item = &Arc<Pod>> {
         self.labelled
-            .get(&label_hash(namespace, key, value))
+            .get(&hash)
             .into_iter()
             .flatten()
             .filter_map(|&i| self.pods.get(i))
@@ -125,14 +152,40 @@ fn label_hash(namespace: &str, key: &str, value: &str) -> u64 {
 
 /// How many pods on `node` in `namespace` and not being deleted `selector` matches.
 pub fn count_matching(selector: &LabelSelector, namespace: &str, node: &NodeInfo) -> usize {
-    let matches = |p: &&Arc<Pod>| {
-        p.metadata.namespace.as_deref().unwrap_or_default() == namespace
-            && p.metadata.deletion_timestamp.is_none()
-            && labels_match(selector, p.metadata.labels.as_ref())
-    };
-    match selector.required_label() {
-        Some((key, value)) => node.pods_labelled(namespace, key, value).filter(matches).count(),
-        None => node.pods.iter().filter(matches).count(),
+    Matching::new(selector, namespace).count(node)
+}
+
+/// A selector's matching pods in a namespace, counted node after node: what does not
+/// depend on the node (the index key of a required label) is worked out once.
+pub struct Matching<'a> {
+    selector: &'a LabelSelector,
+    namespace: &'a str,
+    required: Option<u64>,
+}
+
+impl<'a> Matching<'a> {
+    pub fn new(selector: &'a LabelSelector, namespace: &'a str) -> Self {
+        let required = selector
+            .required_label()
+            .map(|(key, value)| label_hash(namespace, key, value));
+        Self {
+            selector,
+            namespace,
+            required,
+        }
+    }
+
+    /// How many pods on `node` in the namespace and not being deleted the selector matches.
+    pub fn count(&self, node: &NodeInfo) -> usize {
+        let matches = |p: &&Arc<Pod>| {
+            p.metadata.namespace.as_deref().unwrap_or_default() == self.namespace
+                && p.metadata.deletion_timestamp.is_none()
+                && labels_match(self.selector, p.metadata.labels.as_ref())
+        };
+        match self.required {
+            Some(hash) => node.pods_with_label_hash(hash).filter(matches).count(),
+            None => node.pods.iter().filter(matches).count(),
+        }
     }
 }
 
@@ -627,6 +680,23 @@ mod tests {
                 "{text} in {namespace}"
             );
         }
+    }
+
+    #[test]
+    fn node_labels_read_alike_whether_held_aside_or_not() {
+        let info = node(
+            "n",
+            json!({"metadata": {"labels": {"topology.kubernetes.io/zone": "z1", "rack": "r7"}}}),
+        );
+        assert_eq!(info.label("kubernetes.io/hostname"), Some("n"));
+        assert_eq!(info.label("topology.kubernetes.io/zone"), Some("z1"));
+        assert_eq!(info.label("topology.kubernetes.io/region"), None);
+        assert_eq!(info.label("rack"), Some("r7"));
+        assert_eq!(info.label("zone"), None);
+        let unlabelled = NodeInfo::new(Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": "u"}})).unwrap(),
+        ));
+        assert_eq!(unlabelled.label("kubernetes.io/hostname"), None);
     }
 
     #[test]

@@ -118,7 +118,7 @@ impl PodTerms {
 }
 
 fn label<'a>(node: &'a NodeInfo, key: &str) -> Option<&'a str> {
-    node.node.metadata.labels.as_ref()?.get(key).map(String::as_str)
+    node.label(key)
 }
 
 /// The topology domains that decide where one pod may go, and the scores of domains.

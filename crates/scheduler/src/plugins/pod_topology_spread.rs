@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Pod, TopologySpreadConstraint};
 use rayon::prelude::*;
 use rkube_api::selector::LabelSelector;
 
-use crate::framework::{FilterResult, NodeInfo, Objects, Refusal, count_matching, labels_match, selector_of};
+use crate::framework::{FilterResult, Matching, NodeInfo, Objects, Refusal, labels_match, selector_of};
 use crate::plugins::{node_affinity, taint_toleration};
 
 const HOSTNAME: &str = "kubernetes.io/hostname";
@@ -53,14 +53,10 @@ impl Constraint {
         (!self.honor_affinity || node_affinity::filter(pod, node).is_ok())
             && (!self.honor_taints || taint_toleration::filter(pod, node).is_ok())
     }
-
-    fn count(&self, namespace: &str, node: &NodeInfo) -> i64 {
-        i64::try_from(count_matching(&self.selector, namespace, node)).unwrap_or(i64::MAX)
-    }
 }
 
 fn label<'a>(node: &'a NodeInfo, key: &str) -> Option<&'a str> {
-    node.node.metadata.labels.as_ref()?.get(key).map(String::as_str)
+    node.label(key)
 }
 
 fn has_all_keys(node: &NodeInfo, constraints: &[Constraint]) -> bool {
@@ -147,6 +143,10 @@ const PARALLEL_FROM: usize = 256;
 /// Per constraint, the matching pods per domain of `nodes`.
 fn count_domains<'a>(pod: &Pod, constraints: &[Constraint], nodes: &[&'a NodeInfo]) -> Vec<HashMap<&'a str, i64>> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let matching: Vec<Matching<'_>> = constraints
+        .iter()
+        .map(|c| Matching::new(&c.selector, namespace))
+        .collect();
     let mut counts: Vec<HashMap<&'a str, i64>> = vec![HashMap::new(); constraints.len()];
     let mut values: Vec<&'a str> = Vec::with_capacity(constraints.len());
     for node in nodes {
@@ -158,12 +158,12 @@ fn count_domains<'a>(pod: &Pod, constraints: &[Constraint], nodes: &[&'a NodeInf
         }
         for (i, c) in constraints.iter().enumerate() {
             if c.includes(pod, node) {
-                let matching = if node.pods.is_empty() {
+                let found = if node.pods.is_empty() {
                     0
                 } else {
-                    c.count(namespace, node)
+                    i64::try_from(matching[i].count(node)).unwrap_or(i64::MAX)
                 };
-                *counts[i].entry(values[i]).or_default() += matching;
+                *counts[i].entry(values[i]).or_default() += found;
             }
         }
     }
@@ -257,6 +257,11 @@ pub fn scores(pod: &Pod, objects: &Objects, feasible: &[&NodeInfo], all: &[&Node
         return vec![0; feasible.len()];
     }
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let matching: Vec<Matching<'_>> = constraints
+        .iter()
+        .map(|c| Matching::new(&c.selector, namespace))
+        .collect();
+    let matching_on = |i: usize, node: &NodeInfo| i64::try_from(matching[i].count(node)).unwrap_or(i64::MAX);
     // Only the system defaults tolerate nodes without every topology key.
     let require_all = explicit;
     let ignored: HashSet<&str> = feasible
@@ -279,7 +284,7 @@ pub fn scores(pod: &Pod, objects: &Objects, feasible: &[&NodeInfo], all: &[&Node
                 continue;
             }
             if let Some(count) = counts[i].get_mut(label(node, &c.topology_key).unwrap_or_default()) {
-                *count += c.count(namespace, node);
+                *count += matching_on(i, node);
             }
         }
     }
@@ -308,7 +313,7 @@ pub fn scores(pod: &Pod, objects: &Objects, feasible: &[&NodeInfo], all: &[&Node
                     continue;
                 };
                 let count = if c.topology_key == HOSTNAME {
-                    c.count(namespace, node)
+                    matching_on(i, node)
                 } else {
                     counts[i].get(value).copied().unwrap_or(0)
                 };
