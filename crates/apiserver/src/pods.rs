@@ -74,10 +74,10 @@ async fn bind(
     }
     // The watch cache's copy first: the write is a compare-and-swap, so a stale copy fails
     // and the attempt is redone from the store's, whose answer stands.
-    if let Some(cached) = rest::get_from_cache(state, info, Some(ns), name)?
-        && bind_to(state, (info, ns, name), &binding, node, cached, query)
-            .await
-            .is_ok()
+    let cached = rest::get_cached_with_revision(state, info, Some(ns), name).await?;
+    if bind_to(state, (info, ns, name), &binding, node, cached, query)
+        .await
+        .is_ok()
     {
         return Ok(bound_status());
     }

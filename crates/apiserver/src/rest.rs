@@ -1833,20 +1833,17 @@ pub(crate) async fn get_object(
     get(state, info, ns, name).await
 }
 
-/// One object and its revision as the watch cache holds it (possibly behind the store:
-/// only for compare-and-swap writes, which a stale copy fails).
-pub(crate) fn get_from_cache(
+/// One object and its revision as the watch cache holds it, else as the store does
+/// ([`get_cached`]: only for compare-and-swap writes, which a stale copy fails).
+pub(crate) async fn get_cached_with_revision(
     state: &State,
     info: &ResourceInfo,
     ns: Option<&str>,
     name: &str,
-) -> Result<Option<(Value, i64)>, ApiError> {
-    let Some(cached) = state.cache.object(info, &info.key(ns, name)) else {
-        return Ok(None);
-    };
-    let object = cached.value()?;
+) -> Result<(Value, i64), ApiError> {
+    let object = get_cached(state, info, ns, name).await?;
     let revision = revision_of(&object);
-    Ok(Some((object, revision)))
+    Ok((object, revision))
 }
 
 /// One object and the revision it was read at.

@@ -81,12 +81,8 @@ impl NodeInfo {
         }
     }
 
-    /// The pods in `namespace` that may carry `key=value`: a superset (hashes collide),
-    /// so callers still check.
-    pub fn pods_labelled<'a>(&'a self, namespace: &str, key: &str, value: &str) -> impl Iterator<Item = &'a Arc<Pod>> {
-        self.pods_with_label_hash(label_hash(namespace, key, value))
-    }
-
+    /// The pods that may carry the (namespace, key, value) of [`label_hash`]: a superset
+    /// (hashes collide), so callers still check.
     fn pods_with_label_hash(&self, hash: u64) -> impl Iterator<Item = &Arc<Pod>> {
         self.labelled
             .get(&hash)

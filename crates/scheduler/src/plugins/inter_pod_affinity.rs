@@ -117,10 +117,6 @@ impl PodTerms {
     }
 }
 
-fn label<'a>(node: &'a NodeInfo, key: &str) -> Option<&'a str> {
-    node.label(key)
-}
-
 /// The topology domains that decide where one pod may go, and the scores of domains.
 /// Topology key → the values (domains) of that key.
 type Domains = HashMap<String, HashSet<String>>;
@@ -175,7 +171,7 @@ impl PreFilter {
             // Placed pods' terms towards the incoming pod.
             for (_, theirs) in &node.pods_with_affinity {
                 for term in theirs.required_anti.iter().filter(|t| t.matches(pod, namespace_labels)) {
-                    if let Some(value) = label(node, &term.topology_key) {
+                    if let Some(value) = node.label(&term.topology_key) {
                         forbid(&mut state.existing_anti_domains, &term.topology_key, value);
                     }
                 }
@@ -186,7 +182,7 @@ impl PreFilter {
                     .chain(theirs.preferred_affinity.iter().map(|t| (t, t.weight)))
                     .chain(theirs.preferred_anti.iter().map(|t| (t, -t.weight)));
                 for (term, weight) in weighted {
-                    if let Some(value) = label(node, &term.topology_key)
+                    if let Some(value) = node.label(&term.topology_key)
                         && term.matches(pod, namespace_labels)
                     {
                         add_score(&term.topology_key, value, weight);
@@ -199,14 +195,14 @@ impl PreFilter {
             // The incoming pod's terms towards placed pods.
             for placed in &node.pods {
                 for (i, term) in own.required_affinity.iter().enumerate() {
-                    if let Some(value) = label(node, &term.topology_key)
+                    if let Some(value) = node.label(&term.topology_key)
                         && term.matches(placed, namespace_labels)
                     {
                         state.affinity_domains[i].insert(value.to_string());
                     }
                 }
                 for term in &own.required_anti {
-                    if let Some(value) = label(node, &term.topology_key)
+                    if let Some(value) = node.label(&term.topology_key)
                         && term.matches(placed, namespace_labels)
                     {
                         forbid(&mut state.anti_domains, &term.topology_key, value);
@@ -218,7 +214,7 @@ impl PreFilter {
                     .map(|t| (t, t.weight))
                     .chain(own.preferred_anti.iter().map(|t| (t, -t.weight)));
                 for (term, weight) in weighted {
-                    if let Some(value) = label(node, &term.topology_key)
+                    if let Some(value) = node.label(&term.topology_key)
                         && term.matches(placed, namespace_labels)
                     {
                         add_score(&term.topology_key, value, weight);
@@ -243,11 +239,12 @@ impl PreFilter {
         let forbidden = |domains: &Domains| {
             domains
                 .iter()
-                .any(|(key, values)| label(node, key).is_some_and(|value| values.contains(value)))
+                .any(|(key, values)| node.label(key).is_some_and(|value| values.contains(value)))
         };
         // Upstream's order: the pod's affinity, its anti-affinity, then placed pods'.
         let affinity_ok = self.affinity.iter().zip(&self.affinity_domains).all(|(term, domains)| {
-            label(node, &term.topology_key).is_some_and(|value| self.first_of_group || domains.contains(value))
+            node.label(&term.topology_key)
+                .is_some_and(|value| self.first_of_group || domains.contains(value))
         });
         if !affinity_ok {
             return Err(Refusal::Unresolvable(vec![
@@ -271,7 +268,7 @@ impl PreFilter {
     pub fn raw_score(&self, node: &NodeInfo) -> i64 {
         self.domain_scores
             .iter()
-            .filter_map(|(key, values)| values.get(label(node, key)?))
+            .filter_map(|(key, values)| values.get(node.label(key)?))
             .sum()
     }
 }

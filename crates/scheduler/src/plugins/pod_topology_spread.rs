@@ -55,12 +55,8 @@ impl Constraint {
     }
 }
 
-fn label<'a>(node: &'a NodeInfo, key: &str) -> Option<&'a str> {
-    node.label(key)
-}
-
 fn has_all_keys(node: &NodeInfo, constraints: &[Constraint]) -> bool {
-    constraints.iter().all(|c| label(node, &c.topology_key).is_some())
+    constraints.iter().all(|c| node.label(&c.topology_key).is_some())
 }
 
 fn constraints(pod: &Pod, when: &str) -> Vec<Constraint> {
@@ -152,7 +148,7 @@ fn count_domains<'a>(pod: &Pod, constraints: &[Constraint], nodes: &[&'a NodeInf
     for node in nodes {
         // Nodes without every topology key take no part.
         values.clear();
-        values.extend(constraints.iter().map_while(|c| label(node, &c.topology_key)));
+        values.extend(constraints.iter().map_while(|c| node.label(&c.topology_key)));
         if values.len() < constraints.len() {
             continue;
         }
@@ -228,7 +224,7 @@ impl<'a> PreFilter<'a> {
 
     pub fn filter(&self, node: &NodeInfo) -> FilterResult {
         for (i, c) in self.constraints.iter().enumerate() {
-            let Some(value) = label(node, &c.topology_key) else {
+            let Some(value) = node.label(&c.topology_key) else {
                 return Err(Refusal::Unresolvable(vec![format!(
                     "{NOT_MATCH} (missing required label)"
                 )]));
@@ -274,7 +270,7 @@ pub fn scores(pod: &Pod, objects: &Objects, feasible: &[&NodeInfo], all: &[&Node
     for node in feasible.iter().filter(|n| !ignored.contains(n.name.as_str())) {
         for (i, c) in constraints.iter().enumerate() {
             if c.topology_key != HOSTNAME {
-                counts[i].insert(label(node, &c.topology_key).unwrap_or_default().to_string(), 0);
+                counts[i].insert(node.label(&c.topology_key).unwrap_or_default().to_string(), 0);
             }
         }
     }
@@ -283,7 +279,7 @@ pub fn scores(pod: &Pod, objects: &Objects, feasible: &[&NodeInfo], all: &[&Node
             if c.topology_key == HOSTNAME || !c.includes(pod, node) {
                 continue;
             }
-            if let Some(count) = counts[i].get_mut(label(node, &c.topology_key).unwrap_or_default()) {
+            if let Some(count) = counts[i].get_mut(node.label(&c.topology_key).unwrap_or_default()) {
                 *count += matching_on(i, node);
             }
         }
@@ -309,7 +305,7 @@ pub fn scores(pod: &Pod, objects: &Objects, feasible: &[&NodeInfo], all: &[&Node
             }
             let mut score = 0.0;
             for (i, c) in constraints.iter().enumerate() {
-                let Some(value) = label(node, &c.topology_key) else {
+                let Some(value) = node.label(&c.topology_key) else {
                     continue;
                 };
                 let count = if c.topology_key == HOSTNAME {
