@@ -61,6 +61,27 @@ impl FieldSet {
         }
     }
 
+    /// Whether subtracting `self` from the set `fields_v1` encodes would take anything
+    /// away, read from the encoding.
+    fn meets(&self, fields_v1: &Value) -> bool {
+        let Some(map) = fields_v1.as_object() else {
+            return false;
+        };
+        (self.member && (map.is_empty() || map.contains_key(".")))
+            || self
+                .children
+                .iter()
+                .any(|(key, child)| map.get(key).is_some_and(|v| child.meets(v)))
+    }
+
+    /// [`Self::is_empty`] of the set `fields_v1` encodes, read from the encoding.
+    fn is_empty_v1(fields_v1: &Value) -> bool {
+        match fields_v1.as_object() {
+            None => true,
+            Some(map) => !map.is_empty() && !map.contains_key(".") && map.values().all(Self::is_empty_v1),
+        }
+    }
+
     pub fn union(&mut self, other: &FieldSet) {
         self.member |= other.member;
         for (key, child) in &other.children {
@@ -399,6 +420,24 @@ pub struct Entry {
 }
 
 impl Entry {
+    fn from_json(entry: &Value) -> Self {
+        let text = |k: &str| entry.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+        Self {
+            manager: text("manager"),
+            operation: text("operation"),
+            api_version: text("apiVersion"),
+            time: text("time"),
+            subresource: text("subresource"),
+            fields: entry.get("fieldsV1").map(FieldSet::from_fields_v1).unwrap_or_default(),
+        }
+    }
+
+    /// Whether the encoded entry is `manager`'s for `operation` on `subresource`.
+    fn json_in_slot(entry: &Value, manager: &str, operation: &str, subresource: &str) -> bool {
+        let text = |k: &str| entry.get(k).and_then(Value::as_str).unwrap_or_default();
+        text("manager") == manager && text("operation") == operation && text("subresource") == subresource
+    }
+
     fn to_json(&self) -> Value {
         let mut entry = json!({"manager": self.manager, "operation": self.operation,
             "apiVersion": self.api_version, "time": self.time, "fieldsType": "FieldsV1",
@@ -421,17 +460,7 @@ pub fn entries_of(object: &Value) -> Vec<Entry> {
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .map(|e| {
-            let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
-            Entry {
-                manager: text("manager"),
-                operation: text("operation"),
-                api_version: text("apiVersion"),
-                time: text("time"),
-                subresource: text("subresource"),
-                fields: e.get("fieldsV1").map(FieldSet::from_fields_v1).unwrap_or_default(),
-            }
-        })
+        .map(Entry::from_json)
         .collect()
 }
 
@@ -474,16 +503,15 @@ impl Writer<'_> {
 /// what it changed, which no other manager owns any more; removed fields leave every set.
 /// Entries the client wrote itself (a changed `managedFields`) are kept as written.
 pub fn record_update(old: Option<&Value>, new: &mut Value, writer: &Writer<'_>, schema: Schema<'_>) {
-    let previous = old.map(entries_of).unwrap_or_default();
-    let sent = new.pointer("/metadata/managedFields").cloned();
-    let kept = old.and_then(|o| o.pointer("/metadata/managedFields")).cloned();
-    match sent {
+    const POINTER: &str = "/metadata/managedFields";
+    let stored = old.and_then(|o| o.pointer(POINTER));
+    match new.pointer(POINTER) {
         // Not sent: the record goes on from the stored one.
         None => {}
         // An empty list resets the record, as upstream.
         Some(Value::Array(list)) if list.is_empty() => return,
         // The client rewrote the entries (kubectl's client-side apply migration does).
-        Some(sent) if old.is_some() && Some(&sent) != kept.as_ref() => return,
+        Some(sent) if old.is_some() && Some(sent) != stored => return,
         Some(_) => {}
     }
     let (changed, removed) = match old {
@@ -496,34 +524,63 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, writer: &Writer<'_>, 
             scoped(removed_fields(old, Some(new), schema), writer.scope, writer.has_status),
         ),
     };
-    let mut entries = previous;
-    for entry in &mut entries {
+    // The stored entries, taken from `new` when it carries them (every patch does) so that
+    // the entries this write leaves alone keep their encoding instead of being decoded and
+    // encoded again: most writes touch one entry of several.
+    let previous: Vec<Value> = match (old, new.pointer_mut(POINTER)) {
+        (None, _) => Vec::new(),
+        (Some(_), Some(Value::Array(sent))) => std::mem::take(sent),
+        (Some(_), _) => stored.and_then(Value::as_array).cloned().unwrap_or_default(),
+    };
+    let subresource = writer.subresource();
+    let mut entries = Vec::with_capacity(previous.len() + 1);
+    let mut own_found = false;
+    for encoded in previous {
+        let own = Entry::json_in_slot(&encoded, writer.manager, "Update", subresource);
+        let fields = encoded.get("fieldsV1");
+        let grows = own && !own_found && !changed.is_empty();
+        let shrinks = fields.is_some_and(|f| removed.meets(f) || (!own && changed.meets(f)));
+        own_found |= own;
+        if !grows && !shrinks {
+            if !fields.is_none_or(FieldSet::is_empty_v1) {
+                entries.push(encoded);
+            }
+            continue;
+        }
+        let mut entry = Entry::from_json(&encoded);
         entry.fields.subtract(&removed);
-        if !entry.same_slot(writer.manager, "Update", writer.subresource()) {
+        if !own {
             entry.fields.subtract(&changed);
         }
+        if grows {
+            entry.fields.union(&changed);
+            entry.time = writer.time.to_string();
+            entry.api_version = writer.api_version.to_string();
+        }
+        if !entry.fields.is_empty() {
+            entries.push(entry.to_json());
+        }
     }
-    if !changed.is_empty() {
-        match entries
-            .iter_mut()
-            .find(|e| e.same_slot(writer.manager, "Update", writer.subresource()))
-        {
-            Some(entry) => {
-                entry.fields.union(&changed);
-                entry.time = writer.time.to_string();
-                entry.api_version = writer.api_version.to_string();
-            }
-            None => entries.push(Entry {
+    if !own_found && !changed.is_empty() {
+        entries.push(
+            Entry {
                 manager: writer.manager.to_string(),
                 operation: "Update".into(),
                 api_version: writer.api_version.to_string(),
                 time: writer.time.to_string(),
-                subresource: writer.subresource().to_string(),
+                subresource: subresource.to_string(),
                 fields: changed,
-            }),
+            }
+            .to_json(),
+        );
+    }
+    if let Some(metadata) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+        if entries.is_empty() {
+            metadata.remove("managedFields");
+        } else {
+            metadata.insert("managedFields".into(), Value::Array(entries));
         }
     }
-    set_entries(new, &entries);
 }
 
 /// Whether [`fields_of`] finds any field in `value` (if not, `value` is one field itself).
@@ -947,6 +1004,60 @@ mod tests {
         .unwrap();
         assert_eq!(forced["spec"]["replicas"], 3);
         assert_eq!(entries_of(&forced).len(), 1, "bob owns nothing any more");
+    }
+
+    #[test]
+    fn updates_reencode_only_the_entries_they_change() {
+        let created = apply(None, &config(2, "nginx:1.26"), &writer("alice"), false, deployment()).unwrap();
+        // An entry in an encoding of its own (a "." where no children follow), left alone by
+        // writes that do not touch its fields.
+        let mut base = created.clone();
+        let carol = json!({"manager": "carol", "operation": "Update", "apiVersion": "apps/v1",
+            "time": "2026-01-01T00:00:00Z", "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:metadata": {"f:annotations": {"f:note": {".": {}}}}}});
+        base["metadata"]["annotations"] = json!({"note": "hi"});
+        base["metadata"]["managedFields"]
+            .as_array_mut()
+            .unwrap()
+            .push(carol.clone());
+        let mut scaled = base.clone();
+        scaled["spec"]["replicas"] = json!(5);
+        record_update(Some(&base), &mut scaled, &writer("bob"), deployment());
+        let list = scaled["metadata"]["managedFields"].as_array().unwrap();
+        assert_eq!(list.len(), 3);
+        assert_eq!(list[1], carol, "untouched: kept as stored");
+        assert_eq!(list[2]["manager"], "bob");
+        assert_eq!(list[2]["fieldsV1"], json!({"f:spec": {"f:replicas": {}}}));
+        assert!(
+            !entries_of(&scaled)[0]
+                .fields
+                .contains(&["f:spec".into(), "f:replicas".into()]),
+            "alice lost the field bob changed"
+        );
+        // Removing carol's only field drops her entry; bob's own entry grows in place.
+        let mut unnoted = scaled.clone();
+        unnoted["metadata"].as_object_mut().unwrap().remove("annotations");
+        unnoted["spec"]["paused"] = json!(true);
+        record_update(Some(&scaled), &mut unnoted, &writer("bob"), deployment());
+        let managers: Vec<&str> = unnoted["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["manager"].as_str().unwrap())
+            .collect();
+        assert_eq!(managers, ["alice", "bob"]);
+        assert_eq!(
+            unnoted["metadata"]["managedFields"][1]["fieldsV1"],
+            json!({"f:spec": {"f:paused": {}, "f:replicas": {}}})
+        );
+        // Not sent at all (an update that leaves managedFields out): the stored record goes on.
+        let mut without = scaled.clone();
+        without["metadata"].as_object_mut().unwrap().remove("managedFields");
+        record_update(Some(&scaled), &mut without, &writer("bob"), deployment());
+        assert_eq!(
+            without["metadata"]["managedFields"],
+            scaled["metadata"]["managedFields"]
+        );
     }
 
     #[test]

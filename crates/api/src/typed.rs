@@ -28,8 +28,11 @@ fn roundtrip_as<T>(value: &Value) -> Result<Value, (String, String)>
 where
     T: serde::de::DeserializeOwned + serde::Serialize,
 {
-    let typed: T =
-        serde_path_to_error::deserialize(value).map_err(|e| (e.path().to_string(), e.inner().to_string()))?;
+    // Tracking the path costs on every field, so it is paid only to word an error.
+    let typed: T = match T::deserialize(value) {
+        Ok(typed) => typed,
+        Err(_) => serde_path_to_error::deserialize(value).map_err(|e| (e.path().to_string(), e.inner().to_string()))?,
+    };
     serde_json::to_value(typed).map_err(|e| (".".to_string(), e.to_string()))
 }
 
@@ -150,30 +153,36 @@ fn quantities_ok(value: &Value) -> bool {
 /// `spec.containers[0].bogus`), in document order.
 pub fn unknown_fields(input: &Value, decoded: &Value) -> Vec<String> {
     let mut out = Vec::new();
-    walk(input, decoded, String::new(), &mut out);
+    walk(input, decoded, &mut String::new(), &mut out);
     out
 }
 
-fn walk(input: &Value, decoded: &Value, path: String, out: &mut Vec<String>) {
+/// `path` is the position of `input`; it is grown and cut back in place, as every write
+/// walks its whole object and nearly all of them have no unknown field.
+fn walk(input: &Value, decoded: &Value, path: &mut String, out: &mut Vec<String>) {
+    use std::fmt::Write;
+    let parent = path.len();
     match (input, decoded) {
         (Value::Object(a), Value::Object(b)) => {
             for (key, value) in a {
-                let child = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
+                if parent > 0 {
+                    path.push('.');
+                }
+                path.push_str(key);
                 match b.get(key) {
-                    Some(other) => walk(value, other, child, out),
+                    Some(other) => walk(value, other, path, out),
                     // An explicit null for an absent optional field is not unknown.
                     None if value.is_null() => {}
-                    None => out.push(child),
+                    None => out.push(path.clone()),
                 }
+                path.truncate(parent);
             }
         }
         (Value::Array(a), Value::Array(b)) => {
             for (i, (x, y)) in a.iter().zip(b).enumerate() {
-                walk(x, y, format!("{path}[{i}]"), out);
+                let _ = write!(path, "[{i}]");
+                walk(x, y, path, out);
+                path.truncate(parent);
             }
         }
         _ => {}

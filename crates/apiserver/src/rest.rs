@@ -804,13 +804,17 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, object))
 }
 
-fn split_spec(object: &Value) -> Value {
-    let mut rest = object.clone();
-    if let Some(map) = rest.as_object_mut() {
-        map.remove("metadata");
-        map.remove("status");
+/// Whether two objects agree on everything the generation counts (all but metadata and
+/// status), compared in place: the objects are large and nearly every write is a status one.
+fn same_spec(a: &Value, b: &Value) -> bool {
+    fn spec(map: &serde_json::Map<String, Value>) -> impl Iterator<Item = (&String, &Value)> {
+        map.iter()
+            .filter(|(key, _)| !matches!(key.as_str(), "metadata" | "status"))
     }
-    rest
+    match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => spec(a).eq(spec(b)),
+        _ => a == b,
+    }
 }
 
 /// How a write goes: through the status subresource or the main resource, for real or
@@ -928,7 +932,7 @@ async fn write_update(
             }
         }
     }
-    let current_meta = metadata(current).cloned().unwrap_or_default();
+    let current_meta = metadata(current);
     let meta = metadata_mut(&mut new).ok_or_else(|| bad_request("metadata must be an object"))?;
     for field in [
         "uid",
@@ -938,15 +942,18 @@ async fn write_update(
         "generation",
         "namespace",
     ] {
-        match current_meta.get(field) {
+        match current_meta.and_then(|m| m.get(field)) {
             Some(value) => meta.insert(field.into(), value.clone()),
             None => meta.remove(field),
         };
     }
     meta.insert("name".into(), json!(name));
     meta.insert("resourceVersion".into(), json!(expected.to_string()));
-    if split_spec(&new) != split_spec(current) {
-        let generation = current_meta.get("generation").and_then(Value::as_i64).unwrap_or(0);
+    if !same_spec(&new, current) {
+        let generation = current_meta
+            .and_then(|m| m.get("generation"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         if let Some(meta) = metadata_mut(&mut new) {
             meta.insert("generation".into(), json!(generation + 1));
         }
@@ -1106,8 +1113,13 @@ async fn patch(
                 get(state, info, ns, name).await?
             };
             let revision = revision_of(&current);
-            let shown = convert::from_storage(view, current.clone());
-            let mut patched = shown.clone();
+            // The stored version needs no conversion (one deep copy fewer per patch).
+            let shown = if std::ptr::eq(view, info) {
+                std::borrow::Cow::Borrowed(&current)
+            } else {
+                std::borrow::Cow::Owned(convert::from_storage(view, current.clone()))
+            };
+            let mut patched = shown.as_ref().clone();
             patch.apply(&mut patched)?;
             if !patched.is_object() || patched.get("kind") != shown.get("kind") {
                 return Err(bad_request("a patch may not change the object's kind"));
