@@ -44,6 +44,34 @@ pub struct NodeInfo {
     /// of them on every node for every pod, and a search of the node's label map (a
     /// pointer chase per key compared) is what that cost on thousands of nodes.
     topology: [Option<Box<str>>; TOPOLOGY_KEYS.len()],
+    /// Whether the node is cordoned or has taints of each kind, held here because every
+    /// decision asks it of hundreds of nodes and the answer is nearly always no: reading it
+    /// from the Node object costs a cache miss per node on a busy server.
+    pub flags: NodeFlags,
+}
+
+/// What [`NodeInfo::flags`] holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeFlags {
+    pub cordoned: bool,
+    /// Some taint has effect NoSchedule or NoExecute.
+    pub hard_taints: bool,
+    /// Some taint has effect PreferNoSchedule.
+    pub soft_taints: bool,
+}
+
+impl NodeFlags {
+    fn of(node: &Node) -> Self {
+        let spec = node.spec.as_ref();
+        let taints = spec.and_then(|s| s.taints.as_deref()).unwrap_or_default();
+        Self {
+            cordoned: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            hard_taints: taints
+                .iter()
+                .any(|t| t.effect == "NoSchedule" || t.effect == "NoExecute"),
+            soft_taints: taints.iter().any(|t| t.effect == "PreferNoSchedule"),
+        }
+    }
 }
 
 /// The labels topology spreading and pod affinity use most (the default spreading
@@ -60,6 +88,7 @@ impl NodeInfo {
         let topology = TOPOLOGY_KEYS.map(|key| labels.and_then(|l| l.get(key)).map(|v| v.as_str().into()));
         Self {
             topology,
+            flags: NodeFlags::of(&node),
             name: node.metadata.name.clone().unwrap_or_default(),
             allocatable: allocatable(&node),
             images: Arc::new(plugins::image_locality::node_images(&node)),
@@ -257,6 +286,7 @@ pub type Nominated = HashMap<String, BTreeMap<String, Arc<Pod>>>;
 /// What one decision sees.
 #[derive(Clone, Copy)]
 pub struct Cluster<'a> {
+    /// In name order (ties between equally scored nodes go by it).
     pub nodes: &'a [&'a NodeInfo],
     pub objects: &'a Objects,
     /// On how many nodes each image is.
@@ -340,6 +370,9 @@ impl<'a> Decision<'a> {
     /// The filters with the pods nominated to the node (of at least this pod's priority)
     /// counted as if they were there, so that room made by preemption stays theirs.
     pub fn filter(&self, node: &NodeInfo) -> FilterResult {
+        if self.cluster.nominated.is_empty() {
+            return self.filter_as_is(node);
+        }
         let own = self.pod.metadata.uid.as_deref();
         let mut nominated = self
             .cluster
@@ -541,6 +574,9 @@ pub fn find_node(pod: &Pod, cluster: Cluster<'_>, start: usize) -> (Result<Choic
     }
     let wanted = feasible_nodes_to_find(total);
     let mut feasible = Vec::new();
+    // Each feasible node's position in `nodes`, which are in name order: ties go to the
+    // first name without reading names (cold memory on a busy server).
+    let mut positions = Vec::new();
     let mut searched = 0;
     // Filtered a batch at a time, in parallel when the batch is large, and the verdicts
     // taken in search order: the outcome is the sequential search's, the surplus of the
@@ -557,7 +593,10 @@ pub fn find_node(pod: &Pod, cluster: Cluster<'_>, start: usize) -> (Result<Choic
             searched += 1;
             let node = at(i);
             match verdict {
-                Ok(()) => feasible.push(node),
+                Ok(()) => {
+                    feasible.push(node);
+                    positions.push((start + offset + i) % total);
+                }
                 Err(refusal) => {
                     let reasons = match refusal {
                         Refusal::Unschedulable(reasons) => {
@@ -579,9 +618,10 @@ pub fn find_node(pod: &Pod, cluster: Cluster<'_>, start: usize) -> (Result<Choic
     let best = feasible
         .into_iter()
         .zip(scores)
-        .max_by(|(x, a), (y, b)| a.cmp(b).then_with(|| y.name.cmp(&x.name)));
+        .zip(positions)
+        .max_by(|((_, a), x), ((_, b), y)| a.cmp(b).then_with(|| y.cmp(x)));
     match best {
-        Some((node, _)) => {
+        Some(((node, _), _)) => {
             let choice = Choice {
                 node: node.name.clone(),
                 volumes: decision.volume_actions(node),
@@ -608,7 +648,8 @@ pub fn schedule(pod: &Pod, nodes: &[NodeInfo]) -> Result<String, FitError> {
 
 /// `decide` over a cluster of `nodes` alone: no other objects, images or nominations.
 pub fn with_bare_cluster<T>(nodes: &[NodeInfo], decide: impl FnOnce(Cluster<'_>) -> T) -> T {
-    let refs: Vec<&NodeInfo> = nodes.iter().collect();
+    let mut refs: Vec<&NodeInfo> = nodes.iter().collect();
+    refs.sort_by(|a, b| a.name.cmp(&b.name));
     let (objects, spread, nominated) = (Objects::default(), HashMap::new(), Nominated::new());
     decide(Cluster {
         nodes: &refs,

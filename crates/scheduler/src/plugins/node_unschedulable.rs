@@ -7,8 +7,7 @@ use crate::framework::{FilterResult, NodeInfo, Refusal};
 use crate::plugins::taint_toleration::tolerated;
 
 pub fn filter(pod: &Pod, node: &NodeInfo) -> FilterResult {
-    let cordoned = node.node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
-    if !cordoned {
+    if !node.flags.cordoned {
         return Ok(());
     }
     let taint = Taint {

@@ -19,6 +19,9 @@ fn taints(node: &NodeInfo) -> &[Taint] {
 }
 
 pub fn filter(pod: &Pod, node: &NodeInfo) -> FilterResult {
+    if !node.flags.hard_taints {
+        return Ok(());
+    }
     let untolerated = taints(node)
         .iter()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
@@ -35,6 +38,9 @@ pub fn filter(pod: &Pod, node: &NodeInfo) -> FilterResult {
 
 /// 100 for a node without intolerable PreferNoSchedule taints, less for each one.
 pub fn score(pod: &Pod, node: &NodeInfo) -> i64 {
+    if !node.flags.soft_taints {
+        return 100;
+    }
     let intolerable = taints(node)
         .iter()
         .filter(|t| t.effect == "PreferNoSchedule" && !tolerated(pod, t))

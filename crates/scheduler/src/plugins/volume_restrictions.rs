@@ -35,8 +35,19 @@ fn conflict(mine: &Volume, theirs: &Volume) -> bool {
     false
 }
 
+/// Whether the volume is of a kind [`conflict`] compares (most pods have none).
+fn may_conflict(volume: &Volume) -> bool {
+    volume.gce_persistent_disk.is_some()
+        || volume.aws_elastic_block_store.is_some()
+        || volume.iscsi.is_some()
+        || volume.rbd.is_some()
+}
+
 /// Whether a `ReadWriteOncePod` claim of the pod is already used by another pod.
 pub struct PreFilter {
+    /// The pod has a volume that can conflict with placed pods' disks, so every node's
+    /// pods are looked at; otherwise none are.
+    has_disks: bool,
     has_rwop_claims: bool,
     rwop_in_use: bool,
 }
@@ -68,6 +79,7 @@ impl PreFilter {
                         .any(|c| rwop.contains(&c.claim_name.as_str()))
             });
         Self {
+            has_disks: volumes(pod).iter().any(may_conflict),
             has_rwop_claims: !rwop.is_empty(),
             rwop_in_use,
         }
@@ -80,7 +92,7 @@ impl PreFilter {
 
     pub fn filter(&self, pod: &Pod, node: &NodeInfo) -> FilterResult {
         let mine = volumes(pod);
-        let disk_taken = !mine.is_empty()
+        let disk_taken = self.has_disks
             && node
                 .pods
                 .iter()
