@@ -24,7 +24,7 @@ use rkube_client::events::{Recorder, reference};
 use serde_json::{Value, json};
 
 use crate::pods::{labels_match, selector};
-use crate::shared_pods::SharedPods;
+use crate::shared::{Shared, SharedPods, handle_events};
 use crate::workqueue::WorkQueue;
 use crate::{ControllerError, key_of, split_key};
 
@@ -240,7 +240,9 @@ pub struct Controller {
     recorder: Recorder,
     queue: Arc<WorkQueue>,
     deployments: Store<Deployment>,
-    sets: Store<ReplicaSet>,
+    /// Indexed by controller: a sync looks at its own sets and its namespace's orphans,
+    /// not at every set in the cluster.
+    sets: Shared<ReplicaSet>,
     pods: SharedPods,
 }
 
@@ -304,7 +306,9 @@ impl Controller {
         let uid = d.uid().unwrap_or_default();
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &namespace);
         let mut owned = Vec::new();
-        for rs in self.sets.state() {
+        let mut candidates = self.sets.controlled_by(&uid);
+        candidates.extend(self.sets.orphans_in(&namespace));
+        for rs in candidates {
             if rs.metadata.namespace.as_deref() != Some(namespace.as_str()) {
                 continue;
             }
@@ -903,7 +907,8 @@ impl Controller {
 /// Pods matter only to Recreate (old pods must be gone): the shared cache is all it needs.
 pub async fn run(client: kube::Client, pods: SharedPods) {
     let (deployments, d_writer) = reflector::store::<Deployment>();
-    let (sets, rs_writer) = reflector::store::<ReplicaSet>();
+    let sets = Shared::<ReplicaSet>::new();
+    let set_events = sets.subscribe();
     let controller = Arc::new(Controller {
         recorder: Recorder::new(client.clone(), "deployment-controller"),
         client: client.clone(),
@@ -916,10 +921,6 @@ pub async fn run(client: kube::Client, pods: SharedPods) {
         .default_backoff()
         .modify(crate::trim)
         .reflect(d_writer);
-    let rs_events = watcher(Api::<ReplicaSet>::all(client), watcher::Config::default())
-        .default_backoff()
-        .modify(crate::trim)
-        .reflect(rs_writer);
     let watching_deployments = {
         let controller = Arc::clone(&controller);
         async move {
@@ -933,26 +934,22 @@ pub async fn run(client: kube::Client, pods: SharedPods) {
     };
     let watching_sets = {
         let controller = Arc::clone(&controller);
-        async move {
-            let mut events = std::pin::pin!(rs_events);
-            while let Some(event) = events.next().await {
-                if let Ok(watcher::Event::Apply(rs) | watcher::Event::InitApply(rs) | watcher::Event::Delete(rs)) =
-                    event
-                {
-                    let keys = match controller.owner_key(&rs) {
-                        Some(key) => vec![key],
-                        None => controller.deployments_selecting(&rs),
-                    };
-                    for key in keys {
-                        controller.queue.add(&key).await;
-                    }
+        handle_events(set_events, move |rs, _| {
+            let controller = Arc::clone(&controller);
+            async move {
+                let keys = match controller.owner_key(&rs) {
+                    Some(key) => vec![key],
+                    None => controller.deployments_selecting(&rs),
+                };
+                for key in keys {
+                    controller.queue.add(&key).await;
                 }
             }
-        }
+        })
     };
     let working = async {
         deployments.wait_until_ready().await.ok();
-        sets.wait_until_ready().await.ok();
+        sets.wait_until_ready().await;
         pods.wait_until_ready().await;
         // Each worker a task of its own: deep futures polled inline would need a deep stack.
         let mut workers = tokio::task::JoinSet::new();
@@ -964,7 +961,7 @@ pub async fn run(client: kube::Client, pods: SharedPods) {
         });
         workers.join_all().await;
     };
-    tokio::join!(watching_deployments, watching_sets, working);
+    tokio::join!(watching_deployments, watching_sets, working, sets.clone().run(client));
 }
 
 #[cfg(test)]

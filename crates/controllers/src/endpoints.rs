@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use crate::pods::is_ready;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::shared_pods::{PodEvent, SharedPods, handle_events};
+use crate::shared::{PodEvent, SharedPods, handle_events};
 use crate::workqueue::WorkQueue;
 use crate::{ControllerError, key_of, split_key};
 

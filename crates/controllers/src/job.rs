@@ -27,7 +27,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::expectations::Expectations;
 use crate::pods::{controller_of, from_template, is_ready};
-use crate::shared_pods::{PodEvent, SharedPods, handle_events};
+use crate::shared::{PodEvent, SharedPods, handle_events};
 use crate::workqueue::WorkQueue;
 use crate::{ControllerError, api_message, key_of, split_key};
 

@@ -21,7 +21,7 @@ pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;
 pub mod resource_quota;
-pub mod shared_pods;
+pub mod shared;
 pub mod statefulset;
 pub mod volume_binder;
 pub mod workqueue;
@@ -114,7 +114,7 @@ pub struct Config {
 pub async fn run(client: kube::Client, config: Config) {
     // Each controller a task of its own (aborted with the set when this future is dropped).
     let mut controllers = tokio::task::JoinSet::new();
-    let pods = shared_pods::SharedPods::new();
+    let pods = shared::SharedPods::new();
     controllers.spawn(daemonset::run(client.clone()));
     controllers.spawn(deployment::run(client.clone(), pods.clone()));
     controllers.spawn(endpoints::run(client.clone(), pods.clone(), pods.subscribe()));

@@ -19,7 +19,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 
-use crate::shared_pods::SharedPods;
+use crate::shared::SharedPods;
 use kube::runtime::{WatchStreamExt, watcher};
 use rkube_client::events::{Recorder, reference};
 use serde_json::{Value, json};

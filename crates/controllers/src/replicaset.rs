@@ -30,7 +30,7 @@ use crate::expectations::Expectations;
 use crate::pods::{
     controller_of, deletion_order, from_template, is_active, is_available, is_ready, labels_match, slow_start,
 };
-use crate::shared_pods::{PodEvent, SharedPods, handle_events};
+use crate::shared::{PodEvent, SharedPods, handle_events};
 use crate::workqueue::WorkQueue;
 use crate::{ControllerError, key_of, split_key};
 

@@ -1,39 +1,62 @@
-//! One informer of every pod, shared by the controllers that need all of them (ReplicaSet,
-//! ReplicationController, Deployment, Job, Endpoints, node lifecycle), as upstream's
-//! controller manager shares one pod informer: one watch and one copy of each pod instead
-//! of one per controller, with indexes so that a controller finds the pods it controls
-//! without looking at every pod in the cluster (upstream's `controllerUID` index).
+//! Informers with indexes by controller. Every pod is watched once for the controllers
+//! that need all of them (ReplicaSet, ReplicationController, Deployment, Job, Endpoints,
+//! node lifecycle), as upstream's controller manager shares one pod informer: one watch
+//! and one copy of each pod instead of one per controller. The indexes let a controller
+//! find what it controls without looking at every object of the kind in the cluster
+//! (upstream's `controllerUID` index); the Deployment controller finds its ReplicaSets so.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use kube::Resource;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
+use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-/// A pod seen (`deleted: false`) or gone, after the index shows it.
+/// An object seen (`deleted: false`) or gone, after the index shows it.
 #[derive(Debug, Clone)]
-pub struct PodEvent {
-    pub pod: Arc<Pod>,
+pub struct Change<K> {
+    pub object: Arc<K>,
     pub deleted: bool,
 }
 
-/// The pods, keyed `namespace/name`, and the indexes over them.
-#[derive(Default)]
-struct Index {
-    objects: HashMap<String, Arc<Pod>>,
-    /// Controller UID → keys of the pods it controls.
+pub type PodEvent = Change<Pod>;
+pub type SharedPods = Shared<Pod>;
+
+/// The objects, keyed `namespace/name`, and the indexes over them.
+struct Index<K> {
+    objects: HashMap<String, Arc<K>>,
+    /// Controller UID → keys of the objects it controls.
     by_controller: HashMap<String, HashSet<String>>,
-    /// Namespace → keys of the pods in it that no controller controls.
+    /// Namespace → keys of the objects in it that no controller controls.
     orphans: HashMap<String, HashSet<String>>,
-    /// Namespace → keys of every pod in it.
+    /// Namespace → keys of every object in it.
     by_namespace: HashMap<String, HashSet<String>>,
 }
 
-fn controller_uid(pod: &Pod) -> Option<&str> {
-    crate::pods::controller_of(pod).map(|c| c.uid.as_str())
+impl<K> Default for Index<K> {
+    fn default() -> Self {
+        Self {
+            objects: HashMap::new(),
+            by_controller: HashMap::new(),
+            orphans: HashMap::new(),
+            by_namespace: HashMap::new(),
+        }
+    }
+}
+
+fn controller_uid<K: Resource>(object: &K) -> Option<&str> {
+    object
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|c| c.uid.as_str())
 }
 
 fn remove_from(index: &mut HashMap<String, HashSet<String>>, bucket: &str, key: &str) {
@@ -45,23 +68,23 @@ fn remove_from(index: &mut HashMap<String, HashSet<String>>, bucket: &str, key: 
     }
 }
 
-impl Index {
-    fn insert(&mut self, key: String, pod: Arc<Pod>) {
+impl<K: Resource> Index<K> {
+    fn insert(&mut self, key: String, object: Arc<K>) {
         self.remove(&key);
-        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        match controller_uid(&pod) {
+        let namespace = object.meta().namespace.clone().unwrap_or_default();
+        match controller_uid(object.as_ref()) {
             Some(uid) => self.by_controller.entry(uid.to_string()).or_default(),
             None => self.orphans.entry(namespace.clone()).or_default(),
         }
         .insert(key.clone());
         self.by_namespace.entry(namespace).or_default().insert(key.clone());
-        self.objects.insert(key, pod);
+        self.objects.insert(key, object);
     }
 
-    fn remove(&mut self, key: &str) -> Option<Arc<Pod>> {
+    fn remove(&mut self, key: &str) -> Option<Arc<K>> {
         let old = self.objects.remove(key)?;
-        let namespace = old.metadata.namespace.as_deref().unwrap_or_default();
-        match controller_uid(&old) {
+        let namespace = old.meta().namespace.as_deref().unwrap_or_default();
+        match controller_uid(old.as_ref()) {
             Some(uid) => remove_from(&mut self.by_controller, uid, key),
             None => remove_from(&mut self.orphans, namespace, key),
         }
@@ -69,7 +92,7 @@ impl Index {
         Some(old)
     }
 
-    fn pods(&self, keys: Option<&HashSet<String>>) -> Vec<Arc<Pod>> {
+    fn listed(&self, keys: Option<&HashSet<String>>) -> Vec<Arc<K>> {
         keys.into_iter()
             .flatten()
             .filter_map(|key| self.objects.get(key).cloned())
@@ -77,29 +100,42 @@ impl Index {
     }
 }
 
-struct Inner {
-    index: RwLock<Index>,
-    subscribers: Mutex<Vec<mpsc::UnboundedSender<PodEvent>>>,
+struct Inner<K> {
+    index: RwLock<Index<K>>,
+    subscribers: Mutex<Vec<mpsc::UnboundedSender<Change<K>>>>,
     ready: tokio::sync::watch::Sender<bool>,
 }
 
-/// The shared pod informer: a cheap handle; clones share the cache.
-#[derive(Clone)]
-pub struct SharedPods {
-    inner: Arc<Inner>,
+/// An indexed informer: a cheap handle; clones share the cache.
+pub struct Shared<K> {
+    inner: Arc<Inner<K>>,
 }
 
-impl Default for SharedPods {
+impl<K> Clone for Shared<K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K> Default for Shared<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
     fn default() -> Self {
         Self::new()
     }
 }
 
-fn pod_key(pod: &Pod) -> String {
-    crate::key_of(pod)
+fn key<K: Resource>(object: &K) -> String {
+    crate::key_of(object)
 }
 
-impl SharedPods {
+impl<K> Shared<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
     pub fn new() -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -111,23 +147,23 @@ impl SharedPods {
     }
 
     // A panic while holding the lock leaves the index as consistent as between two events.
-    fn read(&self) -> RwLockReadGuard<'_, Index> {
+    fn read(&self) -> RwLockReadGuard<'_, Index<K>> {
         self.inner
             .index
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Index> {
+    fn write(&self) -> RwLockWriteGuard<'_, Index<K>> {
         self.inner
             .index
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Every pod event from now on. Subscribe before [`SharedPods::run`] starts to see the
+    /// Every change from now on. Subscribe before [`Shared::run`] starts to see the
     /// initial list too.
-    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<PodEvent> {
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Change<K>> {
         let (sender, receiver) = mpsc::unbounded_channel();
         self.inner
             .subscribers
@@ -137,7 +173,7 @@ impl SharedPods {
         receiver
     }
 
-    fn publish(&self, pod: Arc<Pod>, deleted: bool) {
+    fn publish(&self, object: Arc<K>, deleted: bool) {
         let mut subscribers = self
             .inner
             .subscribers
@@ -145,8 +181,8 @@ impl SharedPods {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // A subscriber that stopped is forgotten.
         subscribers.retain(|s| {
-            s.send(PodEvent {
-                pod: Arc::clone(&pod),
+            s.send(Change {
+                object: Arc::clone(&object),
                 deleted,
             })
             .is_ok()
@@ -160,102 +196,102 @@ impl SharedPods {
         drop(ready.wait_for(|r| *r).await);
     }
 
-    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
         self.read().objects.get(&format!("{namespace}/{name}")).cloned()
     }
 
-    /// Every pod.
-    pub fn state(&self) -> Vec<Arc<Pod>> {
+    /// Every object.
+    pub fn state(&self) -> Vec<Arc<K>> {
         self.read().objects.values().cloned().collect()
     }
 
-    /// The pods whose controller has this UID.
-    pub fn controlled_by(&self, uid: &str) -> Vec<Arc<Pod>> {
+    /// The objects whose controller has this UID.
+    pub fn controlled_by(&self, uid: &str) -> Vec<Arc<K>> {
         let index = self.read();
-        index.pods(index.by_controller.get(uid))
+        index.listed(index.by_controller.get(uid))
     }
 
-    /// The pods in `namespace` that no controller controls.
-    pub fn orphans_in(&self, namespace: &str) -> Vec<Arc<Pod>> {
+    /// The objects in `namespace` that no controller controls.
+    pub fn orphans_in(&self, namespace: &str) -> Vec<Arc<K>> {
         let index = self.read();
-        index.pods(index.orphans.get(namespace))
+        index.listed(index.orphans.get(namespace))
     }
 
-    /// Every pod in `namespace`.
-    pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<Pod>> {
+    /// Every object in `namespace`.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
         let index = self.read();
-        index.pods(index.by_namespace.get(namespace))
+        index.listed(index.by_namespace.get(namespace))
     }
 
-    fn apply(&self, pod: Pod) {
-        let pod = Arc::new(pod);
-        self.write().insert(pod_key(&pod), Arc::clone(&pod));
-        self.publish(pod, false);
+    fn apply(&self, object: K) {
+        let object = Arc::new(object);
+        self.write().insert(key(object.as_ref()), Arc::clone(&object));
+        self.publish(object, false);
     }
 
-    fn delete(&self, pod: Pod) {
-        let key = pod_key(&pod);
-        let pod = self.write().remove(&key).unwrap_or_else(|| Arc::new(pod));
-        self.publish(pod, true);
+    fn delete(&self, object: K) {
+        let key = key(&object);
+        let object = self.write().remove(&key).unwrap_or_else(|| Arc::new(object));
+        self.publish(object, true);
     }
 
     /// A relist's objects become the cache at once when it completes, as kube's reflector
-    /// swaps its store; pods that vanished meanwhile are published as deleted.
-    fn relisted(&self, listed: Index) {
-        let vanished: Vec<Arc<Pod>> = {
+    /// swaps its store; objects that vanished meanwhile are published as deleted.
+    fn relisted(&self, listed: Index<K>) {
+        let vanished: Vec<Arc<K>> = {
             let mut index = self.write();
             let old = std::mem::replace(&mut *index, listed);
             old.objects
                 .into_iter()
                 .filter(|(key, _)| !index.objects.contains_key(key))
-                .map(|(_, pod)| pod)
+                .map(|(_, object)| object)
                 .collect()
         };
-        for pod in vanished {
-            self.publish(pod, true);
+        for object in vanished {
+            self.publish(object, true);
         }
         self.inner.ready.send_replace(true);
     }
 
-    /// Watches every pod until the future is dropped.
+    /// Watches every object of the kind until the future is dropped.
     pub async fn run(self, client: kube::Client) {
-        let events = watcher(Api::<Pod>::all(client), watcher::Config::default())
+        let events = watcher(Api::<K>::all(client), watcher::Config::default())
             .default_backoff()
             .modify(crate::trim);
         let mut events = std::pin::pin!(events);
-        let mut listing: Option<Index> = None;
+        let mut listing: Option<Index<K>> = None;
         while let Some(event) = events.next().await {
             match event {
                 Ok(watcher::Event::Init) => listing = Some(Index::default()),
-                Ok(watcher::Event::InitApply(pod)) => {
-                    let pod = Arc::new(pod);
+                Ok(watcher::Event::InitApply(object)) => {
+                    let object = Arc::new(object);
                     if let Some(listing) = listing.as_mut() {
-                        listing.insert(pod_key(&pod), Arc::clone(&pod));
+                        listing.insert(key(object.as_ref()), Arc::clone(&object));
                     }
-                    self.publish(pod, false);
+                    self.publish(object, false);
                 }
                 Ok(watcher::Event::InitDone) => {
                     if let Some(listed) = listing.take() {
                         self.relisted(listed);
                     }
                 }
-                Ok(watcher::Event::Apply(pod)) => self.apply(pod),
-                Ok(watcher::Event::Delete(pod)) => self.delete(pod),
+                Ok(watcher::Event::Apply(object)) => self.apply(object),
+                Ok(watcher::Event::Delete(object)) => self.delete(object),
                 // The backoff retries; the cache keeps what it had meanwhile.
-                Err(err) => tracing::warn!(%err, "the shared pod watch failed; it restarts"),
+                Err(err) => tracing::warn!(%err, kind = %K::kind(&()), "a shared watch failed; it restarts"),
             }
         }
     }
 }
 
-/// Hands each event to `handle`, in order, until the informer stops.
-pub async fn handle_events<F, Fut>(mut events: mpsc::UnboundedReceiver<PodEvent>, handle: F)
+/// Hands each change to `handle`, in order, until the informer stops.
+pub async fn handle_events<K, F, Fut>(mut events: mpsc::UnboundedReceiver<Change<K>>, handle: F)
 where
-    F: Fn(Arc<Pod>, bool) -> Fut,
+    F: Fn(Arc<K>, bool) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     while let Some(event) = events.recv().await {
-        handle(event.pod, event.deleted).await;
+        handle(event.object, event.deleted).await;
     }
 }
 
@@ -303,7 +339,7 @@ mod tests {
         assert!(shared.get("ns", "a").is_none());
         assert_eq!(names(shared.in_namespace("ns")), ["b", "c"]);
         let seen: Vec<(String, bool)> = std::iter::from_fn(|| events.try_recv().ok())
-            .map(|e| (e.pod.name_any(), e.deleted))
+            .map(|e| (e.object.name_any(), e.deleted))
             .collect();
         assert_eq!(seen.len(), 7);
         assert_eq!(seen.last(), Some(&("a".to_string(), true)));
@@ -317,11 +353,11 @@ mod tests {
         let mut events = shared.subscribe();
         let mut listed = Index::default();
         let kept = Arc::new(pod("kept", "ns", Some("u1")));
-        listed.insert(pod_key(&kept), kept);
+        listed.insert(key(kept.as_ref()), kept);
         shared.relisted(listed);
         assert_eq!(names(shared.controlled_by("u1")), ["kept"]);
         let event = events.try_recv().unwrap();
-        assert_eq!((event.pod.name_any().as_str(), event.deleted), ("gone", true));
+        assert_eq!((event.object.name_any().as_str(), event.deleted), ("gone", true));
         assert!(*shared.inner.ready.borrow());
     }
 }
