@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use rkube_testkit::{HollowNodes, HollowOptions, eventually};
 use serde_json::{Value, json};
 
@@ -111,10 +111,24 @@ async fn pods_land_where_they_fit_and_say_why_not() {
     // Tainted nodes take only pods that tolerate the taint.
     let tolerating = json!({"nodeSelector": {"pool": "db"},
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]});
-    pods.create(&PostParams::default(), &pod("db-1", tolerating))
+    pods.create(&PostParams::default(), &pod("db-1", tolerating.clone()))
         .await
         .unwrap();
     assert_eq!(placed("db-1").await, "db-0");
+    // A pod that does not tolerate it waits; tolerating it later (a pod's own change, no
+    // cluster event) lets it in without waiting for the five-minute flush.
+    pods.create(
+        &PostParams::default(),
+        &pod("db-2", json!({"nodeSelector": {"pool": "db"}})),
+    )
+    .await
+    .unwrap();
+    scheduling_event(&events, "db-2").await;
+    let tolerate = json!({"spec": {"tolerations": tolerating["tolerations"]}});
+    pods.patch("db-2", &PatchParams::default(), &Patch::Merge(&tolerate))
+        .await
+        .unwrap();
+    assert_eq!(placed("db-2").await, "db-0");
 
     // Nowhere to go: Pending, with upstream's condition and event, until a node fits.
     pods.create(

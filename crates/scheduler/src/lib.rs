@@ -15,6 +15,7 @@ pub mod plugins;
 pub mod queue;
 pub mod resources;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,6 +92,21 @@ struct Scheduler {
     pods: Store<Pod>,
     queue: Queue,
     cache: Mutex<Cache>,
+    /// The last version seen of each pod waiting to be scheduled, to tell its own changes
+    /// that may let it fit from writes of its status.
+    waiting: std::sync::Mutex<HashMap<String, Arc<Pod>>>,
+}
+
+/// Upstream's `isPodUpdated`: a change other than of status, resourceVersion, generation
+/// or managedFields.
+fn changed_for_scheduling(old: &Pod, new: &Pod) -> bool {
+    let (a, b) = (&old.metadata, &new.metadata);
+    old.spec != new.spec
+        || a.labels != b.labels
+        || a.annotations != b.annotations
+        || a.owner_references != b.owner_references
+        || a.finalizers != b.finalizers
+        || a.deletion_timestamp != b.deletion_timestamp
 }
 
 /// Runs the scheduler whenever this process holds the election's lease: two schedulers
@@ -112,6 +128,7 @@ pub async fn run(client: kube::Client, name: String) {
         pods: pods.clone(),
         queue: Queue::default(),
         cache: Mutex::new(Cache::default()),
+        waiting: std::sync::Mutex::new(HashMap::new()),
     });
     let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
@@ -233,6 +250,11 @@ async fn mirror<K: Mirrored>(scheduler: Arc<Scheduler>) {
 }
 
 impl Scheduler {
+    // A panic while holding the lock leaves the map as consistent as between two events.
+    fn waiting_pods(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Pod>>> {
+        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     async fn pod_changed(&self, pod: Pod, deleted: bool) {
         let key = key(&pod);
         let pod = Arc::new(pod);
@@ -246,9 +268,14 @@ impl Scheduler {
             }
         }
         if !deleted && wants_scheduling(&pod, &self.name) {
+            let previous = self.waiting_pods().insert(key.clone(), Arc::clone(&pod));
             self.queue.add(&key, priority(&pod)).await;
+            if previous.is_some_and(|old| changed_for_scheduling(&old, &pod)) {
+                self.queue.changed(&key).await;
+            }
             return;
         }
+        self.waiting_pods().remove(&key);
         self.queue.remove(&key).await;
         // A pod that leaves a node frees room: pods that fit nowhere may fit now.
         if freed {

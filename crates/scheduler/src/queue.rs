@@ -3,7 +3,9 @@
 //! cluster event that could make them fit (a node added or changed, a pod gone) or, at
 //! the latest, five minutes, as upstream's queue does. An event that comes while a pod is
 //! being scheduled is not lost: a pod whose attempt began before the latest such event
-//! backs off instead of waiting for the next one (upstream's `moveRequestCycle`).
+//! backs off instead of waiting for the next one (upstream's `moveRequestCycle`). A pod's
+//! own change that may let it fit (a new toleration, say) moves it likewise, whether it
+//! came while the pod waited or while it was being scheduled.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
@@ -36,6 +38,8 @@ struct State {
 struct InFlight {
     cycle: u64,
     attempts: u32,
+    /// The pod itself changed during the attempt.
+    changed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -106,7 +110,12 @@ impl Queue {
                     let attempts = state.entries.remove(&key).map_or(0, |e| e.attempts);
                     state.cycle += 1;
                     let cycle = state.cycle;
-                    state.in_flight.insert(key.clone(), InFlight { cycle, attempts });
+                    let attempt = InFlight {
+                        cycle,
+                        attempts,
+                        changed: false,
+                    };
+                    state.in_flight.insert(key.clone(), attempt);
                     return key;
                 }
             }
@@ -128,7 +137,7 @@ impl Queue {
         let backoff = INITIAL_BACKOFF
             .saturating_mul(1 << attempts.saturating_sub(1).min(10))
             .min(MAX_BACKOFF);
-        let place = if unschedulable && attempt.cycle > state.move_request_cycle {
+        let place = if unschedulable && attempt.cycle > state.move_request_cycle && !attempt.changed {
             Place::Unschedulable {
                 since: now,
                 retry_at: now + backoff,
@@ -150,6 +159,22 @@ impl Queue {
     /// The pod was placed: its attempts are over.
     pub async fn done(&self, key: &str) {
         self.state.lock().await.in_flight.remove(key);
+    }
+
+    /// The pod changed in a way that may let it fit (its spec or labels, not its status):
+    /// if it waits as unschedulable, it retries once backed off; if it is being scheduled,
+    /// a failed attempt backs off instead of waiting for a cluster event.
+    pub async fn changed(&self, key: &str) {
+        let mut state = self.state.lock().await;
+        if let Some(attempt) = state.in_flight.get_mut(key) {
+            attempt.changed = true;
+        } else if let Some(Entry {
+            place: Place::Unschedulable { moved, .. },
+            ..
+        }) = state.entries.get_mut(key)
+        {
+            *moved = true;
+        }
     }
 
     /// A cluster event that may let unschedulable pods fit: they retry once backed off.
@@ -218,6 +243,37 @@ mod tests {
         assert_eq!(queue.pop().await, "default/high");
         assert_eq!(queue.pop().await, "default/low");
         assert_eq!(queue.pop().await, "default/low2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pods_own_change_moves_it_like_a_cluster_event() {
+        let queue = Queue::default();
+        // Changed while it waited as unschedulable: retried once backed off.
+        queue.add("default/p", 0).await;
+        assert_eq!(queue.pop().await, "default/p");
+        queue.failed("default/p", 0, true).await;
+        tokio::time::sleep(INITIAL_BACKOFF + Duration::from_millis(50)).await;
+        queue.flush().await;
+        assert!(queue.state.lock().await.active.is_empty(), "waits for an event");
+        queue.changed("default/p").await;
+        queue.flush().await;
+        assert_eq!(queue.pop().await, "default/p");
+        // Changed while being scheduled: the failed attempt backs off instead of waiting.
+        queue.changed("default/p").await;
+        queue.failed("default/p", 0, true).await;
+        assert!(matches!(
+            queue.state.lock().await.entries["default/p"].place,
+            Place::Backoff(_)
+        ));
+        // Unchanged, the next failure waits for an event again.
+        tokio::time::sleep(MAX_BACKOFF).await;
+        queue.flush().await;
+        assert_eq!(queue.pop().await, "default/p");
+        queue.failed("default/p", 0, true).await;
+        assert!(matches!(
+            queue.state.lock().await.entries["default/p"].place,
+            Place::Unschedulable { moved: false, .. }
+        ));
     }
 
     #[tokio::test]
