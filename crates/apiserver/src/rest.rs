@@ -60,7 +60,7 @@ async fn handle_resource(
     if info.namespaced() != path.namespace.is_some() && path.name.is_some() {
         return Err(ApiError::not_found_path(request.uri().path()));
     }
-    let table = table::wants_table(request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let view = table::View::of(request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let method = request.method().clone();
     let content_type = request
         .headers()
@@ -135,11 +135,14 @@ async fn handle_resource(
     // Objects are handled as their storage version stores them, and shown in the request's.
     let storage = rkube_api::storage_of(info);
     match (&method, path.name) {
-        (&Method::GET, None) if query.watch => watch::serve(state, info, ns, &query, table).await,
-        (&Method::GET, None) => list(state, info, ns, &query, table).await,
+        (&Method::GET, None) if query.watch => watch::serve(state, info, ns, &query, view).await,
+        (&Method::GET, None) => list(state, info, ns, &query, view).await,
         (&Method::GET, Some(name)) => {
             let object = get(state, storage, ns, name).await?;
-            Ok(respond(StatusCode::OK, info, object, &query, table))
+            Ok(match view {
+                table::View::Metadata => json_response(StatusCode::OK, &table::partial(&object)),
+                _ => respond(StatusCode::OK, info, object, &query, view == table::View::Table),
+            })
         }
         (&Method::POST, None) if ns.is_some() || !info.namespaced() => {
             let body = read_body(request).await?;
@@ -1634,7 +1637,7 @@ async fn list(
     info: &'static ResourceInfo,
     ns: Option<&str>,
     query: &Query,
-    table: bool,
+    view: table::View,
 ) -> Result<Response<Body>, ApiError> {
     let filter = Filter::from_query(info, query)?;
     let read = list_read(query)?;
@@ -1660,7 +1663,7 @@ async fn list(
         }
     };
     let revision = page.revision.to_string();
-    if table {
+    if view == table::View::Table {
         let items = page.items.iter().map(|o| o.value()).collect::<Result<Vec<_>, _>>()?;
         return Ok(json_response(
             StatusCode::OK,
@@ -1674,15 +1677,20 @@ async fn list(
             ),
         ));
     }
-    // Items as stored, or (versions served by conversion) converted and encoded anew.
-    let items: Vec<Bytes> = if info.stored_as.is_some() {
+    // Items as stored, their metadata alone, or (versions served by conversion) converted
+    // and encoded anew.
+    let encoding_error = |e: serde_json::Error| ApiError::internal(format!("encoding an object: {e}"));
+    let items: Vec<Bytes> = if view == table::View::Metadata {
+        page.items
+            .iter()
+            .map(|o| table::partial_json(&o.json).map(Bytes::from).map_err(encoding_error))
+            .collect::<Result<_, ApiError>>()?
+    } else if info.stored_as.is_some() {
         page.items
             .iter()
             .map(|o| {
                 let shown = convert::from_storage(info, o.value()?);
-                serde_json::to_vec(&shown)
-                    .map(Bytes::from)
-                    .map_err(|e| ApiError::internal(format!("encoding an object: {e}")))
+                serde_json::to_vec(&shown).map(Bytes::from).map_err(encoding_error)
             })
             .collect::<Result<_, ApiError>>()?
     } else {
@@ -1695,11 +1703,18 @@ async fn list(
     if let Some(remaining) = page.remaining {
         metadata["remainingItemCount"] = json!(remaining);
     }
-    let head = json!({
-        "kind": format!("{}List", info.kind),
-        "apiVersion": info.api_version(),
-        "metadata": metadata,
-    });
+    let head = match view {
+        table::View::Metadata => json!({
+            "kind": "PartialObjectMetadataList",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": metadata,
+        }),
+        _ => json!({
+            "kind": format!("{}List", info.kind),
+            "apiVersion": info.api_version(),
+            "metadata": metadata,
+        }),
+    };
     Ok(crate::response::raw_json(
         StatusCode::OK,
         splice_items(&head, items.iter().map(|o| &o[..]))?,

@@ -46,19 +46,22 @@ impl hyper::body::Body for ChannelBody {
 
 struct Encoder {
     info: &'static ResourceInfo,
-    table: bool,
+    view: table::View,
     include_object: Option<String>,
     columns_sent: bool,
 }
 
 impl Encoder {
-    /// An event carrying an encoded object: as it is, or as a Table row.
+    /// An event carrying an encoded object: as it is, as its metadata alone, or as a
+    /// Table row.
     fn object(&mut self, kind: &str, json: &[u8]) -> Bytes {
-        if !self.table && self.info.stored_as.is_none() {
-            return event_line(kind, json);
+        match self.view {
+            table::View::Object if self.info.stored_as.is_none() => return event_line(kind, json),
+            table::View::Metadata => return event_line(kind, &table::partial_json(json).unwrap_or_default()),
+            _ => {}
         }
         let object: Value = serde_json::from_slice(json).unwrap_or_default();
-        if !self.table {
+        if self.view == table::View::Object {
             // A version served by conversion: this watch's own line.
             let shown = rkube_api::convert::from_storage(self.info, object);
             return event_line(kind, &serde_json::to_vec(&shown).unwrap_or_default());
@@ -89,7 +92,7 @@ impl Encoder {
             return None;
         }
         let line = decoded.classify(filter)?;
-        Some(if self.table || self.info.stored_as.is_some() {
+        Some(if self.view != table::View::Object || self.info.stored_as.is_some() {
             self.object(line.event_type(), decoded.object_json(line))
         } else {
             // Shared by every watcher that needs the same line.
@@ -102,7 +105,12 @@ impl Encoder {
         if initial_events_end {
             metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        let object = json!({"kind": self.info.kind, "apiVersion": self.info.api_version(), "metadata": metadata});
+        let object = match self.view {
+            table::View::Metadata => {
+                json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": metadata})
+            }
+            _ => json!({"kind": self.info.kind, "apiVersion": self.info.api_version(), "metadata": metadata}),
+        };
         event_line("BOOKMARK", &serde_json::to_vec(&object).unwrap_or_default())
     }
 
@@ -119,13 +127,13 @@ pub(crate) async fn serve(
     info: &'static ResourceInfo,
     ns: Option<&str>,
     query: &Query,
-    table: bool,
+    view: table::View,
 ) -> Result<Response<Body>, ApiError> {
     let filter = Filter::from_query(info, query)?;
     let plan = plan(query)?;
     let mut encoder = Encoder {
         info,
-        table,
+        view,
         include_object: query.include_object.clone(),
         columns_sent: false,
     };
@@ -508,7 +516,7 @@ mod tests {
         let mut source = Source::Cache(receiver);
         let mut encoder = Encoder {
             info: pods(),
-            table: false,
+            view: table::View::Object,
             include_object: None,
             columns_sent: false,
         };

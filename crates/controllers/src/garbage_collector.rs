@@ -13,8 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams, Preconditions, PropagationPolicy,
+};
 use kube::runtime::{WatchStreamExt, watcher};
 use rkube_api::{ResourceInfo, resources};
 use serde_json::json;
@@ -134,8 +136,7 @@ impl Collector {
         }
     }
 
-    async fn observe(&self, info: &'static ResourceInfo, object: DynamicObject) {
-        let meta = object.metadata;
+    async fn observe(&self, info: &'static ResourceInfo, meta: ObjectMeta) {
         let Some(uid) = meta.uid.clone() else { return };
         let finalizers = meta.finalizers.clone().unwrap_or_default();
         let node = Node {
@@ -164,8 +165,8 @@ impl Collector {
         }
     }
 
-    async fn forget(&self, object: &DynamicObject) {
-        let Some(uid) = object.metadata.uid.as_deref() else {
+    async fn forget(&self, meta: &ObjectMeta) {
+        let Some(uid) = meta.uid.as_deref() else {
             return;
         };
         let (dependents, owners) = {
@@ -381,7 +382,10 @@ pub async fn run(client: kube::Client) {
         let collector = Arc::clone(&collector);
         let synced = Arc::clone(&synced);
         tasks.spawn(async move {
-            let api: Api<DynamicObject> = Api::all_with(collector.client.clone(), &crate::api_resource(info));
+            // The graph needs owners, finalizers and deletion marks: metadata alone, as
+            // upstream's collector watches through metadata informers.
+            let api: Api<PartialObjectMeta<DynamicObject>> =
+                Api::all_with(collector.client.clone(), &crate::api_resource(info));
             let mut events = std::pin::pin!(
                 watcher(api, watcher::Config::default())
                     .default_backoff()
@@ -391,14 +395,14 @@ pub async fn run(client: kube::Client) {
             let mut listed: HashSet<String> = HashSet::new();
             while let Some(event) = events.next().await {
                 match event {
-                    Ok(watcher::Event::Apply(object)) => collector.observe(info, object).await,
+                    Ok(watcher::Event::Apply(object)) => collector.observe(info, object.metadata).await,
                     Ok(watcher::Event::InitApply(object)) => {
                         if let Some(uid) = object.metadata.uid.clone() {
                             listed.insert(uid);
                         }
-                        collector.observe(info, object).await;
+                        collector.observe(info, object.metadata).await;
                     }
-                    Ok(watcher::Event::Delete(object)) => collector.forget(&object).await,
+                    Ok(watcher::Event::Delete(object)) => collector.forget(&object.metadata).await,
                     Ok(watcher::Event::Init) => listed.clear(),
                     Ok(watcher::Event::InitDone) => {
                         // Objects of this kind gone while the watch was down.
@@ -412,8 +416,10 @@ pub async fn run(client: kube::Client) {
                                 .collect()
                         };
                         for uid in stale {
-                            let mut gone = DynamicObject::new("", &crate::api_resource(info));
-                            gone.metadata.uid = Some(uid);
+                            let gone = ObjectMeta {
+                                uid: Some(uid),
+                                ..ObjectMeta::default()
+                            };
                             collector.forget(&gone).await;
                         }
                         if first_sync {

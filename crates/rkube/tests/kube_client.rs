@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 
 mod common;
@@ -213,4 +213,85 @@ async fn concurrent_and_pinned_patches_all_land() {
         .await
         .unwrap_err();
     assert!(matches!(err, kube::Error::Api(ref s) if s.code == 409), "{err:?}");
+}
+
+/// Metadata-only reads (`as=PartialObjectMetadata`), what client-go's metadata informers
+/// and kube-rs' `Api<PartialObjectMeta<K>>` ask for: get, list and watch answer with the
+/// objects' metadata alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_only_reads() {
+    let (_server, client) = common::server_and_client(false).await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("meta-only".into()),
+            labels: Some(BTreeMap::from([("app".to_string(), "meta".to_string())])),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([("secret-ish".to_string(), "payload".to_string())])),
+        ..ConfigMap::default()
+    };
+    configmaps.create(&PostParams::default(), &cm).await.unwrap();
+
+    let raw = async |uri: &str, accept: &str| -> Vec<serde_json::Value> {
+        let request = http::Request::get(uri)
+            .header(http::header::ACCEPT, accept)
+            .body(Vec::new())
+            .unwrap();
+        let text = client.request_text(request).await.unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let partial = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+    let base = "/api/v1/namespaces/default/configmaps";
+    let got = &raw(&format!("{base}/meta-only"), partial).await[0];
+    assert_eq!(got["kind"], "PartialObjectMetadata");
+    assert_eq!(got["apiVersion"], "meta.k8s.io/v1");
+    assert_eq!(got["metadata"]["labels"]["app"], "meta");
+    assert!(got.get("data").is_none(), "{got}");
+    let list_accept = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
+    let listed = &raw(&format!("{base}?labelSelector=app%3Dmeta"), list_accept).await[0];
+    assert_eq!(listed["kind"], "PartialObjectMetadataList");
+    assert!(listed["metadata"]["resourceVersion"].is_string());
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["items"][0]["kind"], "PartialObjectMetadata");
+    assert!(listed["items"][0].get("data").is_none());
+    let watched = raw(
+        &format!("{base}?watch=true&labelSelector=app%3Dmeta&timeoutSeconds=1&allowWatchBookmarks=true"),
+        partial,
+    )
+    .await;
+    assert_eq!(watched[0]["type"], "ADDED");
+    assert_eq!(watched[0]["object"]["kind"], "PartialObjectMetadata");
+    assert_eq!(watched[0]["object"]["metadata"]["name"], "meta-only");
+    assert!(watched[0]["object"].get("data").is_none());
+    // Without the parameters, the object itself.
+    let plain = &raw(&format!("{base}/meta-only"), "application/json").await[0];
+    assert_eq!(plain["data"]["secret-ish"], "payload");
+
+    // kube-rs' metadata API: list, then a watcher seeing a change of labels.
+    let metadata: Api<PartialObjectMeta<ConfigMap>> = Api::namespaced(client.clone(), "default");
+    let list = metadata.list(&ListParams::default().labels("app=meta")).await.unwrap();
+    assert_eq!(list.items[0].types.as_ref().unwrap().kind, "PartialObjectMetadata");
+    let mut events = watcher(metadata, watcher::Config::default().labels("app=meta")).boxed();
+    configmaps
+        .patch(
+            "meta-only",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"seen": "yes"}}})),
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .expect("watch events")
+            .unwrap()
+            .unwrap();
+        if let watcher::Event::Apply(object) | watcher::Event::InitApply(object) = event
+            && object.metadata.labels.unwrap_or_default().contains_key("seen")
+        {
+            break;
+        }
+    }
 }
