@@ -490,6 +490,16 @@ pub struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    /// Whether this writer's changes to the top-level field `key` are recorded (what
+    /// [`scoped`] keeps).
+    fn records(&self, key: &str) -> bool {
+        match self.scope {
+            Scope::Status => key == "status",
+            Scope::Main | Scope::Scale if self.has_status => key != "status",
+            Scope::Main | Scope::Scale => true,
+        }
+    }
+
     fn subresource(&self) -> &'static str {
         match self.scope {
             Scope::Main => "",
@@ -519,10 +529,21 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, writer: &Writer<'_>, 
             scoped(fields_of(new, schema), writer.scope, writer.has_status),
             FieldSet::default(),
         ),
-        Some(old) => (
-            scoped(changed_fields(Some(old), new, schema), writer.scope, writer.has_status),
-            scoped(removed_fields(old, Some(new), schema), writer.scope, writer.has_status),
-        ),
+        Some(old) => {
+            let records = |key: &str| writer.records(key);
+            (
+                scoped(
+                    field_diff_where(new, Some(old), schema, Compare::Changed, records),
+                    writer.scope,
+                    writer.has_status,
+                ),
+                scoped(
+                    field_diff_where(old, Some(new), schema, Compare::Removed, records),
+                    writer.scope,
+                    writer.has_status,
+                ),
+            )
+        }
     };
     // The stored entries, taken from `new` when it carries them (every patch does) so that
     // the entries this write leaves alone keep their encoding instead of being decoded and
@@ -642,16 +663,28 @@ impl Compare {
 /// `other`: one walk of both trees, list items matched by key, instead of a lookup from
 /// the root per field.
 fn field_diff(this: &Value, other: Option<&Value>, schema: Schema<'_>, compare: Compare) -> FieldSet {
-    let mut set = FieldSet::default();
     if other == Some(this) {
         // Neither changed nor removed fields below: most of an object stays as it was (a
         // status write leaves the spec alone), and comparing is cheaper than walking.
-        return set;
+        return FieldSet::default();
     }
+    field_diff_where(this, other, schema, compare, |_| true)
+}
+
+/// [`field_diff`] over the top-level fields `keep` keeps: a write through a subresource
+/// records only its own part, so the rest is neither compared nor walked.
+fn field_diff_where(
+    this: &Value,
+    other: Option<&Value>,
+    schema: Schema<'_>,
+    compare: Compare,
+    keep: impl Fn(&str) -> bool,
+) -> FieldSet {
+    let mut set = FieldSet::default();
     match this {
         Value::Object(map) if !schema.atomic_map() => {
             let other = other.and_then(Value::as_object);
-            for (key, inner) in map {
+            for (key, inner) in map.iter().filter(|(key, _)| keep(key)) {
                 let there = other.and_then(|o| o.get(key));
                 let child_schema = schema.child(key);
                 let child = if has_fields(inner, child_schema) {
@@ -698,11 +731,13 @@ fn field_diff(this: &Value, other: Option<&Value>, schema: Schema<'_>, compare: 
 }
 
 /// The fields of `new` whose value differs in `old` or is missing there.
+#[cfg(test)]
 fn changed_fields(old: Option<&Value>, new: &Value, schema: Schema<'_>) -> FieldSet {
     field_diff(new, old, schema, Compare::Changed)
 }
 
 /// The fields of `old` that are not fields of `new`.
+#[cfg(test)]
 fn removed_fields(old: &Value, new: Option<&Value>, schema: Schema<'_>) -> FieldSet {
     field_diff(old, new, schema, Compare::Removed)
 }
@@ -922,6 +957,30 @@ mod tests {
                 let (changed, removed) = reference_diff(old, new, pod);
                 assert_eq!(changed_fields(Some(old), new, pod), changed, "edit {i}: changed");
                 assert_eq!(removed_fields(old, Some(new), pod), removed, "edit {i}: removed");
+                // Each scope's walk of its own part records what the whole walk, scoped,
+                // records.
+                for scope in [Scope::Main, Scope::Status, Scope::Scale] {
+                    let w = Writer { scope, ..writer("w") };
+                    let keep = |k: &str| w.records(k);
+                    assert_eq!(
+                        scoped(
+                            field_diff_where(new, Some(old), pod, Compare::Changed, keep),
+                            scope,
+                            true
+                        ),
+                        scoped(changed.clone(), scope, true),
+                        "edit {i}: changed by {scope:?}"
+                    );
+                    assert_eq!(
+                        scoped(
+                            field_diff_where(old, Some(new), pod, Compare::Removed, keep),
+                            scope,
+                            true
+                        ),
+                        scoped(removed.clone(), scope, true),
+                        "edit {i}: removed by {scope:?}"
+                    );
+                }
             }
         }
     }
