@@ -112,18 +112,7 @@ impl Cached {
                 fields.push((*path, text.into_boxed_str()));
             }
         }
-        // `{` opens the metadata: the resourceVersion goes first inside it.
-        let at = (meta_raw.get().as_ptr() as usize).checked_sub(stored.as_ptr() as usize)? + 1;
-        let revision = revision.to_string();
-        let mut json = Vec::with_capacity(stored.len() + revision.len() + 24);
-        json.extend_from_slice(stored.get(..at)?);
-        json.extend_from_slice(b"\"resourceVersion\":\"");
-        json.extend_from_slice(revision.as_bytes());
-        json.push(b'"');
-        if !meta.is_empty() {
-            json.push(b',');
-        }
-        json.extend_from_slice(stored.get(at..)?);
+        let json = splice_revision(stored, meta_raw, revision)?;
         Some(Self {
             json: Bytes::from(json),
             labels: labels.into_boxed_slice(),
@@ -134,6 +123,33 @@ impl Cached {
     pub fn value(&self) -> Result<Value, ApiError> {
         serde_json::from_slice(&self.json).map_err(|e| ApiError::internal(format!("cached object is not JSON: {e}")))
     }
+}
+
+/// The stored encoding of an object (which leaves the resourceVersion out) with `revision`
+/// as its resourceVersion: what reads and write responses carry, made without decoding.
+/// `None` when the bytes are not an object with an object `metadata`.
+pub(crate) fn with_revision(stored: &[u8], revision: i64) -> Option<Vec<u8>> {
+    let top: RawMap<'_> = serde_json::from_slice(stored).ok()?;
+    splice_revision(stored, top.get("metadata")?, revision)
+}
+
+/// `stored` with the resourceVersion first inside `metadata`, a slice of it.
+fn splice_revision(stored: &[u8], metadata: &RawValue, revision: i64) -> Option<Vec<u8>> {
+    let text = metadata.get();
+    let empty = text.strip_prefix('{')?.trim_start().starts_with('}');
+    // Just past the `{` that opens the metadata.
+    let at = (text.as_ptr() as usize).checked_sub(stored.as_ptr() as usize)? + 1;
+    let revision = revision.to_string();
+    let mut json = Vec::with_capacity(stored.len() + revision.len() + 24);
+    json.extend_from_slice(stored.get(..at)?);
+    json.extend_from_slice(b"\"resourceVersion\":\"");
+    json.extend_from_slice(revision.as_bytes());
+    json.push(b'"');
+    if !empty {
+        json.push(b',');
+    }
+    json.extend_from_slice(stored.get(at..)?);
+    Some(json)
 }
 
 impl Selectable for Cached {
@@ -773,6 +789,28 @@ mod tests {
             ..Default::default()
         };
         Filter::from_query(pods(), &query).unwrap()
+    }
+
+    #[test]
+    fn a_revision_spliced_into_stored_bytes_reads_as_the_object_with_it() {
+        for object in [
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "n"},
+                "spec": {"containers": [{"name": "c", "image": "x"}]}}),
+            json!({"kind": "Thing", "metadata": {}}),
+            json!({"metadata": { }, "zzz": 1}),
+        ] {
+            let stored = crate::object::to_store(&object).unwrap();
+            let spliced: Value = serde_json::from_slice(&with_revision(&stored, 42).unwrap()).unwrap();
+            let mut expected = object.clone();
+            crate::object::set_resource_version(&mut expected, 42);
+            assert_eq!(spliced, expected);
+        }
+        let spaced = br#"{"metadata": {  }, "a": 1}"#;
+        let spliced: Value = serde_json::from_slice(&with_revision(spaced, 3).unwrap()).unwrap();
+        assert_eq!(spliced, json!({"metadata": {"resourceVersion": "3"}, "a": 1}));
+        assert!(with_revision(br#"{"metadata": "text"}"#, 1).is_none());
+        assert!(with_revision(br#"{"kind": "NoMetadata"}"#, 1).is_none());
+        assert!(with_revision(b"[1]", 1).is_none());
     }
 
     #[test]

@@ -150,8 +150,8 @@ async fn handle_resource(
             let mut warnings = Vec::new();
             let mut write = Write::new(&query, &mut warnings);
             let object = body_to_storage(info, object, &mut write)?;
-            let (code, object) = create(state, storage, ns, object, write).await?;
-            Ok(with_warnings(respond(code, info, object, &query, false), &warnings))
+            let (code, written) = create(state, storage, ns, object, write).await?;
+            Ok(with_warnings(respond_written(code, info, written, &query), &warnings))
         }
         (&Method::PUT, Some(name)) => {
             let body = read_body(request).await?;
@@ -159,9 +159,9 @@ async fn handle_resource(
             let mut warnings = Vec::new();
             let mut write = Write::new(&query, &mut warnings);
             let object = body_to_storage(info, object, &mut write)?;
-            let object = update(state, (storage, ns, name), object, status_only, write).await?;
+            let written = update(state, (storage, ns, name), object, status_only, write).await?;
             Ok(with_warnings(
-                respond(StatusCode::OK, info, object, &query, false),
+                respond_written(StatusCode::OK, info, written, &query),
                 &warnings,
             ))
         }
@@ -176,15 +176,15 @@ async fn handle_resource(
             let body = read_body(request).await?;
             let mut warnings = Vec::new();
             let write = Write::new(&query, &mut warnings);
-            let (code, object) =
+            let (code, written) =
                 server_side_apply(state, (info, ns, name), &body, status_only, query.force, write).await?;
-            Ok(with_warnings(respond(code, info, object, &query, false), &warnings))
+            Ok(with_warnings(respond_written(code, info, written, &query), &warnings))
         }
         (&Method::PATCH, Some(name)) => {
             let body = read_body(request).await?;
             let mut warnings = Vec::new();
             let write = Write::new(&query, &mut warnings);
-            let object = patch(
+            let written = patch(
                 state,
                 (info, ns, name),
                 content_type.as_deref(),
@@ -194,7 +194,7 @@ async fn handle_resource(
             )
             .await?;
             Ok(with_warnings(
-                respond(StatusCode::OK, info, object, &query, false),
+                respond_written(StatusCode::OK, info, written, &query),
                 &warnings,
             ))
         }
@@ -444,7 +444,7 @@ async fn scale(
             manager: query.field_manager.clone(),
         };
         match write_update(state, (info, ns, name), &current, new, expected, mode).await {
-            Ok(updated) => return Ok(json_response(StatusCode::OK, &scale_of(&updated))),
+            Ok(updated) => return Ok(json_response(StatusCode::OK, &scale_of(&updated.object))),
             Err(err) if err.reason == "Conflict" && pinned.is_none() => continue,
             Err(err) => return Err(err),
         }
@@ -537,6 +537,31 @@ fn respond(code: StatusCode, info: &'static ResourceInfo, object: Value, query: 
         );
     }
     json_response(code, &convert::from_storage(info, object))
+}
+
+/// An object as a write left it, with its stored encoding and revision when the write
+/// stored it (dry runs and no-op writes store nothing).
+pub(crate) struct Written {
+    pub(crate) object: Value,
+    stored: Option<(Bytes, i64)>,
+}
+
+impl Written {
+    fn unstored(object: Value) -> Self {
+        Self { object, stored: None }
+    }
+}
+
+/// [`respond`] with a written object: its stored bytes with the revision spliced in when
+/// the request's version is the stored one, rather than the tree encoded a second time.
+fn respond_written(code: StatusCode, info: &'static ResourceInfo, written: Written, query: &Query) -> Response<Body> {
+    if info.stored_as.is_none()
+        && let Some((stored, revision)) = &written.stored
+        && let Some(body) = cache::with_revision(stored, *revision)
+    {
+        return crate::response::raw_json(code, Bytes::from(body));
+    }
+    respond(code, info, written.object, query, false)
 }
 
 /// A body written to a version served by conversion, as its storage version stores it. It
@@ -697,7 +722,7 @@ pub(crate) async fn create(
     ns: Option<&str>,
     object: Value,
     write: Write<'_>,
-) -> Result<(StatusCode, Value), ApiError> {
+) -> Result<(StatusCode, Written), ApiError> {
     let mut object = object;
     check_kind(info, &mut object)?;
     let mut object = decode_typed(info, &object, write.validation, write.warnings)?;
@@ -785,17 +810,15 @@ pub(crate) async fn create(
         }
     }
     if dry_run {
-        return Ok((StatusCode::CREATED, object));
+        return Ok((StatusCode::CREATED, Written::unstored(object)));
     }
     let claimed = if is_service(info) {
         services::allocate(state, info, (ns.unwrap_or_default(), &name), &mut object, None).await?
     } else {
         Vec::new()
     };
-    let created = state
-        .store
-        .create(&info.key(ns, &name), to_store(&object)?.into())
-        .await;
+    let stored = Bytes::from(to_store(&object)?);
+    let created = state.store.create(&info.key(ns, &name), stored.clone()).await;
     let revision = match created {
         Ok(revision) => revision,
         Err(err) => {
@@ -804,7 +827,13 @@ pub(crate) async fn create(
         }
     };
     object::set_resource_version(&mut object, revision);
-    Ok((StatusCode::CREATED, object))
+    Ok((
+        StatusCode::CREATED,
+        Written {
+            object,
+            stored: Some((stored, revision)),
+        },
+    ))
 }
 
 /// Whether two objects agree on everything the generation counts (all but metadata and
@@ -883,7 +912,7 @@ async fn write_update(
     mut new: Value,
     expected: i64,
     mode: WriteMode,
-) -> Result<Value, ApiError> {
+) -> Result<Written, ApiError> {
     let WriteMode {
         scope,
         dry_run,
@@ -962,7 +991,7 @@ async fn write_update(
         }
     }
     if new == *current {
-        return Ok(new);
+        return Ok(Written::unstored(new));
     }
     if let Some(manager) = manager.as_deref() {
         record(info, Some(current), &mut new, manager, scope);
@@ -976,7 +1005,7 @@ async fn write_update(
         .is_none_or(Vec::is_empty);
     let deleting = meta_str(&new, "deletionTimestamp").is_some();
     if dry_run {
-        return Ok(new);
+        return Ok(Written::unstored(new));
     }
     let key = info.key(ns, name);
     // A namespace also waits for its content to be gone (`spec.finalizers`).
@@ -994,14 +1023,15 @@ async fn write_update(
         if is_service(info) {
             services::release(state, services::keys_of(current)).await;
         }
-        return Ok(new);
+        return Ok(Written::unstored(new));
     }
     let claimed = if is_service(info) {
         services::allocate(state, info, (ns.unwrap_or_default(), name), &mut new, Some(current)).await?
     } else {
         Vec::new()
     };
-    let updated = state.store.update(&key, to_store(&new)?.into(), expected).await;
+    let stored = Bytes::from(to_store(&new)?);
+    let updated = state.store.update(&key, stored.clone(), expected).await;
     let revision = match updated {
         Ok(revision) => revision,
         Err(err) => {
@@ -1018,7 +1048,10 @@ async fn write_update(
         .await;
     }
     object::set_resource_version(&mut new, revision);
-    Ok(new)
+    Ok(Written {
+        object: new,
+        stored: Some((stored, revision)),
+    })
 }
 
 /// The revision an update must compare against: the body's resourceVersion, or (when it
@@ -1064,7 +1097,7 @@ async fn update(
     object: Value,
     status_only: bool,
     write: Write<'_>,
-) -> Result<Value, ApiError> {
+) -> Result<Written, ApiError> {
     let mut object = object;
     check_kind(info, &mut object)?;
     let mut object = decode_typed(info, &object, write.validation, write.warnings)?;
@@ -1093,7 +1126,7 @@ async fn patch(
     body: &[u8],
     status_only: bool,
     write: Write<'_>,
-) -> Result<Value, ApiError> {
+) -> Result<Written, ApiError> {
     let dry_run = write.dry_run;
     let patch = PatchBody::decode(content_type, body, strategic_type(info))?;
     // The patch applies to the object as the request's version shows it.
@@ -1210,7 +1243,7 @@ async fn server_side_apply(
     status_only: bool,
     force: bool,
     write: Write<'_>,
-) -> Result<(StatusCode, Value), ApiError> {
+) -> Result<(StatusCode, Written), ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| bad_request("the apply patch is not UTF-8"))?;
     let mut applied: Value =
         serde_saphyr::from_str(text).map_err(|e| bad_request(format!("error decoding YAML: {e}")))?;
