@@ -125,20 +125,15 @@ impl Cached {
     }
 }
 
-/// The stored encoding of an object (which leaves the resourceVersion out) with `revision`
-/// as its resourceVersion: what reads and write responses carry, made without decoding.
-/// `None` when the bytes are not an object with an object `metadata`.
-pub(crate) fn with_revision(stored: &[u8], revision: i64) -> Option<Vec<u8>> {
-    let top: RawMap<'_> = serde_json::from_slice(stored).ok()?;
-    splice_revision(stored, top.get("metadata")?, revision)
-}
-
-/// `stored` with the resourceVersion first inside `metadata`, a slice of it.
-fn splice_revision(stored: &[u8], metadata: &RawValue, revision: i64) -> Option<Vec<u8>> {
-    let text = metadata.get();
-    let empty = text.strip_prefix('{')?.trim_start().starts_with('}');
-    // Just past the `{` that opens the metadata.
-    let at = (text.as_ptr() as usize).checked_sub(stored.as_ptr() as usize)? + 1;
+/// `stored` (an object's stored encoding, which leaves the resourceVersion out) with
+/// `revision` as its resourceVersion, first inside the metadata object that starts at
+/// `metadata_at`: what reads and write responses carry, made without decoding.
+pub(crate) fn with_revision(stored: &[u8], metadata_at: usize, revision: i64) -> Option<Vec<u8>> {
+    if stored.get(metadata_at) != Some(&b'{') {
+        return None;
+    }
+    let at = metadata_at + 1;
+    let empty = stored.get(at..)?.trim_ascii_start().starts_with(b"}");
     let revision = revision.to_string();
     let mut json = Vec::with_capacity(stored.len() + revision.len() + 24);
     json.extend_from_slice(stored.get(..at)?);
@@ -150,6 +145,12 @@ fn splice_revision(stored: &[u8], metadata: &RawValue, revision: i64) -> Option<
     }
     json.extend_from_slice(stored.get(at..)?);
     Some(json)
+}
+
+/// [`with_revision`] with the metadata found by its slice of `stored`.
+fn splice_revision(stored: &[u8], metadata: &RawValue, revision: i64) -> Option<Vec<u8>> {
+    let at = (metadata.get().as_ptr() as usize).checked_sub(stored.as_ptr() as usize)?;
+    with_revision(stored, at, revision)
 }
 
 impl Selectable for Cached {
@@ -797,20 +798,26 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "n"},
                 "spec": {"containers": [{"name": "c", "image": "x"}]}}),
             json!({"kind": "Thing", "metadata": {}}),
-            json!({"metadata": { }, "zzz": 1}),
+            json!({"metadata": {"resourceVersion": "9"}, "zzz": 1}),
+            // A member named metadata nested before the object's own.
+            json!({"data": {"metadata": {"x": 1}}, "metadata": {"name": "m"}}),
         ] {
-            let stored = crate::object::to_store(&object).unwrap();
-            let spliced: Value = serde_json::from_slice(&with_revision(&stored, 42).unwrap()).unwrap();
+            let (stored, at) = crate::object::to_store_marked(&object).unwrap();
+            let mut without = object.clone();
+            without["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+            assert_eq!(stored, serde_json::to_vec(&without).unwrap(), "as serde_json writes it");
+            let spliced: Value = serde_json::from_slice(&with_revision(&stored, at.unwrap(), 42).unwrap()).unwrap();
             let mut expected = object.clone();
             crate::object::set_resource_version(&mut expected, 42);
             assert_eq!(spliced, expected);
         }
         let spaced = br#"{"metadata": {  }, "a": 1}"#;
-        let spliced: Value = serde_json::from_slice(&with_revision(spaced, 3).unwrap()).unwrap();
+        let spliced: Value = serde_json::from_slice(&with_revision(spaced, 13, 3).unwrap()).unwrap();
         assert_eq!(spliced, json!({"metadata": {"resourceVersion": "3"}, "a": 1}));
-        assert!(with_revision(br#"{"metadata": "text"}"#, 1).is_none());
-        assert!(with_revision(br#"{"kind": "NoMetadata"}"#, 1).is_none());
-        assert!(with_revision(b"[1]", 1).is_none());
+        assert!(with_revision(br#"{"metadata": "text"}"#, 12, 1).is_none());
+        assert!(with_revision(b"{}", 5, 1).is_none());
+        let (_, at) = crate::object::to_store_marked(&json!([1])).unwrap();
+        assert!(at.is_none());
     }
 
     #[test]

@@ -93,33 +93,43 @@ pub fn set_resource_version(object: &mut Value, revision: i64) {
 
 /// The bytes stored for an object: without resourceVersion, which the store assigns.
 pub fn to_store(object: &Value) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(&Stored(object)).map_err(|e| ApiError::internal(format!("encoding an object: {e}")))
+    Ok(to_store_marked(object)?.0)
 }
 
-/// An object as stored, written without copying it first (every write stores one).
-struct Stored<'a>(&'a Value);
+/// [`to_store`], and where in the bytes the metadata object starts (its `{`), so that the
+/// revision the store assigns can be spliced in without reading the bytes again. Written
+/// member by member, exactly as serde_json writes a map, without copying the object first
+/// (every write stores one).
+pub fn to_store_marked(object: &Value) -> Result<(Vec<u8>, Option<usize>), ApiError> {
+    let error = |e: serde_json::Error| ApiError::internal(format!("encoding an object: {e}"));
+    let Value::Object(map) = object else {
+        return Ok((serde_json::to_vec(object).map_err(error)?, None));
+    };
+    let mut bytes = Vec::with_capacity(2048);
+    let mut metadata_at = None;
+    bytes.push(b'{');
+    for (i, (key, value)) in map.iter().enumerate() {
+        if i > 0 {
+            bytes.push(b',');
+        }
+        serde_json::to_writer(&mut bytes, key).map_err(error)?;
+        bytes.push(b':');
+        match value {
+            Value::Object(meta) if key == "metadata" => {
+                metadata_at = Some(bytes.len());
+                serde_json::to_writer(&mut bytes, &StoredMeta(meta)).map_err(error)?;
+            }
+            _ => serde_json::to_writer(&mut bytes, value).map_err(error)?,
+        }
+    }
+    bytes.push(b'}');
+    Ok((bytes, metadata_at))
+}
 
 /// Metadata as stored: the store's own fields left out.
 struct StoredMeta<'a>(&'a Map<String, Value>);
 
 const NOT_STORED: [&str; 2] = ["resourceVersion", "selfLink"];
-
-impl serde::Serialize for Stored<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let Value::Object(map) = self.0 else {
-            return self.0.serialize(serializer);
-        };
-        let mut out = serializer.serialize_map(Some(map.len()))?;
-        for (key, value) in map {
-            match value {
-                Value::Object(meta) if key == "metadata" => out.serialize_entry(key, &StoredMeta(meta))?,
-                _ => out.serialize_entry(key, value)?,
-            }
-        }
-        out.end()
-    }
-}
 
 impl serde::Serialize for StoredMeta<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

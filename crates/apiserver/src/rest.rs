@@ -543,7 +543,14 @@ fn respond(code: StatusCode, info: &'static ResourceInfo, object: Value, query: 
 /// stored it (dry runs and no-op writes store nothing).
 pub(crate) struct Written {
     pub(crate) object: Value,
-    stored: Option<(Bytes, i64)>,
+    stored: Option<StoredAt>,
+}
+
+/// What a write stored: the bytes, where their metadata starts, and the revision.
+struct StoredAt {
+    bytes: Bytes,
+    metadata_at: usize,
+    revision: i64,
 }
 
 impl Written {
@@ -556,8 +563,8 @@ impl Written {
 /// the request's version is the stored one, rather than the tree encoded a second time.
 fn respond_written(code: StatusCode, info: &'static ResourceInfo, written: Written, query: &Query) -> Response<Body> {
     if info.stored_as.is_none()
-        && let Some((stored, revision)) = &written.stored
-        && let Some(body) = cache::with_revision(stored, *revision)
+        && let Some(stored) = &written.stored
+        && let Some(body) = cache::with_revision(&stored.bytes, stored.metadata_at, stored.revision)
     {
         return crate::response::raw_json(code, Bytes::from(body));
     }
@@ -817,7 +824,8 @@ pub(crate) async fn create(
     } else {
         Vec::new()
     };
-    let stored = Bytes::from(to_store(&object)?);
+    let (stored, metadata_at) = object::to_store_marked(&object)?;
+    let stored = Bytes::from(stored);
     let created = state.store.create(&info.key(ns, &name), stored.clone()).await;
     let revision = match created {
         Ok(revision) => revision,
@@ -827,13 +835,12 @@ pub(crate) async fn create(
         }
     };
     object::set_resource_version(&mut object, revision);
-    Ok((
-        StatusCode::CREATED,
-        Written {
-            object,
-            stored: Some((stored, revision)),
-        },
-    ))
+    let stored = metadata_at.map(|metadata_at| StoredAt {
+        bytes: stored,
+        metadata_at,
+        revision,
+    });
+    Ok((StatusCode::CREATED, Written { object, stored }))
 }
 
 /// Whether two objects agree on everything the generation counts (all but metadata and
@@ -1030,7 +1037,8 @@ async fn write_update(
     } else {
         Vec::new()
     };
-    let stored = Bytes::from(to_store(&new)?);
+    let (stored, metadata_at) = object::to_store_marked(&new)?;
+    let stored = Bytes::from(stored);
     let updated = state.store.update(&key, stored.clone(), expected).await;
     let revision = match updated {
         Ok(revision) => revision,
@@ -1048,10 +1056,12 @@ async fn write_update(
         .await;
     }
     object::set_resource_version(&mut new, revision);
-    Ok(Written {
-        object: new,
-        stored: Some((stored, revision)),
-    })
+    let stored = metadata_at.map(|metadata_at| StoredAt {
+        bytes: stored,
+        metadata_at,
+        revision,
+    });
+    Ok(Written { object: new, stored })
 }
 
 /// The revision an update must compare against: the body's resourceVersion, or (when it
