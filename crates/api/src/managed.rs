@@ -628,7 +628,7 @@ fn items_by_key<'v>(items: &'v [Value], list: &ListType) -> HashMap<String, &'v 
 }
 
 /// Which fields of the walked object [`field_diff`] keeps, against the other object.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 enum Compare {
     /// Those whose value differs in the other object or is missing there.
     Changed,
@@ -962,24 +962,17 @@ mod tests {
                 for scope in [Scope::Main, Scope::Status, Scope::Scale] {
                     let w = Writer { scope, ..writer("w") };
                     let keep = |k: &str| w.records(k);
-                    assert_eq!(
-                        scoped(
-                            field_diff_where(new, Some(old), pod, Compare::Changed, keep),
-                            scope,
-                            true
-                        ),
-                        scoped(changed.clone(), scope, true),
-                        "edit {i}: changed by {scope:?}"
-                    );
-                    assert_eq!(
-                        scoped(
-                            field_diff_where(old, Some(new), pod, Compare::Removed, keep),
-                            scope,
-                            true
-                        ),
-                        scoped(removed.clone(), scope, true),
-                        "edit {i}: removed by {scope:?}"
-                    );
+                    for (compare, this, other, whole) in [
+                        (Compare::Changed, new, old, &changed),
+                        (Compare::Removed, old, new, &removed),
+                    ] {
+                        let walked = field_diff_where(this, Some(other), pod, compare, keep);
+                        assert_eq!(
+                            scoped(walked, scope, true),
+                            scoped(whole.clone(), scope, true),
+                            "edit {i}: {compare:?} by {scope:?}"
+                        );
+                    }
                 }
             }
         }

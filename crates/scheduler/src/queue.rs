@@ -245,16 +245,23 @@ mod tests {
         assert_eq!(queue.pop().await, "default/low2");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_pods_own_change_moves_it_like_a_cluster_event() {
+    /// A queue holding `default/p` as unschedulable, past its first backoff: only the
+    /// missing event holds it back.
+    async fn with_an_unschedulable_pod() -> Queue {
         let queue = Queue::default();
-        // Changed while it waited as unschedulable: retried once backed off.
         queue.add("default/p", 0).await;
         assert_eq!(queue.pop().await, "default/p");
         queue.failed("default/p", 0, true).await;
         tokio::time::sleep(INITIAL_BACKOFF + Duration::from_millis(50)).await;
         queue.flush().await;
-        assert!(queue.state.lock().await.active.is_empty(), "waits for an event");
+        assert!(queue.state.lock().await.active.is_empty(), "no event yet");
+        queue
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pods_own_change_moves_it_like_a_cluster_event() {
+        // Changed while it waited as unschedulable: retried once backed off.
+        let queue = with_an_unschedulable_pod().await;
         queue.changed("default/p").await;
         queue.flush().await;
         assert_eq!(queue.pop().await, "default/p");
@@ -278,14 +285,7 @@ mod tests {
 
     #[tokio::test]
     async fn unschedulable_pods_wait_for_an_event() {
-        let queue = Queue::default();
-        queue.add("default/p", 0).await;
-        assert_eq!(queue.pop().await, "default/p");
-        queue.failed("default/p", 0, true).await;
-        // Past the first backoff (1 s): only the missing event holds the pod back.
-        tokio::time::sleep(INITIAL_BACKOFF + Duration::from_millis(50)).await;
-        queue.flush().await;
-        assert!(queue.state.lock().await.active.is_empty(), "no event yet");
+        let queue = with_an_unschedulable_pod().await;
         queue.move_unschedulable().await;
         queue.flush().await;
         assert_eq!(queue.pop().await, "default/p");
