@@ -114,8 +114,13 @@ impl Recorder {
             "reportingComponent": self.component, "reportingInstance": self.component,
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         });
-        let event: Event = serde_json::from_value(event).map_err(kube::Error::SerdeError)?;
-        events.create(&PostParams::default(), &event).await?;
+        // Sent as built and its answer read past, not decoded: nothing here needs the
+        // created event, and every placed or created pod makes one.
+        let body = serde_json::to_vec(&event).map_err(kube::Error::SerdeError)?;
+        let request = kube::core::Request::new(events.resource_url())
+            .create(&PostParams::default(), body)
+            .map_err(kube::Error::BuildRequest)?;
+        self.client.request::<serde::de::IgnoredAny>(request).await?;
         let mut seen = self.seen.lock().await;
         if seen.len() >= REMEMBERED {
             seen.clear();
