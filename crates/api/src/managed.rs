@@ -465,18 +465,23 @@ pub fn entries_of(object: &Value) -> Vec<Entry> {
 }
 
 fn set_entries(object: &mut Value, entries: &[Entry]) {
-    let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
-        return;
-    };
-    let kept: Vec<Value> = entries
+    let kept = entries
         .iter()
         .filter(|e| !e.fields.is_empty())
         .map(Entry::to_json)
         .collect();
-    if kept.is_empty() {
+    set_encoded_entries(object, kept);
+}
+
+/// The object's `metadata.managedFields`, already encoded; none at all when empty.
+fn set_encoded_entries(object: &mut Value, entries: Vec<Value>) {
+    let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if entries.is_empty() {
         metadata.remove("managedFields");
     } else {
-        metadata.insert("managedFields".into(), Value::Array(kept));
+        metadata.insert("managedFields".into(), Value::Array(entries));
     }
 }
 
@@ -595,13 +600,7 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, writer: &Writer<'_>, 
             .to_json(),
         );
     }
-    if let Some(metadata) = new.get_mut("metadata").and_then(Value::as_object_mut) {
-        if entries.is_empty() {
-            metadata.remove("managedFields");
-        } else {
-            metadata.insert("managedFields".into(), Value::Array(entries));
-        }
-    }
+    set_encoded_entries(new, entries);
 }
 
 /// Whether [`fields_of`] finds any field in `value` (if not, `value` is one field itself).

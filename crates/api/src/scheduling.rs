@@ -54,12 +54,13 @@ pub fn node_selector_matches(selector: &NodeSelector, node: &Node) -> bool {
 
 /// Whether the pod's `nodeSelector` and required node affinity both accept the node.
 pub fn node_accepts(spec: &PodSpec, node: &Node) -> bool {
-    let labels = node.metadata.labels.as_ref();
+    // The node is read only for what the pod asks of it (most pods ask nothing, and a
+    // scheduler asks this of hundreds of nodes per pod).
     let selector_ok = spec
         .node_selector
         .iter()
         .flatten()
-        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
+        .all(|(k, v)| node.metadata.labels.as_ref().and_then(|l| l.get(k)) == Some(v));
     let required = spec
         .affinity
         .as_ref()

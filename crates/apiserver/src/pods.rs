@@ -74,14 +74,14 @@ async fn bind(
     }
     // The watch cache's copy first: the write is a compare-and-swap, so a stale copy fails
     // and the attempt is redone from the store's, whose answer stands.
-    let cached = rest::get_cached_with_revision(state, info, Some(ns), name).await?;
+    let cached = rest::read_with_revision(state, info, Some(ns), name, true).await?;
     if bind_to(state, (info, ns, name), &binding, node, cached, query)
         .await
         .is_ok()
     {
         return Ok(bound_status());
     }
-    let current = rest::get_with_revision(state, info, Some(ns), name).await?;
+    let current = rest::read_with_revision(state, info, Some(ns), name, false).await?;
     bind_to(state, (info, ns, name), &binding, node, current, query).await?;
     Ok(bound_status())
 }

@@ -397,7 +397,7 @@ async fn scale(
     query: &Query,
 ) -> Result<Response<Body>, ApiError> {
     loop {
-        let (current, revision) = current_with_revision(state, info, ns, name).await?;
+        let (current, revision) = read_with_revision(state, info, ns, name, false).await?;
         let current_scale = scale_of(&current);
         let requested = match *method {
             Method::GET => return Ok(json_response(StatusCode::OK, &current_scale)),
@@ -680,7 +680,7 @@ async fn check_namespace_open(state: &State, ns: &str) -> Result<(), ApiError> {
 async fn finalize_namespace(state: &State, name: &str, body: &Value, dry_run: bool) -> Result<Value, ApiError> {
     let info = namespaces();
     check_name_matches(body, name)?;
-    let (mut current, revision) = current_with_revision(state, info, None, name).await?;
+    let (mut current, revision) = read_with_revision(state, info, None, name, false).await?;
     let finalizers = body.pointer("/spec/finalizers").cloned().unwrap_or_else(|| json!([]));
     if !finalizers.is_array() || finalizers.as_array().is_some_and(|f| f.iter().any(|v| !v.is_string())) {
         return Err(bad_request("spec.finalizers must be a list of strings"));
@@ -1083,15 +1083,23 @@ fn expected_revision(info: &ResourceInfo, name: &str, object: &Value, current: i
     }
 }
 
-async fn current_with_revision(
+/// One object and the revision it was read at: from the watch cache when `from_cache`
+/// ([`get_cached`]: only for compare-and-swap writes, which a stale copy fails), else from
+/// the store.
+pub(crate) async fn read_with_revision(
     state: &State,
     info: &ResourceInfo,
     ns: Option<&str>,
     name: &str,
+    from_cache: bool,
 ) -> Result<(Value, i64), ApiError> {
-    let current = get(state, info, ns, name).await?;
-    let revision = revision_of(&current);
-    Ok((current, revision))
+    let object = if from_cache {
+        get_cached(state, info, ns, name).await?
+    } else {
+        get(state, info, ns, name).await?
+    };
+    let revision = revision_of(&object);
+    Ok((object, revision))
 }
 
 /// The revision an object read from the store or the cache was written at.
@@ -1113,7 +1121,7 @@ async fn update(
     let mut object = decode_typed(info, &object, write.validation, write.warnings)?;
     check_namespace(info, &mut object, ns)?;
     check_name_matches(&object, name)?;
-    let (current, revision) = current_with_revision(state, info, ns, name).await?;
+    let (current, revision) = read_with_revision(state, info, ns, name, false).await?;
     let expected = expected_revision(info, name, &object, revision)?;
     if expected != revision {
         return Err(conflict(info, name));
@@ -1153,12 +1161,7 @@ async fn patch(
         let mut warnings = Vec::new();
         let mut pinned = false;
         let outcome = async {
-            let current = if cached {
-                get_cached(state, info, ns, name).await?
-            } else {
-                get(state, info, ns, name).await?
-            };
-            let revision = revision_of(&current);
+            let (current, revision) = read_with_revision(state, info, ns, name, cached).await?;
             // The stored version needs no conversion (one deep copy fewer per patch).
             let shown = if std::ptr::eq(view, info) {
                 std::borrow::Cow::Borrowed(&current)
@@ -1280,7 +1283,7 @@ async fn server_side_apply(
     loop {
         let time = object::now_rfc3339();
         let writer = managed_writer(info, (&manager, &api_version, &time), scope_of(status_only));
-        let current = match current_with_revision(state, info, ns, name).await {
+        let current = match read_with_revision(state, info, ns, name, false).await {
             Ok(found) => Some(found),
             Err(err) if err.code == StatusCode::NOT_FOUND => None,
             Err(err) => return Err(err),
@@ -1395,7 +1398,7 @@ async fn delete_one(
     name: &str,
     options: &DeleteOptions,
 ) -> Result<(StatusCode, Value), ApiError> {
-    let (current, revision) = current_with_revision(state, info, ns, name).await?;
+    let (current, revision) = read_with_revision(state, info, ns, name, false).await?;
     let uid = meta_str(&current, "uid").unwrap_or_default().to_string();
     if let Some(want) = options.uid.as_deref().filter(|u| *u != uid) {
         return Err(ApiError {
@@ -1901,29 +1904,6 @@ pub(crate) async fn get_object(
     name: &str,
 ) -> Result<Value, ApiError> {
     get(state, info, ns, name).await
-}
-
-/// One object and its revision as the watch cache holds it, else as the store does
-/// ([`get_cached`]: only for compare-and-swap writes, which a stale copy fails).
-pub(crate) async fn get_cached_with_revision(
-    state: &State,
-    info: &ResourceInfo,
-    ns: Option<&str>,
-    name: &str,
-) -> Result<(Value, i64), ApiError> {
-    let object = get_cached(state, info, ns, name).await?;
-    let revision = revision_of(&object);
-    Ok((object, revision))
-}
-
-/// One object and the revision it was read at.
-pub(crate) async fn get_with_revision(
-    state: &State,
-    info: &ResourceInfo,
-    ns: Option<&str>,
-    name: &str,
-) -> Result<(Value, i64), ApiError> {
-    current_with_revision(state, info, ns, name).await
 }
 
 /// Writes `object` if it is still at `expected`; for the server's own edits (bindings),

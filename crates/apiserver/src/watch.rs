@@ -106,9 +106,7 @@ impl Encoder {
             metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
         let object = match self.view {
-            table::View::Metadata => {
-                json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": metadata})
-            }
+            table::View::Metadata => table::partial(&json!({ "metadata": metadata })),
             _ => json!({"kind": self.info.kind, "apiVersion": self.info.api_version(), "metadata": metadata}),
         };
         event_line("BOOKMARK", &serde_json::to_vec(&object).unwrap_or_default())

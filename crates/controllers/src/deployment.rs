@@ -312,12 +312,7 @@ impl Controller {
             if rs.metadata.namespace.as_deref() != Some(namespace.as_str()) {
                 continue;
             }
-            let controller = rs
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .find(|o| o.controller == Some(true));
+            let controller = crate::pods::controller_of(rs.as_ref());
             if controller.is_some_and(|c| c.uid != uid) {
                 // Another owner's set: nothing to claim or release, no selector to match.
                 continue;
@@ -879,12 +874,7 @@ impl Controller {
     }
 
     fn owner_key(&self, rs: &ReplicaSet) -> Option<String> {
-        let owner = rs
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true))?;
+        let owner = crate::pods::controller_of(rs)?;
         (owner.kind == "Deployment").then(|| format!("{}/{}", rs.namespace().unwrap_or_default(), owner.name))
     }
 

@@ -84,12 +84,7 @@ pub async fn claim(
         if revision.metadata.namespace.as_deref() != Some(owner.namespace.as_str()) {
             continue;
         }
-        let controller = revision
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true));
+        let controller = crate::pods::controller_of(revision.as_ref());
         match controller {
             Some(c) if c.uid == owner.reference.uid => owned.push(revision),
             Some(_) => {}

@@ -47,8 +47,10 @@ pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
     ready_since(pod).is_some_and(|t| t.0 + SignedDuration::from_secs(i64::from(min_ready_seconds)) <= now)
 }
 
-pub fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
-    pod.metadata
+/// The owner reference that marks the object's controller.
+pub fn controller_of<K: kube::Resource>(object: &K) -> Option<&OwnerReference> {
+    object
+        .meta()
         .owner_references
         .iter()
         .flatten()
@@ -93,7 +95,7 @@ pub async fn claim(
             .flatten()
             .filter(|o| o.controller != Some(true))
             .collect();
-        let patch = match controller_of(&pod) {
+        let patch = match controller_of(pod.as_ref()) {
             Some(c) if c.uid == owner.uid && accepted => {
                 owned.push(pod);
                 continue;

@@ -250,7 +250,7 @@ impl<K: Replicated> Controller<K> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         for pod in candidates.iter().filter(|p| is_active(p)) {
             let matches = labels_match(&selector, pod.metadata.labels.as_ref());
-            match controller_of(pod) {
+            match controller_of(pod.as_ref()) {
                 Some(c) if c.uid == uid => {
                     if matches {
                         owned.push(pod);

@@ -50,13 +50,7 @@ impl<K> Default for Index<K> {
 }
 
 fn controller_uid<K: Resource>(object: &K) -> Option<&str> {
-    object
-        .meta()
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-        .map(|c| c.uid.as_str())
+    crate::pods::controller_of(object).map(|c| c.uid.as_str())
 }
 
 fn remove_from(index: &mut HashMap<String, HashSet<String>>, bucket: &str, key: &str) {

@@ -721,13 +721,7 @@ pub async fn run(client: kube::Client) {
         let controller = Arc::clone(&controller);
         tasks.spawn(async move {
             while let Some(revision) = revision_receiver.recv().await {
-                let owner = revision
-                    .metadata
-                    .owner_references
-                    .iter()
-                    .flatten()
-                    .find(|o| o.controller == Some(true))
-                    .cloned();
+                let owner = crate::pods::controller_of(&revision).cloned();
                 controller
                     .owned_event(revision.namespace(), owner.as_ref(), Vec::new())
                     .await;

@@ -14,15 +14,7 @@ pub fn node_selector_matches(selector: &NodeSelector, node: &NodeInfo) -> bool {
 
 pub fn filter(pod: &Pod, node: &NodeInfo) -> FilterResult {
     let Some(spec) = pod.spec.as_ref() else { return Ok(()) };
-    // Most pods ask nothing of the node: answered without reading it.
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
-    if spec.node_selector.as_ref().is_none_or(|s| s.is_empty()) && required.is_none()
-        || scheduling::node_accepts(spec, &node.node)
-    {
+    if scheduling::node_accepts(spec, &node.node) {
         Ok(())
     } else {
         Err(Refusal::Unresolvable(vec![
