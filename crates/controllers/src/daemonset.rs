@@ -30,6 +30,7 @@ use tokio::sync::Mutex;
 use crate::expectations::Expectations;
 use crate::history::{self, HistoryError, Owner};
 use crate::pods::{controller_of, is_available, labels_match, selector};
+use crate::shared::{PodEvent, SharedPods, handle_events};
 use crate::workqueue::WorkQueue;
 use crate::{ControllerError, key_of, split_key};
 
@@ -295,7 +296,7 @@ pub struct Controller {
     recorder: Recorder,
     queue: Arc<WorkQueue>,
     sets: Store<DaemonSet>,
-    pods: Store<Pod>,
+    pods: SharedPods,
     nodes: Store<Node>,
     revisions: Store<ControllerRevision>,
     expectations: Mutex<Expectations>,
@@ -310,14 +311,16 @@ impl Controller {
     }
 
     async fn pod_event(&self, pod: &Pod, deleted: bool) {
-        let uid = pod.uid().unwrap_or_default();
-        let first_sight = !deleted && self.seen.lock().await.insert(uid.clone());
-        if deleted {
-            self.seen.lock().await.remove(&uid);
-        }
         let namespace = pod.namespace().unwrap_or_default();
         match controller_of(pod) {
             Some(owner) if owner.kind == "DaemonSet" => {
+                let uid = pod.uid().unwrap_or_default();
+                let first_sight = if deleted {
+                    self.seen.lock().await.remove(&uid);
+                    false
+                } else {
+                    self.seen.lock().await.insert(uid)
+                };
                 let key = format!("{namespace}/{}", owner.name);
                 {
                     let mut expectations = self.expectations.lock().await;
@@ -347,12 +350,11 @@ impl Controller {
     /// The set's pods: owned ones still matching, and matching orphans it adopts.
     async fn claim_pods(&self, ds: &DaemonSet, selector: &LabelSelector) -> Result<Vec<Arc<Pod>>, ControllerError> {
         let namespace = ds.namespace().unwrap_or_default();
-        let owner = (
-            &controller_ref(ds),
-            namespace.as_str(),
-            ds.metadata.deletion_timestamp.is_some(),
-        );
-        crate::pods::claim(&self.client, self.pods.state(), owner, |pod| {
+        let reference = controller_ref(ds);
+        let mut candidates = self.pods.controlled_by(&reference.uid);
+        candidates.extend(self.pods.orphans_in(&namespace));
+        let owner = (&reference, namespace.as_str(), ds.metadata.deletion_timestamp.is_some());
+        crate::pods::claim(&self.client, candidates, owner, |pod| {
             labels_match(selector, pod.metadata.labels.as_ref())
         })
         .await
@@ -684,7 +686,7 @@ fn node_fingerprint(node: &Node) -> String {
 }
 
 /// Runs the controller until the future is dropped.
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, pods: SharedPods, pod_events: tokio::sync::mpsc::UnboundedReceiver<PodEvent>) {
     let queue = WorkQueue::new();
     let mut tasks = tokio::task::JoinSet::new();
     let sets = crate::informer::spawn::<DaemonSet, _, _>(&mut tasks, &client, {
@@ -694,20 +696,6 @@ pub async fn run(client: kube::Client) {
             async move { queue.add(&key_of(&set)).await }
         }
     });
-    let (pod_events, mut pod_receiver) = tokio::sync::mpsc::unbounded_channel::<(Pod, bool)>();
-    // Only the pods DaemonSets made (they carry the template generation label): orphans
-    // without it are not adopted, a difference from upstream that spares a cache of every
-    // pod.
-    let pods = crate::informer::spawn_with::<Pod, _, _>(
-        &mut tasks,
-        Api::all(client.clone()),
-        kube::runtime::watcher::Config::default().labels(GENERATION_LABEL),
-        move |pod, deleted| {
-            // A closed channel means the controller is going away.
-            let _ = pod_events.send((pod, deleted));
-            async {}
-        },
-    );
     let (node_events, mut node_receiver) = tokio::sync::mpsc::unbounded_channel::<(Node, bool)>();
     let nodes = crate::informer::spawn::<Node, _, _>(&mut tasks, &client, move |node, deleted| {
         let _ = node_events.send((node, deleted));
@@ -728,11 +716,10 @@ pub async fn run(client: kube::Client) {
     });
     {
         let controller = Arc::clone(&controller);
-        tasks.spawn(async move {
-            while let Some((pod, deleted)) = pod_receiver.recv().await {
-                controller.pod_event(&pod, deleted).await;
-            }
-        });
+        tasks.spawn(handle_events(pod_events, move |pod, deleted| {
+            let controller = Arc::clone(&controller);
+            async move { controller.pod_event(&pod, deleted).await }
+        }));
     }
     {
         let controller = Arc::clone(&controller);
@@ -754,7 +741,7 @@ pub async fn run(client: kube::Client) {
         });
     }
     sets.wait_until_ready().await.ok();
-    pods.wait_until_ready().await.ok();
+    pods.wait_until_ready().await;
     nodes.wait_until_ready().await.ok();
     revisions.wait_until_ready().await.ok();
     {

@@ -115,7 +115,7 @@ pub async fn run(client: kube::Client, config: Config) {
     // Each controller a task of its own (aborted with the set when this future is dropped).
     let mut controllers = tokio::task::JoinSet::new();
     let pods = shared::SharedPods::new();
-    controllers.spawn(daemonset::run(client.clone()));
+    controllers.spawn(daemonset::run(client.clone(), pods.clone(), pods.subscribe()));
     controllers.spawn(deployment::run(client.clone(), pods.clone()));
     controllers.spawn(endpoints::run(client.clone(), pods.clone(), pods.subscribe()));
     controllers.spawn(garbage_collector::run(client.clone()));
@@ -136,7 +136,7 @@ pub async fn run(client: kube::Client, config: Config) {
         pods.subscribe(),
     ));
     controllers.spawn(resource_quota::run(client.clone()));
-    controllers.spawn(statefulset::run(client.clone()));
+    controllers.spawn(statefulset::run(client.clone(), pods.clone(), pods.subscribe()));
     controllers.spawn(volume_binder::run(client.clone()));
     // Every subscriber is in: the informer starts with the full list for all of them.
     controllers.spawn(pods.run(client));

@@ -1,9 +1,10 @@
 //! Informers with indexes by controller. Every pod is watched once for the controllers
-//! that need all of them (ReplicaSet, ReplicationController, Deployment, Job, Endpoints,
-//! node lifecycle), as upstream's controller manager shares one pod informer: one watch
-//! and one copy of each pod instead of one per controller. The indexes let a controller
-//! find what it controls without looking at every object of the kind in the cluster
-//! (upstream's `controllerUID` index); the Deployment controller finds its ReplicaSets so.
+//! that need all of them (ReplicaSet, ReplicationController, Deployment, StatefulSet,
+//! DaemonSet, Job, Endpoints, node lifecycle), as upstream's controller manager shares one
+//! pod informer: one watch and one copy of each pod instead of one per controller. The
+//! indexes let a controller find what it controls, and the orphans it may adopt, without
+//! looking at every object of the kind in the cluster (upstream's `controllerUID` index);
+//! the Deployment controller finds its ReplicaSets so.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;

@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 
 use crate::history::{self, HistoryError, Owner};
 use crate::pods::{controller_of, is_available, is_ready, labels_match, selector};
+use crate::shared::{PodEvent, SharedPods, handle_events};
 use crate::workqueue::WorkQueue;
 use crate::{ControllerError, key_of, split_key};
 
@@ -41,7 +42,7 @@ pub struct Controller {
     recorder: Recorder,
     queue: Arc<WorkQueue>,
     sets: Store<StatefulSet>,
-    pods: Store<Pod>,
+    pods: SharedPods,
     revisions: Store<ControllerRevision>,
     claims: Store<PersistentVolumeClaim>,
 }
@@ -176,15 +177,46 @@ pub fn claims_for(set: &StatefulSet, ordinal: i32) -> Vec<PersistentVolumeClaim>
             let labels = claim.metadata.labels.get_or_insert_with(BTreeMap::new);
             labels.extend(match_labels.clone());
             if when_deleted == "Delete" {
-                let mut owner = controller_ref(set);
-                owner.controller = None;
-                owner.block_owner_deletion = None;
-                claim.metadata.owner_references = Some(vec![owner]);
+                claim.metadata.owner_references = Some(vec![claim_owner(set)]);
             }
             claim.status = None;
             claim
         })
         .collect()
+}
+
+/// The reference by which a set owns the claims it deletes with itself.
+fn claim_owner(set: &StatefulSet) -> OwnerReference {
+    OwnerReference {
+        controller: None,
+        block_owner_deletion: None,
+        ..controller_ref(set)
+    }
+}
+
+/// Upstream's retention invariant for a claim of a pod the set keeps: with `whenDeleted:
+/// Delete` the set owns it, with `Retain` it does not; references to an earlier set of the
+/// same name go (a set made again after an orphaning delete takes its claims back). The
+/// owners to write, or `None` when they are right as they are.
+fn claim_owners(set: &StatefulSet, claim: &PersistentVolumeClaim) -> Option<Vec<OwnerReference>> {
+    let (when_deleted, _) = retention(set);
+    let wanted = claim_owner(set);
+    let earlier = |o: &OwnerReference| o.kind == wanted.kind && o.name == wanted.name && o.uid != wanted.uid;
+    let owners = claim.owner_references();
+    let owned = owners.iter().any(|o| o.uid == wanted.uid);
+    let should_own = when_deleted == "Delete";
+    if owned == should_own && !owners.iter().any(earlier) {
+        return None;
+    }
+    let mut kept: Vec<OwnerReference> = owners
+        .iter()
+        .filter(|o| o.uid != wanted.uid && !earlier(o))
+        .cloned()
+        .collect();
+    if should_own {
+        kept.push(wanted);
+    }
+    Some(kept)
 }
 
 /// Status counts over the set's pods (upstream's `computeReplicaStatus`).
@@ -261,12 +293,15 @@ impl Controller {
     /// The set's pods: owned ones still matching, and orphans with its names it adopts.
     async fn claim_pods(&self, set: &StatefulSet, selector: &LabelSelector) -> Result<Vec<Arc<Pod>>, ControllerError> {
         let namespace = set.namespace().unwrap_or_default();
+        let reference = controller_ref(set);
+        let mut candidates = self.pods.controlled_by(&reference.uid);
+        candidates.extend(self.pods.orphans_in(&namespace));
         let owner = (
-            &controller_ref(set),
+            &reference,
             namespace.as_str(),
             set.metadata.deletion_timestamp.is_some(),
         );
-        crate::pods::claim(&self.client, self.pods.state(), owner, |pod| {
+        crate::pods::claim(&self.client, candidates, owner, |pod| {
             labels_match(selector, pod.metadata.labels.as_ref())
                 && ordinal_of(&set.name_any(), &pod.name_any()).is_some()
         })
@@ -414,23 +449,64 @@ impl Controller {
                 u64::try_from(min_ready).unwrap_or(0),
             ))));
         }
-        // Claims deleted while the pod lives are made again, as upstream's storage invariant.
+        // Claims deleted while the pod lives are made again, as upstream's storage invariant;
+        // the ones there are owned as the retention policy says.
+        let namespace = set.namespace().unwrap_or_default();
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &namespace);
         for claim in claims_for(set, slot.ordinal) {
-            let namespace = set.namespace().unwrap_or_default();
-            if self
-                .claims
-                .get(&ObjectRef::new(&claim.name_any()).within(&namespace))
-                .is_none()
-            {
-                let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &namespace);
-                match api.create(&PostParams::default(), &claim).await {
+            match self.claims.get(&ObjectRef::new(&claim.name_any()).within(&namespace)) {
+                None => match api.create(&PostParams::default(), &claim).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(status)) if status.code == 409 => {}
                     Err(source) => return Err(ControllerError::api(&key_of(set), "creating a claim", source)),
+                },
+                Some(existing) => {
+                    let Some(owners) = claim_owners(set, &existing) else {
+                        continue;
+                    };
+                    // The uid makes the patch fail rather than touch a claim made again.
+                    let patch = json!({"metadata": {"uid": existing.uid(), "ownerReferences": owners}});
+                    crate::ignore_not_found(
+                        api.patch(&existing.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                            .await,
+                    )
+                    .map_err(|source| ControllerError::api(&key_of(set), "owning a claim", source))?;
                 }
             }
         }
+        self.restore_identity(set, pod, slot.ordinal).await?;
         Ok(Step::Continue)
+    }
+
+    /// Upstream's identity invariant: an adopted pod that lacks the set's pod-name label
+    /// (its Services and the pod's own DNS name select by it) gets it, with the index
+    /// label. Its hostname and subdomain are immutable, so they stay as made.
+    async fn restore_identity(&self, set: &StatefulSet, pod: &Pod, ordinal: i32) -> Result<(), ControllerError> {
+        let name = pod.name_any();
+        if pod.labels().get(POD_NAME_LABEL) == Some(&name) {
+            return Ok(());
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &set.namespace().unwrap_or_default());
+        let patch = json!({"metadata": {"labels": {POD_NAME_LABEL: name, POD_INDEX_LABEL: ordinal.to_string()}}});
+        let result = api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+        let involved = reference(set);
+        match result {
+            Ok(_) => {
+                let message = format!("update Pod {name} in StatefulSet {} successful", set.name_any());
+                self.event(&involved, "Normal", "SuccessfulUpdate", &message).await;
+                Ok(())
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(err) => {
+                let message = format!(
+                    "update Pod {name} in StatefulSet {} failed error: {}",
+                    set.name_any(),
+                    crate::api_message(&err)
+                );
+                self.event(&involved, "Warning", "FailedUpdate", &message).await;
+                Err(ControllerError::api(&key_of(set), "restoring a pod's identity", err))
+            }
+        }
     }
 
     async fn reconcile(&self, key: &str) -> Result<Option<Duration>, ControllerError> {
@@ -664,7 +740,7 @@ struct Slot {
 }
 
 /// Runs the controller until the future is dropped.
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, pods: SharedPods, pod_events: tokio::sync::mpsc::UnboundedReceiver<PodEvent>) {
     let queue = WorkQueue::new();
     let mut tasks = tokio::task::JoinSet::new();
     let sets = crate::informer::spawn::<StatefulSet, _, _>(&mut tasks, &client, {
@@ -674,19 +750,6 @@ pub async fn run(client: kube::Client) {
             async move { queue.add(&key_of(&set)).await }
         }
     });
-    let (pod_events, mut pod_receiver) = tokio::sync::mpsc::unbounded_channel::<Pod>();
-    // Only the pods StatefulSets made (they carry their name label): orphans without it
-    // are not adopted, a difference from upstream that spares a cache of every pod.
-    let pods = crate::informer::spawn_with::<Pod, _, _>(
-        &mut tasks,
-        Api::all(client.clone()),
-        kube::runtime::watcher::Config::default().labels(POD_NAME_LABEL),
-        move |pod, _| {
-            // A closed channel means the controller is going away.
-            let _ = pod_events.send(pod);
-            async {}
-        },
-    );
     let (revision_events, mut revision_receiver) = tokio::sync::mpsc::unbounded_channel::<ControllerRevision>();
     let revisions = crate::informer::spawn::<ControllerRevision, _, _>(&mut tasks, &client, move |revision, _| {
         let _ = revision_events.send(revision);
@@ -704,18 +767,19 @@ pub async fn run(client: kube::Client) {
     });
     {
         let controller = Arc::clone(&controller);
-        tasks.spawn(async move {
-            while let Some(pod) = pod_receiver.recv().await {
-                let fallback = if controller_of(&pod).is_none() {
+        tasks.spawn(handle_events(pod_events, move |pod, _| {
+            let controller = Arc::clone(&controller);
+            async move {
+                let fallback = if controller_of(pod.as_ref()).is_none() {
                     controller.sets_selecting(&pod)
                 } else {
                     Vec::new()
                 };
                 controller
-                    .owned_event(pod.namespace(), controller_of(&pod), fallback)
+                    .owned_event(pod.namespace(), controller_of(pod.as_ref()), fallback)
                     .await;
             }
-        });
+        }));
     }
     {
         let controller = Arc::clone(&controller);
@@ -729,7 +793,7 @@ pub async fn run(client: kube::Client) {
         });
     }
     sets.wait_until_ready().await.ok();
-    pods.wait_until_ready().await.ok();
+    pods.wait_until_ready().await;
     revisions.wait_until_ready().await.ok();
     claims.wait_until_ready().await.ok();
     {
@@ -755,6 +819,35 @@ mod tests {
                     "resources": {"requests": {"storage": "1Gi"}}}}],
                 "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"}}}))
         .unwrap()
+    }
+
+    #[test]
+    fn claims_are_owned_as_the_retention_policy_says() {
+        let set = set();
+        let mut claim = claims_for(&set, 0).remove(0);
+        assert_eq!(claim_owners(&set, &claim), None, "made owned");
+        let reference = |kind: &str, name: &str, uid: &str| {
+            serde_json::from_value::<OwnerReference>(
+                json!({"apiVersion": "v1", "kind": kind, "name": name, "uid": uid}),
+            )
+            .unwrap()
+        };
+        // Left by an earlier set of the same name, beside an owner of another kind.
+        claim.metadata.owner_references = Some(vec![
+            reference("StatefulSet", "db", "old"),
+            reference("Pod", "db-0", "p0"),
+        ]);
+        let owners = claim_owners(&set, &claim).unwrap();
+        let uids: Vec<&str> = owners.iter().map(|o| o.uid.as_str()).collect();
+        assert_eq!(uids, ["p0", "u1"]);
+        claim.metadata.owner_references = Some(owners);
+        assert_eq!(claim_owners(&set, &claim), None);
+
+        let mut retained = set.clone();
+        retained.spec.as_mut().unwrap().persistent_volume_claim_retention_policy = None;
+        let owners = claim_owners(&retained, &claim).unwrap();
+        let uids: Vec<&str> = owners.iter().map(|o| o.uid.as_str()).collect();
+        assert_eq!(uids, ["p0"], "Retain: the set lets go");
     }
 
     #[test]

@@ -1253,6 +1253,62 @@ async fn stateful_sets_in_parallel_and_on_delete() {
     .await;
     ready(3).await;
 
+    // Deleted with its pods orphaned and made again, the set adopts them as they are (one
+    // without the pod-name label gets it back) and owns their claims again.
+    let uids = |listed: Vec<Pod>| {
+        let mut uids: Vec<(String, String)> = listed
+            .into_iter()
+            .map(|p| (p.metadata.name.unwrap(), p.metadata.uid.unwrap()))
+            .collect();
+        uids.sort();
+        uids
+    };
+    let before = uids(owned_pods(&pods, "app=cache").await);
+    sets.delete("cache", &DeleteParams::orphan()).await.unwrap();
+    eventually("the pods orphaned", WITHIN, async || {
+        let listed = owned_pods(&pods, "app=cache").await;
+        let orphaned = listed
+            .iter()
+            .all(|p| p.metadata.owner_references.as_deref().unwrap_or_default().is_empty());
+        (orphaned && sets.get_opt("cache").await.ok()?.is_none()).then_some(())
+    })
+    .await;
+    let unlabel = json!({"metadata": {"labels": {"statefulset.kubernetes.io/pod-name": null}}});
+    pods.patch("cache-2", &PatchParams::default(), &Patch::Merge(&unlabel))
+        .await
+        .unwrap();
+    let again = sets.create(&PostParams::default(), &set).await.unwrap();
+    let uid = again.metadata.uid.unwrap();
+    eventually("the pods and claims adopted", Duration::from_secs(60), async || {
+        let listed = owned_pods(&pods, "app=cache").await;
+        let adopted = listed.iter().all(|p| {
+            let owned = p
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.uid == uid && o.controller == Some(true));
+            let labelled = p
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("statefulset.kubernetes.io/pod-name"))
+                == p.metadata.name.as_ref();
+            owned && labelled
+        });
+        let claimed = claims.list(&ListParams::default()).await.ok()?.items;
+        let owned_claims = claimed
+            .iter()
+            .all(|c| c.metadata.owner_references.iter().flatten().any(|o| o.uid == uid));
+        (adopted && owned_claims && listed.len() == 3 && claimed.len() == 3).then_some(())
+    })
+    .await;
+    assert_eq!(
+        uids(owned_pods(&pods, "app=cache").await),
+        before,
+        "adopted, not replaced"
+    );
+
     // Deleting the set takes its claims (whenDeleted: Delete) through the garbage collector.
     sets.delete("cache", &DeleteParams::default()).await.unwrap();
     eventually("the claims gone with the set", Duration::from_secs(60), async || {
@@ -1328,10 +1384,25 @@ async fn daemon_sets_run_one_pod_per_node() {
         (2, 2, 2, Some(2), Some(2), 0)
     );
 
-    // A joining node gets its agent.
+    // A joining node gets its agent. A matching pod no controller owns (here one made by
+    // hand for that node, without the set's template labels) is adopted, then replaced by
+    // the rolling update as its template is not the set's.
+    let stray: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "stray-agent", "labels": {"app": "node-agent"}},
+        "spec": {"nodeName": "late-0", "containers": [{"name": "agent", "image": "busybox:1.35"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &stray).await.unwrap();
     let _late = HollowNodes::start(client.clone(), fleet("late", 1, "a")).await.unwrap();
-    eventually("an agent on the new node", WITHIN, async || {
-        placement().await.iter().any(|(node, _)| node == "late-0").then_some(())
+    eventually("the stray pod adopted and replaced", WITHIN, async || {
+        let gone = pods.get_opt("stray-agent").await.ok()?.is_none();
+        let placed = placement().await;
+        let on_late: Vec<&str> = placed
+            .iter()
+            .filter(|(node, _)| node == "late-0")
+            .map(|(_, image)| image.as_str())
+            .collect();
+        (gone && on_late == ["busybox"]).then_some(())
     })
     .await;
 
