@@ -411,6 +411,17 @@ fn job_spec(spec: &mut Map<String, Value>) {
         "TerminatingOrFailed"
     };
     default(spec, "podReplacementPolicy", json!(replacement));
+    // A condition pattern without a status means the condition is True.
+    let rules = spec
+        .get_mut("podFailurePolicy")
+        .and_then(|p| p.get_mut("rules"))
+        .and_then(Value::as_array_mut);
+    for rule in rules.into_iter().flatten() {
+        let patterns = rule.get_mut("onPodConditions").and_then(Value::as_array_mut);
+        for pattern in patterns.into_iter().flatten().filter_map(Value::as_object_mut) {
+            default(pattern, "status", json!("True"));
+        }
+    }
     template(spec);
 }
 
@@ -597,6 +608,14 @@ mod tests {
         assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
         let parallel = defaulted("batch", "jobs", json!({"spec": {"parallelism": 3}}));
         assert!(parallel["spec"].get("completions").is_none());
+        assert_eq!(job["spec"]["podReplacementPolicy"], "TerminatingOrFailed");
+        let policy = json!({"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]});
+        let with_policy = defaulted("batch", "jobs", json!({"spec": {"podFailurePolicy": policy}}));
+        assert_eq!(with_policy["spec"]["podReplacementPolicy"], "Failed");
+        assert_eq!(
+            with_policy["spec"]["podFailurePolicy"]["rules"][0]["onPodConditions"][0]["status"],
+            "True"
+        );
 
         let mut job = json!({"metadata": {"name": "pi", "uid": "u-1"}, "spec": {"template": {"spec": {}}}});
         job_selector(&mut job);

@@ -1,7 +1,7 @@
 //! Validation of objects as upstream's `Validate*` functions do it, for the mistakes users
 //! make most. Each problem is a [`FieldError`] whose text is upstream's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde_json::Value;
 
@@ -20,6 +20,10 @@ pub enum Problem {
     Forbidden(String),
     /// `Unsupported value: <value>: supported values: <list>`
     NotSupported(String, Vec<&'static str>),
+    /// `Invalid value: <detail>`, for a value upstream leaves out (a whole struct).
+    InvalidOmitted(String),
+    /// `Too many: <count>: must have at most <limit> items`
+    TooMany(usize, usize),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +47,10 @@ impl FieldError {
             Problem::Required(detail) => ("Required value".into(), detail.clone()),
             Problem::Duplicate(value) => (format!("Duplicate value: {value}"), String::new()),
             Problem::Forbidden(detail) => ("Forbidden".into(), detail.clone()),
+            Problem::InvalidOmitted(detail) => ("Invalid value".into(), detail.clone()),
+            Problem::TooMany(count, limit) => {
+                (format!("Too many: {count}"), format!("must have at most {limit} items"))
+            }
             Problem::NotSupported(value, supported) => {
                 let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
                 (
@@ -403,21 +411,203 @@ pub fn validate(info: &ResourceInfo, object: &Value) -> Vec<FieldError> {
         ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
             selector_and_template(object, ALWAYS, &mut errors)
         }
-        ("batch", "Job") => pod_spec(
-            object.pointer("/spec/template/spec"),
-            "spec.template.spec",
-            JOB,
-            &mut errors,
-        ),
-        ("batch", "CronJob") => pod_spec(
-            object.pointer("/spec/jobTemplate/spec/template/spec"),
-            "spec.jobTemplate.spec.template.spec",
-            JOB,
-            &mut errors,
-        ),
+        ("batch", "Job") => {
+            pod_spec(
+                object.pointer("/spec/template/spec"),
+                "spec.template.spec",
+                JOB,
+                &mut errors,
+            );
+            pod_failure_policy(object.get("spec"), "spec", &mut errors);
+        }
+        ("batch", "CronJob") => {
+            pod_spec(
+                object.pointer("/spec/jobTemplate/spec/template/spec"),
+                "spec.jobTemplate.spec.template.spec",
+                JOB,
+                &mut errors,
+            );
+            pod_failure_policy(
+                object.pointer("/spec/jobTemplate/spec"),
+                "spec.jobTemplate.spec",
+                &mut errors,
+            );
+        }
         _ => {}
     }
     errors
+}
+
+const POD_FAILURE_POLICY_ACTIONS: &[&str] = &["Count", "FailIndex", "FailJob", "Ignore"];
+
+/// Upstream's `validatePodFailurePolicy` for a Job spec at `path`: only with restartPolicy
+/// Never; at most 20 rules, each with an action and exactly one of `onExitCodes` (a
+/// template's container, In or NotIn, 1 to 255 ordered unique codes, no 0 for In) and
+/// `onPodConditions` (at most 20 patterns of a condition type and status).
+fn pod_failure_policy(spec: Option<&Value>, path: &str, errors: &mut Vec<FieldError>) {
+    let Some(spec) = spec else { return };
+    let Some(policy) = spec.get("podFailurePolicy").filter(|p| !p.is_null()) else {
+        return;
+    };
+    let restart = spec.pointer("/template/spec/restartPolicy").and_then(Value::as_str);
+    if let Some(restart) = restart.filter(|r| *r != "Never") {
+        errors.push(FieldError::new(
+            format!("{path}.template.spec.restartPolicy"),
+            Problem::NotSupported(quoted(restart), vec!["Never"]),
+        ));
+    }
+    let containers: HashSet<&str> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|list| {
+            spec.pointer(&format!("/template/spec/{list}"))
+                .and_then(Value::as_array)
+        })
+        .flatten()
+        .filter_map(|c| c.get("name").and_then(Value::as_str))
+        .collect();
+    let rules_path = format!("{path}.podFailurePolicy.rules");
+    let rules = policy
+        .get("rules")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if rules.len() > 20 {
+        errors.push(FieldError::new(&rules_path, Problem::TooMany(rules.len(), 20)));
+    }
+    for (i, rule) in rules.iter().enumerate() {
+        let rule_path = format!("{rules_path}[{i}]");
+        match rule.get("action").and_then(Value::as_str).unwrap_or_default() {
+            "" => errors.push(FieldError::new(
+                format!("{rule_path}.action"),
+                Problem::Required(format!("valid values: {}", go_list(POD_FAILURE_POLICY_ACTIONS))),
+            )),
+            "FailIndex" if spec.get("backoffLimitPerIndex").is_none_or(Value::is_null) => {
+                errors.push(FieldError::new(
+                    format!("{rule_path}.action"),
+                    Problem::Invalid(
+                        quoted("FailIndex"),
+                        "requires the backoffLimitPerIndex to be set".into(),
+                    ),
+                ));
+            }
+            action if !POD_FAILURE_POLICY_ACTIONS.contains(&action) => errors.push(FieldError::new(
+                format!("{rule_path}.action"),
+                Problem::NotSupported(quoted(action), POD_FAILURE_POLICY_ACTIONS.to_vec()),
+            )),
+            _ => {}
+        }
+        let on_exit_codes = rule.get("onExitCodes").filter(|c| !c.is_null());
+        let on_conditions = rule
+            .get("onPodConditions")
+            .and_then(Value::as_array)
+            .filter(|c| !c.is_empty());
+        if let Some(codes) = on_exit_codes {
+            exit_codes_requirement(codes, &format!("{rule_path}.onExitCodes"), &containers, errors);
+        }
+        if let Some(patterns) = on_conditions {
+            let patterns_path = format!("{rule_path}.onPodConditions");
+            if patterns.len() > 20 {
+                errors.push(FieldError::new(&patterns_path, Problem::TooMany(patterns.len(), 20)));
+            }
+            for (j, pattern) in patterns.iter().enumerate() {
+                let kind = pattern.get("type").and_then(Value::as_str).unwrap_or_default();
+                if !qualified_name_ok(kind) {
+                    errors.push(FieldError::new(
+                        format!("{patterns_path}[{j}].type"),
+                        Problem::Invalid(quoted(kind), QUALIFIED_NAME_MSG.into()),
+                    ));
+                }
+                let status = pattern.get("status").and_then(Value::as_str).unwrap_or_default();
+                if !["True", "False", "Unknown"].contains(&status) {
+                    errors.push(FieldError::new(
+                        format!("{patterns_path}[{j}].status"),
+                        Problem::NotSupported(quoted(status), vec!["False", "True", "Unknown"]),
+                    ));
+                }
+            }
+        }
+        match (on_exit_codes, on_conditions) {
+            (Some(_), Some(_)) => errors.push(FieldError::new(
+                &rule_path,
+                Problem::InvalidOmitted("specifying both OnExitCodes and OnPodConditions is not supported".into()),
+            )),
+            (None, None) => errors.push(FieldError::new(
+                &rule_path,
+                Problem::InvalidOmitted("specifying one of OnExitCodes and OnPodConditions is required".into()),
+            )),
+            _ => {}
+        }
+    }
+}
+
+fn exit_codes_requirement(codes: &Value, path: &str, containers: &HashSet<&str>, errors: &mut Vec<FieldError>) {
+    let operator = codes.get("operator").and_then(Value::as_str).unwrap_or_default();
+    if !["In", "NotIn"].contains(&operator) {
+        errors.push(FieldError::new(
+            format!("{path}.operator"),
+            Problem::NotSupported(quoted(operator), vec!["In", "NotIn"]),
+        ));
+    }
+    if let Some(name) = codes.get("containerName").and_then(Value::as_str)
+        && !containers.contains(name)
+    {
+        errors.push(FieldError::new(
+            format!("{path}.containerName"),
+            Problem::Invalid(
+                quoted(name),
+                "must be one of the container or initContainer names in the pod template".into(),
+            ),
+        ));
+    }
+    let values: Vec<i64> = codes
+        .get("values")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_i64)
+        .collect();
+    let values_path = format!("{path}.values");
+    let listed = || {
+        format!(
+            "[]int32{{{}}}",
+            values.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+        )
+    };
+    if values.is_empty() {
+        errors.push(FieldError::new(
+            &values_path,
+            Problem::Invalid(listed(), "at least one value is required".into()),
+        ));
+    } else if values.len() > 255 {
+        errors.push(FieldError::new(&values_path, Problem::TooMany(values.len(), 255)));
+    }
+    let mut seen = HashSet::new();
+    for (j, value) in values.iter().enumerate() {
+        if operator == "In" && *value == 0 {
+            errors.push(FieldError::new(
+                format!("{values_path}[{j}]"),
+                Problem::Invalid("0".into(), "must not be 0 for the In operator".into()),
+            ));
+        }
+        if !seen.insert(value) {
+            errors.push(FieldError::new(
+                format!("{values_path}[{j}]"),
+                Problem::Duplicate(value.to_string()),
+            ));
+        }
+    }
+    if values.windows(2).any(|pair| pair[0] > pair[1]) {
+        errors.push(FieldError::new(
+            &values_path,
+            Problem::Invalid(listed(), "must be ordered".into()),
+        ));
+    }
+}
+
+/// Go's `%q` of a string slice: `["a" "b"]`.
+fn go_list(items: &[&str]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| quoted(i)).collect();
+    format!("[{}]", quoted.join(" "))
 }
 
 /// Problems with changing `old` into `new` that `validate` cannot see: immutable fields.
@@ -604,6 +794,74 @@ mod tests {
         let new = make(json!({"matchLabels": {"app": "other"}}), json!({"app": "other"}));
         assert_eq!(validate_update(deploy, &old, &new)[0].field, "spec.selector");
         assert!(validate_update(deploy, &old, &old).is_empty());
+    }
+
+    #[test]
+    fn pod_failure_policies_as_upstream_words_them() {
+        let job = find("batch", "v1", "jobs").unwrap();
+        let with_rules = |restart: &str, rules: Value| {
+            json!({"spec": {"podFailurePolicy": {"rules": rules}, "template": {"spec": {"restartPolicy": restart,
+                "initContainers": [{"name": "setup", "image": "x"}], "containers": [{"name": "main", "image": "x"}]}}}})
+        };
+        let good = json!([
+            {"action": "FailJob", "onExitCodes": {"containerName": "setup", "operator": "In", "values": [1, 42]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [0]}},
+        ]);
+        assert_eq!(
+            texts(&validate(job, &with_rules("Never", good.clone()))),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            texts(&validate(job, &with_rules("OnFailure", good))),
+            ["spec.template.spec.restartPolicy: Unsupported value: \"OnFailure\": supported values: \"Never\""]
+        );
+        let bad = json!([
+            {"action": "FailJob", "onExitCodes": {"containerName": "xyz", "operator": "In", "values": [2, 0, 2]}},
+            {"action": "Retry", "onPodConditions": [{"type": "DisruptionTarget", "status": "Maybe"}]},
+            {"action": "Ignore"},
+            {"action": "Count", "onExitCodes": {"operator": "Is", "values": []},
+             "onPodConditions": [{"type": "Ready", "status": "True"}]},
+            {"onExitCodes": {"operator": "In", "values": [1]}},
+            {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [1]}},
+        ]);
+        assert_eq!(
+            texts(&validate(job, &with_rules("Never", bad))),
+            [
+                "spec.podFailurePolicy.rules[0].onExitCodes.containerName: Invalid value: \"xyz\": must be one of the container or initContainer names in the pod template",
+                "spec.podFailurePolicy.rules[0].onExitCodes.values[1]: Invalid value: 0: must not be 0 for the In operator",
+                "spec.podFailurePolicy.rules[0].onExitCodes.values[2]: Duplicate value: 2",
+                "spec.podFailurePolicy.rules[0].onExitCodes.values: Invalid value: []int32{2, 0, 2}: must be ordered",
+                "spec.podFailurePolicy.rules[1].action: Unsupported value: \"Retry\": supported values: \"Count\", \"FailIndex\", \"FailJob\", \"Ignore\"",
+                "spec.podFailurePolicy.rules[1].onPodConditions[0].status: Unsupported value: \"Maybe\": supported values: \"False\", \"True\", \"Unknown\"",
+                "spec.podFailurePolicy.rules[2]: Invalid value: specifying one of OnExitCodes and OnPodConditions is required",
+                "spec.podFailurePolicy.rules[3].onExitCodes.operator: Unsupported value: \"Is\": supported values: \"In\", \"NotIn\"",
+                "spec.podFailurePolicy.rules[3].onExitCodes.values: Invalid value: []int32{}: at least one value is required",
+                "spec.podFailurePolicy.rules[3]: Invalid value: specifying both OnExitCodes and OnPodConditions is not supported",
+                "spec.podFailurePolicy.rules[4].action: Required value: valid values: [\"Count\" \"FailIndex\" \"FailJob\" \"Ignore\"]",
+                "spec.podFailurePolicy.rules[5].action: Invalid value: \"FailIndex\": requires the backoffLimitPerIndex to be set",
+            ]
+        );
+        let many: Vec<Value> = (1..=21)
+            .map(|i| json!({"action": "Count", "onExitCodes": {"operator": "In", "values": [i]}}))
+            .collect();
+        assert_eq!(
+            texts(&validate(job, &with_rules("Never", json!(many)))),
+            ["spec.podFailurePolicy.rules: Too many: 21: must have at most 20 items"]
+        );
+        // A CronJob's Job template is held to the same rules.
+        let cron = find("batch", "v1", "cronjobs").unwrap();
+        let mut template = with_rules(
+            "OnFailure",
+            json!([{"action": "Ignore", "onExitCodes": {"operator": "In", "values": [1]}}]),
+        );
+        let cron_job = json!({"spec": {"schedule": "* * * * *", "jobTemplate": {"spec": template["spec"].take()}}});
+        assert_eq!(
+            texts(&validate(cron, &cron_job)),
+            [
+                "spec.jobTemplate.spec.template.spec.restartPolicy: Unsupported value: \"OnFailure\": supported values: \"Never\""
+            ]
+        );
     }
 
     #[test]

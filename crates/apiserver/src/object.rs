@@ -240,6 +240,8 @@ pub fn invalid_kind(group: &str, kind_name: &str, name: &str, causes: Vec<(Strin
                 "FieldValueForbidden"
             } else if reason.starts_with("Unsupported value") {
                 "FieldValueNotSupported"
+            } else if reason.starts_with("Too many") {
+                "FieldValueTooMany"
             } else {
                 "FieldValueInvalid"
             };

@@ -2,9 +2,12 @@
 //! template until `completions` have succeeded (NonIndexed: any pods; Indexed: one per
 //! index, `completedIndexes`), at most `parallelism` at once; failed pods are replaced
 //! after an exponential backoff (10 s doubling, at most 6 minutes) until `backoffLimit`
-//! failures; `activeDeadlineSeconds` and `suspend` stop it; the conditions are upstream's
-//! (SuccessCriteriaMet then Complete, FailureTarget then Failed, Suspended). A finished
-//! Job with `ttlSecondsAfterFinished` is deleted, with its pods, once that time has passed.
+//! failures; a `podFailurePolicy` fails the Job at a failure its FailJob rule matches and
+//! leaves failures its Ignore rule matches uncounted; `activeDeadlineSeconds` and `suspend`
+//! stop it; the conditions are upstream's (SuccessCriteriaMet then Complete, FailureTarget
+//! then Failed once no pod is still terminating, Suspended). With `podReplacementPolicy:
+//! Failed` a pod being deleted is replaced only once it has finished. A finished Job with
+//! `ttlSecondsAfterFinished` is deleted, with its pods, once that time has passed.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -12,8 +15,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::join_all;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::batch::v1::{Job, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
@@ -78,6 +81,74 @@ pub fn backoff(failures: i32) -> Duration {
     BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_MAX)
 }
 
+/// What a pod failure policy makes of a failed pod (upstream's `matchPodFailurePolicy`):
+/// the first rule matching it decides; a FailJob rule gives the Job's failure message, an
+/// Ignore rule keeps the failure from counting toward `backoffLimit`. Rules with an action
+/// this controller does not know are skipped, as upstream asks of clients.
+pub fn match_failure_policy(policy: Option<&PodFailurePolicy>, pod: &Pod) -> (Option<String>, bool) {
+    let Some(policy) = policy else {
+        return (None, true);
+    };
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let status = pod.status.as_ref();
+    for (index, rule) in policy.rules.iter().enumerate() {
+        let matched = if let Some(requirement) = &rule.on_exit_codes {
+            let statuses = status.map(|s| {
+                let containers = s.container_statuses.iter().flatten();
+                containers.chain(s.init_container_statuses.iter().flatten())
+            });
+            statuses
+                .into_iter()
+                .flatten()
+                .find_map(|c| exit_code_matching(c, requirement))
+                .map(|(container, code)| {
+                    format!(
+                        "Container {container} for pod {namespace}/{name} failed with exit code {code} matching {} rule at index {index}",
+                        rule.action
+                    )
+                })
+        } else if let Some(patterns) = &rule.on_pod_conditions {
+            let conditions = status.and_then(|s| s.conditions.as_ref()).into_iter().flatten();
+            conditions
+                .filter(|c| patterns.iter().any(|p| p.type_ == c.type_ && p.status == c.status))
+                .map(|c| {
+                    format!(
+                        "Pod {namespace}/{name} has condition {} matching {} rule at index {index}",
+                        c.type_, rule.action
+                    )
+                })
+                .next()
+        } else {
+            None
+        };
+        let Some(message) = matched else { continue };
+        match rule.action.as_str() {
+            "Ignore" => return (None, false),
+            "Count" => return (None, true),
+            "FailJob" => return (Some(message), true),
+            _ => {}
+        }
+    }
+    (None, true)
+}
+
+/// A terminated container whose non-zero exit code meets the requirement: its name and code.
+fn exit_code_matching<'a>(
+    container: &'a ContainerStatus,
+    requirement: &PodFailurePolicyOnExitCodesRequirement,
+) -> Option<(&'a str, i32)> {
+    let code = container.state.as_ref()?.terminated.as_ref()?.exit_code;
+    let named = requirement.container_name.as_ref().is_none_or(|n| *n == container.name);
+    let listed = requirement.values.contains(&code);
+    let meets = match requirement.operator.as_str() {
+        "In" => listed,
+        "NotIn" => !listed,
+        _ => false,
+    };
+    (named && code != 0 && meets).then_some((container.name.as_str(), code))
+}
+
 fn condition(kind: &str, status: &str, reason: &str, message: &str) -> Value {
     json!({"type": kind, "status": status, "reason": reason, "message": message,
            "lastProbeTime": rkube_client::now_text(), "lastTransitionTime": rkube_client::now_text()})
@@ -98,6 +169,17 @@ fn finished(job: &Job) -> Option<Timestamp> {
         .flatten()
         .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")?;
     done.last_transition_time.as_ref().map(|t| t.0)
+}
+
+/// A Job's pods as one sync counts them.
+struct Counts<'a> {
+    /// Running or pending, not being deleted.
+    active: &'a [&'a Pod],
+    /// Being deleted and not yet finished.
+    terminating: &'a [&'a Pod],
+    succeeded: i32,
+    /// Failures counted toward the backoff limit.
+    failed: i32,
 }
 
 pub struct Controller {
@@ -161,18 +243,30 @@ impl Controller {
         let spec = job.spec.clone().unwrap_or_default();
         let status = job.status.clone().unwrap_or_default();
         let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+        let running = |p: &&Pod| !matches!(phase(p), Some("Succeeded" | "Failed"));
         let active: Vec<&Pod> = owned
             .iter()
             .copied()
-            .filter(|p| !matches!(phase(p), Some("Succeeded" | "Failed")) && p.metadata.deletion_timestamp.is_none())
+            .filter(|p| running(p) && p.metadata.deletion_timestamp.is_none())
+            .collect();
+        let terminating: Vec<&Pod> = owned
+            .iter()
+            .copied()
+            .filter(|p| running(p) && p.metadata.deletion_timestamp.is_some())
             .collect();
         let succeeded_pods: Vec<&Pod> = owned
             .iter()
             .copied()
             .filter(|p| phase(p) == Some("Succeeded"))
             .collect();
-        let failed_now = i32::try_from(owned.iter().filter(|p| phase(p) == Some("Failed")).count()).unwrap_or(0);
-        let failed = status.failed.unwrap_or(0).max(failed_now);
+        // Oldest first, so that the failure a FailJob rule reports is the first one.
+        let mut failed_pods: Vec<&Pod> = owned.iter().copied().filter(|p| phase(p) == Some("Failed")).collect();
+        failed_pods.sort_by_key(|p| (p.metadata.creation_timestamp.as_ref().map(|t| t.0), p.name_any()));
+        let policy = spec.pod_failure_policy.as_ref();
+        let judged: Vec<(Option<String>, bool)> = failed_pods.iter().map(|p| match_failure_policy(policy, p)).collect();
+        let counted = judged.iter().filter(|(_, counts)| *counts).count();
+        let failed = status.failed.unwrap_or(0).max(i32::try_from(counted).unwrap_or(0));
+        let fail_job = judged.into_iter().find_map(|(message, _)| message);
         let completed: BTreeSet<i32> = succeeded_pods.iter().filter_map(|p| index_of(p)).collect();
         let succeeded = if indexed {
             i32::try_from(completed.len()).unwrap_or(0)
@@ -181,6 +275,12 @@ impl Controller {
                 .succeeded
                 .unwrap_or(0)
                 .max(i32::try_from(succeeded_pods.len()).unwrap_or(0))
+        };
+        let counts = Counts {
+            active: &active,
+            terminating: &terminating,
+            succeeded,
+            failed,
         };
         let parallelism = spec.parallelism.unwrap_or(1);
         let completions = spec.completions;
@@ -208,20 +308,45 @@ impl Controller {
             Some(n) => succeeded >= n,
             None => succeeded > 0 && active.is_empty(),
         };
-        let failure = if failed > backoff_limit {
-            Some(("BackoffLimitExceeded", "Job has reached the specified backoff limit"))
+        // A failure once decided stays (its pods may be gone by the next look), as upstream
+        // keeps the FailureTarget condition.
+        let decided = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "FailureTarget" && c.status == "True")
+            .map(|c| {
+                (
+                    c.reason.clone().unwrap_or_default(),
+                    c.message.clone().unwrap_or_default(),
+                )
+            });
+        let failure: Option<(String, String)> = if let Some(decided) = decided {
+            Some(decided)
+        } else if let Some(message) = fail_job {
+            Some(("PodFailurePolicy".into(), message))
+        } else if failed > backoff_limit {
+            Some((
+                "BackoffLimitExceeded".into(),
+                "Job has reached the specified backoff limit".into(),
+            ))
         } else if deadline_passed {
-            Some(("DeadlineExceeded", "Job was active longer than specified deadline"))
+            Some((
+                "DeadlineExceeded".into(),
+                "Job was active longer than specified deadline".into(),
+            ))
         } else {
             None
         };
-        let mut terminal = None;
+        let mut terminal: Option<(String, String)> = None;
+        // Upstream marks a Job finished only once none of its pods is still terminating.
+        let settled = |active: &[&Pod]| active.is_empty() && terminating.is_empty();
         if let Some((reason, message)) = failure {
             self.delete_pods(key, &pods_api, &active).await?;
-            set(&mut conditions, condition("FailureTarget", "True", reason, message));
-            if active.is_empty() {
-                set(&mut conditions, condition("Failed", "True", reason, message));
-                terminal = Some(reason);
+            set(&mut conditions, condition("FailureTarget", "True", &reason, &message));
+            if settled(&active) {
+                set(&mut conditions, condition("Failed", "True", &reason, &message));
+                terminal = Some((reason, message));
             }
         } else if complete {
             let message = "Reached expected number of succeeded pods";
@@ -230,12 +355,12 @@ impl Controller {
                 condition("SuccessCriteriaMet", "True", "CompletionsReached", message),
             );
             self.delete_pods(key, &pods_api, &active).await?;
-            if active.is_empty() {
+            if settled(&active) {
                 set(
                     &mut conditions,
                     condition("Complete", "True", "CompletionsReached", message),
                 );
-                terminal = Some("Completed");
+                terminal = Some(("Completed".into(), "Job completed".into()));
             }
         } else if suspended {
             self.delete_pods(key, &pods_api, &active).await?;
@@ -251,7 +376,8 @@ impl Controller {
                 );
             }
             // Replacements wait out the backoff from the last failure.
-            let wait = backoff(failed);
+            // Every failure delays the next pod, those a policy ignores too.
+            let wait = backoff(failed.max(i32::try_from(failed_pods.len()).unwrap_or(0)));
             let last_failure = owned
                 .iter()
                 .filter(|p| phase(p) == Some("Failed"))
@@ -268,18 +394,15 @@ impl Controller {
             let ready_at = last_failure.map(|t| t + SignedDuration::try_from(wait).unwrap_or_default());
             if let Some(ready_at) = ready_at.filter(|t| *t > Timestamp::now()) {
                 let left = ready_at.duration_since(Timestamp::now()).as_secs().max(1);
-                self.write_status(
-                    key, &jobs, &job, &active, succeeded, failed, &completed, indexed, conditions, None,
-                )
-                .await?;
+                self.write_status(key, &jobs, &job, &counts, &completed, indexed, conditions, None)
+                    .await?;
                 return Ok(Some(Duration::from_secs(u64::try_from(left).unwrap_or(1))));
             }
             self.manage(
                 &job,
                 key,
                 &pods_api,
-                &active,
-                succeeded,
+                &counts,
                 &completed,
                 indexed,
                 parallelism,
@@ -287,18 +410,13 @@ impl Controller {
             )
             .await?;
         }
-        if let Some(reason) = terminal {
-            let (kind, message) = if reason == "Completed" {
-                ("Normal", "Job completed".to_string())
-            } else {
-                ("Warning", format!("Job has failed: {reason}"))
-            };
-            self.event(&job, kind, reason, &message).await;
+        if let Some((reason, message)) = &terminal {
+            let kind = if reason == "Completed" { "Normal" } else { "Warning" };
+            self.event(&job, kind, reason, message).await;
         }
-        self.write_status(
-            key, &jobs, &job, &active, succeeded, failed, &completed, indexed, conditions, terminal,
-        )
-        .await?;
+        let terminal = terminal.as_ref().map(|(reason, _)| reason.as_str());
+        self.write_status(key, &jobs, &job, &counts, &completed, indexed, conditions, terminal)
+            .await?;
         let requeue = spec
             .active_deadline_seconds
             .zip(start)
@@ -340,8 +458,7 @@ impl Controller {
         job: &Job,
         key: &str,
         api: &Api<Pod>,
-        active: &[&Pod],
-        succeeded: i32,
+        counts: &Counts<'_>,
         completed: &BTreeSet<i32>,
         indexed: bool,
         parallelism: i32,
@@ -350,7 +467,11 @@ impl Controller {
         let Some(template) = job.spec.as_ref().map(|s| &s.template) else {
             return Ok(());
         };
+        let (active, succeeded) = (counts.active, counts.succeeded);
         let active_count = i32::try_from(active.len()).unwrap_or(0);
+        // podReplacementPolicy Failed: a pod being deleted is replaced once it has finished.
+        let replace_only_failed = job.spec.as_ref().and_then(|s| s.pod_replacement_policy.as_deref()) == Some("Failed");
+        let waiting: &[&Pod] = if replace_only_failed { counts.terminating } else { &[] };
         let wanted_active = match completions {
             _ if indexed => {
                 let total = completions.unwrap_or(0);
@@ -368,12 +489,13 @@ impl Controller {
             let extra = &extra[..usize::try_from(active_count - wanted_active).unwrap_or(0)];
             return self.delete_pods(key, api, extra).await;
         }
-        let missing = usize::try_from(wanted_active - active_count).unwrap_or(0);
+        let waiting_count = i32::try_from(waiting.len()).unwrap_or(0);
+        let missing = usize::try_from(wanted_active - active_count - waiting_count).unwrap_or(0);
         if missing == 0 {
             return Ok(());
         }
         // Indexed: the lowest indexes neither completed nor running.
-        let running: BTreeSet<i32> = active.iter().filter_map(|p| index_of(p)).collect();
+        let running: BTreeSet<i32> = active.iter().chain(waiting).filter_map(|p| index_of(p)).collect();
         let indexes: Vec<Option<i32>> = if indexed {
             (0..completions.unwrap_or(0))
                 .filter(|i| !completed.contains(i) && !running.contains(i))
@@ -443,14 +565,13 @@ impl Controller {
         key: &str,
         api: &Api<Job>,
         job: &Job,
-        active: &[&Pod],
-        succeeded: i32,
-        failed: i32,
+        counts: &Counts<'_>,
         completed: &BTreeSet<i32>,
         indexed: bool,
         conditions: Vec<Value>,
         terminal: Option<&str>,
     ) -> Result<(), ControllerError> {
+        let (active, succeeded, failed) = (counts.active, counts.succeeded, counts.failed);
         let previous = job.status.clone().unwrap_or_default();
         let suspended = job.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
         let omit_zero = |n: usize| if n == 0 { Value::Null } else { json!(n) };
@@ -465,6 +586,7 @@ impl Controller {
             "ready": ready,
             "succeeded": omit_zero(usize::try_from(succeeded).unwrap_or(0)),
             "failed": omit_zero(usize::try_from(failed).unwrap_or(0)),
+            "terminating": counts.terminating.len(),
             "startTime": start,
             "conditions": if conditions.is_empty() { Value::Null } else { json!(conditions) },
             "uncountedTerminatedPods": {},
@@ -491,7 +613,7 @@ impl Controller {
             match field.as_str() {
                 // Always empty: pods are counted as they are seen.
                 "uncountedTerminatedPods" => false,
-                "ready" => have.as_i64().unwrap_or(0) != value.as_i64().unwrap_or(0),
+                "ready" | "terminating" => have.as_i64().unwrap_or(0) != value.as_i64().unwrap_or(0),
                 _ => have != value,
             }
         });
@@ -583,6 +705,56 @@ pub async fn run(client: kube::Client, pods: SharedPods, pod_events: UnboundedRe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failure_policies_judge_a_failed_pod_by_its_first_matching_rule() {
+        let policy: PodFailurePolicy = serde_json::from_value(json!({"rules": [
+            {"action": "Unknown", "onExitCodes": {"operator": "In", "values": [3]}},
+            {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [3, 42]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [5]}},
+            {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [5]}},
+        ]}))
+        .unwrap();
+        let pod = |containers: Value, init: Value, conditions: Value| -> Pod {
+            serde_json::from_value(
+                json!({"metadata": {"name": "p", "namespace": "ns"}, "status": {"phase": "Failed",
+                "containerStatuses": containers, "initContainerStatuses": init, "conditions": conditions}}),
+            )
+            .unwrap()
+        };
+        let exited = |name: &str, code: i32| {
+            json!({"name": name, "image": "x", "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"terminated": {"exitCode": code}}})
+        };
+        let judge = |p: &Pod| match_failure_policy(Some(&policy), p);
+
+        let fatal = pod(json!([exited("side", 0), exited("main", 42)]), json!([]), json!([]));
+        assert_eq!(
+            judge(&fatal),
+            (
+                Some("Container main for pod ns/p failed with exit code 42 matching FailJob rule at index 1".into()),
+                true
+            )
+        );
+        // The rule names another container; the unknown action's rule is skipped.
+        let other = pod(json!([exited("side", 3)]), json!([]), json!([]));
+        assert_eq!(judge(&other), (None, true), "Count by NotIn");
+        let evicted = pod(
+            json!([exited("main", 137)]),
+            json!([]),
+            json!([{"type": "DisruptionTarget", "status": "True"}]),
+        );
+        assert_eq!(judge(&evicted), (None, false), "the condition rule comes first");
+        // Init containers are looked at too, and exit code 0 never matches.
+        let init = pod(json!([]), json!([exited("main", 3)]), json!([]));
+        assert!(judge(&init).0.is_some());
+        let ignored = pod(json!([exited("main", 5)]), json!([]), json!([]));
+        assert_eq!(judge(&ignored), (None, false), "NotIn 5 does not match 5; In 5 does");
+        let clean = pod(json!([exited("main", 0)]), json!([]), json!([]));
+        assert_eq!(judge(&clean), (None, true), "no rule matched: counted");
+        assert_eq!(match_failure_policy(None, &fatal), (None, true));
+    }
 
     #[test]
     fn completed_indexes_read_as_upstream() {

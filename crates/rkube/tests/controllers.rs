@@ -799,6 +799,129 @@ async fn jobs_run_to_completion() {
     .await;
 }
 
+/// A pod failure policy as in upstream's "Handling retriable and non-retriable pod failures"
+/// task: an exit code its FailJob rule names fails the Job at once (no retry, the message
+/// naming the container, pod, code and rule), a failure its Ignore rule matches does not
+/// count toward the backoff limit (the pod is replaced), and a policy with restartPolicy
+/// OnFailure is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_pod_failure_policies_decide_by_exit_code() {
+    use k8s_openapi::api::batch::v1::Job;
+    let (server, client) = common::cluster_and_client(Control::Full).await;
+    let _nodes = HollowNodes::start(client.clone(), HollowOptions::default())
+        .await
+        .unwrap();
+    let kubectl = server.kubectl();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let dir = tempfile::tempdir().unwrap();
+    let job = |name: &str, exit_code: u8, restart: &str| {
+        format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  backoffLimit: 0\n  \
+             podFailurePolicy:\n    rules:\n    - action: FailJob\n      onExitCodes: {{containerName: main, operator: In, values: [42]}}\n    \
+             - action: Ignore\n      onExitCodes: {{operator: In, values: [1]}}\n  template:\n    \
+             metadata: {{annotations: {{{}: \"{exit_code}\"}}}}\n    spec:\n      restartPolicy: {restart}\n      \
+             containers: [{{name: main, image: busybox}}]\n",
+            rkube_testkit::hollow::EXIT_CODE_ANNOTATION
+        )
+    };
+    let failing = |name: &str| {
+        let pods = pods.clone();
+        let selector = format!("job-name={name}");
+        async move {
+            let listed = pods.list(&ListParams::default().labels(&selector)).await.unwrap().items;
+            let failed = listed
+                .iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed"));
+            (listed.len(), failed.count())
+        }
+    };
+
+    // FailJob: the first failure ends it, although the backoff limit was not reached.
+    common::ok(common::apply_file(
+        &kubectl,
+        dir.path(),
+        "fatal.yaml",
+        &job("fatal", 42, "Never"),
+        "create",
+    ));
+    common::ok(
+        kubectl
+            .run(&["wait", "--for=condition=failed", "job/fatal", "--timeout=60s"])
+            .unwrap(),
+    );
+    let status = jobs.get("fatal").await.unwrap().status.unwrap();
+    let failed = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Failed")
+        .unwrap();
+    assert_eq!(failed.reason.as_deref(), Some("PodFailurePolicy"));
+    let pod = pods
+        .list(&ListParams::default().labels("job-name=fatal"))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let expected = format!(
+        "Container main for pod default/{} failed with exit code 42 matching FailJob rule at index 0",
+        pod.metadata.name.unwrap()
+    );
+    assert_eq!(failed.message.as_deref(), Some(expected.as_str()));
+    assert_eq!((status.failed, status.terminating), (Some(1), Some(0)));
+    assert_eq!(failing("fatal").await, (1, 1), "no retry");
+    let events = common::ok(
+        kubectl
+            .run(&["get", "events", "--field-selector", "involvedObject.name=fatal"])
+            .unwrap(),
+    );
+    assert!(
+        events.contains("PodFailurePolicy") && events.contains(&expected),
+        "{events}"
+    );
+
+    // Ignore: with backoffLimit 0 the failure would end the Job; ignored, it is replaced
+    // (after the usual backoff) and the Job goes on, its failed count untouched.
+    common::ok(common::apply_file(
+        &kubectl,
+        dir.path(),
+        "flaky.yaml",
+        &job("flaky", 1, "Never"),
+        "create",
+    ));
+    eventually("a failed pod replaced", Duration::from_secs(60), async || {
+        let (all, failed) = failing("flaky").await;
+        (failed >= 1 && all >= 2).then_some(())
+    })
+    .await;
+    let status = jobs.get("flaky").await.unwrap().status.unwrap();
+    assert!(
+        !status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Failed" || c.type_ == "FailureTarget"),
+        "{status:?}"
+    );
+    assert_eq!(status.failed, None);
+
+    // Only with restartPolicy Never.
+    let message = common::fails(common::apply_file(
+        &kubectl,
+        dir.path(),
+        "wrong.yaml",
+        &job("wrong", 0, "OnFailure"),
+        "create",
+    ));
+    assert!(
+        message.contains(
+            "spec.template.spec.restartPolicy: Unsupported value: \"OnFailure\": supported values: \"Never\""
+        ),
+        "{message}"
+    );
+}
+
 /// The CronJob of shared/examples/seed/19: at the next minute a Job named after the
 /// scheduled minute runs to completion, and the CronJob's status says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

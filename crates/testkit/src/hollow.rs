@@ -3,8 +3,9 @@
 //! (capacity, allocatable, addresses, conditions, nodeInfo), renews its Lease in
 //! `kube-node-lease` every 10 s, marks the pods bound to it Running with an IP, finishes
 //! pods whose restartPolicy is Never or OnFailure (Succeeded, after `finish_after`, as
-//! KWOK's default stages do) and finalizes deleted pods. The scheduler and controller tests
-//! and benchmarks run against them.
+//! KWOK's default stages do; Failed with the exit code a pod's [`EXIT_CODE_ANNOTATION`]
+//! asks for, as a KWOK stage selecting on it would) and finalizes deleted pods. The
+//! scheduler and controller tests and benchmarks run against them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,6 +20,10 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
+
+/// A pod annotated with a non-zero exit code here finishes Failed, its containers
+/// terminated with that code.
+pub const EXIT_CODE_ANNOTATION: &str = "hollow.rkube.io/exit-code";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HollowError {
@@ -362,16 +367,28 @@ async fn advance(
     if restart == "Never" || restart == "OnFailure" {
         tokio::time::sleep(finish_after).await;
         let finished = now();
-        let terminated = json!({"terminated": {"exitCode": 0, "reason": "Completed",
+        let exit_code: i32 = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(EXIT_CODE_ANNOTATION))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        let (phase, reason) = if exit_code == 0 {
+            ("Succeeded", "Completed")
+        } else {
+            ("Failed", "Error")
+        };
+        let terminated = json!({"terminated": {"exitCode": exit_code, "reason": reason,
             "startedAt": started, "finishedAt": finished}});
         let containers = container_statuses(pod, false, &terminated);
         let not_ready = |kind: &str| json!({"type": kind, "status": "False", "reason": "PodCompleted", "lastTransitionTime": finished});
-        let succeeded = json!({"status": {
-            "phase": "Succeeded", "containerStatuses": containers,
+        let done = json!({"status": {
+            "phase": phase, "containerStatuses": containers,
             "conditions": [not_ready("PodReadyToStartContainers"), condition("Initialized"), not_ready("Ready"),
                            not_ready("ContainersReady"), condition("PodScheduled")],
         }});
-        pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&succeeded))
+        pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&done))
             .await?;
         stats.pods_finished.fetch_add(1, Ordering::Relaxed);
     }
