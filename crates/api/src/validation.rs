@@ -389,7 +389,6 @@ pub fn validate(info: &ResourceInfo, object: &Value) -> Vec<FieldError> {
     let mut errors = Vec::new();
     metadata(object, &mut errors);
     const ALWAYS: &[&str] = &["Always"];
-    const JOB: &[&str] = &["OnFailure", "Never"];
     // (Workloads with a selector check theirs with the selector.)
     if (info.group, info.kind) == ("", "ReplicationController")
         && let Some(replicas) = object.pointer("/spec/replicas").and_then(Value::as_i64)
@@ -411,31 +410,29 @@ pub fn validate(info: &ResourceInfo, object: &Value) -> Vec<FieldError> {
         ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
             selector_and_template(object, ALWAYS, &mut errors)
         }
-        ("batch", "Job") => {
-            pod_spec(
-                object.pointer("/spec/template/spec"),
-                "spec.template.spec",
-                JOB,
-                &mut errors,
-            );
-            pod_failure_policy(object.get("spec"), "spec", &mut errors);
-        }
-        ("batch", "CronJob") => {
-            pod_spec(
-                object.pointer("/spec/jobTemplate/spec/template/spec"),
-                "spec.jobTemplate.spec.template.spec",
-                JOB,
-                &mut errors,
-            );
-            pod_failure_policy(
-                object.pointer("/spec/jobTemplate/spec"),
-                "spec.jobTemplate.spec",
-                &mut errors,
-            );
-        }
+        ("batch", "Job") => job_spec(object.get("spec"), "spec", &mut errors),
+        ("batch", "CronJob") => job_spec(
+            object.pointer("/spec/jobTemplate/spec"),
+            "spec.jobTemplate.spec",
+            &mut errors,
+        ),
         _ => {}
     }
     errors
+}
+
+/// A Job's spec (or a CronJob's Job template's) at `path`, in upstream's order: the
+/// policies, then the pod template.
+fn job_spec(spec: Option<&Value>, path: &str, errors: &mut Vec<FieldError>) {
+    pod_failure_policy(spec, path, errors);
+    let template = spec.and_then(|s| s.pointer("/template/spec"));
+    pod_spec(
+        template,
+        &format!("{path}.template.spec"),
+        &["OnFailure", "Never"],
+        errors,
+    );
+    pod_failure_policy_restart(spec, path, errors);
 }
 
 const POD_FAILURE_POLICY_ACTIONS: &[&str] = &["Count", "FailIndex", "FailJob", "Ignore"];
@@ -449,13 +446,6 @@ fn pod_failure_policy(spec: Option<&Value>, path: &str, errors: &mut Vec<FieldEr
     let Some(policy) = spec.get("podFailurePolicy").filter(|p| !p.is_null()) else {
         return;
     };
-    let restart = spec.pointer("/template/spec/restartPolicy").and_then(Value::as_str);
-    if let Some(restart) = restart.filter(|r| *r != "Never") {
-        errors.push(FieldError::new(
-            format!("{path}.template.spec.restartPolicy"),
-            Problem::NotSupported(quoted(restart), vec!["Never"]),
-        ));
-    }
     let containers: HashSet<&str> = ["containers", "initContainers"]
         .iter()
         .filter_map(|list| {
@@ -538,11 +528,41 @@ fn pod_failure_policy(spec: Option<&Value>, path: &str, errors: &mut Vec<FieldEr
             _ => {}
         }
     }
+    if let Some(replacement) = spec.get("podReplacementPolicy").and_then(Value::as_str)
+        && replacement != "Failed"
+    {
+        errors.push(FieldError::new(
+            format!("{path}.podReplacementPolicy"),
+            Problem::NotSupported(quoted(replacement), vec!["Failed"]),
+        ));
+    }
+}
+
+/// Upstream checks a pod failure policy's restart policy after the template's own checks.
+fn pod_failure_policy_restart(spec: Option<&Value>, path: &str, errors: &mut Vec<FieldError>) {
+    let Some(spec) = spec.filter(|s| s.get("podFailurePolicy").is_some_and(|p| !p.is_null())) else {
+        return;
+    };
+    // (Other restart policies than OnFailure and Never have their error already.)
+    if spec.pointer("/template/spec/restartPolicy").and_then(Value::as_str) == Some("OnFailure") {
+        errors.push(FieldError::new(
+            format!("{path}.template.spec.restartPolicy"),
+            Problem::Invalid(
+                quoted("OnFailure"),
+                "only \"Never\" is supported when podFailurePolicy is specified".into(),
+            ),
+        ));
+    }
 }
 
 fn exit_codes_requirement(codes: &Value, path: &str, containers: &HashSet<&str>, errors: &mut Vec<FieldError>) {
     let operator = codes.get("operator").and_then(Value::as_str).unwrap_or_default();
-    if !["In", "NotIn"].contains(&operator) {
+    if operator.is_empty() {
+        errors.push(FieldError::new(
+            format!("{path}.operator"),
+            Problem::Required(format!("valid values: {}", go_list(&["In", "NotIn"]))),
+        ));
+    } else if !["In", "NotIn"].contains(&operator) {
         errors.push(FieldError::new(
             format!("{path}.operator"),
             Problem::NotSupported(quoted(operator), vec!["In", "NotIn"]),
@@ -604,6 +624,51 @@ fn exit_codes_requirement(codes: &Value, path: &str, containers: &HashSet<&str>,
     }
 }
 
+/// Upstream's `ValidateJobSpecUpdate`: what a Job may not change once made. Completions
+/// change only for an Indexed Job, together with parallelism (elastic Indexed Jobs).
+fn job_update(old: &Value, new: &Value, errors: &mut Vec<FieldError>) {
+    let at = |object: &Value, field: &str| object.get("spec").and_then(|s| s.get(field)).cloned();
+    let immutable = |field: &str, errors: &mut Vec<FieldError>| {
+        let value = at(new, field);
+        if at(old, field) != value {
+            errors.push(FieldError::new(
+                format!("spec.{field}"),
+                Problem::Invalid(
+                    value.map(|v| v.to_string()).unwrap_or_else(|| "null".into()),
+                    "field is immutable".into(),
+                ),
+            ));
+        }
+    };
+    let indexed = at(new, "completionMode").as_ref().and_then(Value::as_str) == Some("Indexed");
+    let completions = at(new, "completions");
+    if !indexed {
+        immutable("completions", errors);
+    } else if at(old, "completions") != completions
+        && let Some(count) = completions.filter(|c| !c.is_null())
+        && Some(&count) != at(new, "parallelism").as_ref()
+    {
+        errors.push(FieldError::new(
+            "spec.completions",
+            Problem::Invalid(
+                count.to_string(),
+                "can only be modified in tandem with spec.parallelism".into(),
+            ),
+        ));
+    }
+    for field in [
+        "selector",
+        "template",
+        "completionMode",
+        "podFailurePolicy",
+        "backoffLimitPerIndex",
+        "managedBy",
+        "successPolicy",
+    ] {
+        immutable(field, errors);
+    }
+}
+
 /// Go's `%q` of a string slice: `["a" "b"]`.
 fn go_list(items: &[&str]) -> String {
     let quoted: Vec<String> = items.iter().map(|i| quoted(i)).collect();
@@ -615,9 +680,7 @@ pub fn validate_update(info: &ResourceInfo, old: &Value, new: &Value) -> Vec<Fie
     let mut errors = Vec::new();
     let changed = |pointer: &str| old.pointer(pointer) != new.pointer(pointer);
     match (info.group, info.kind) {
-        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") | ("batch", "Job")
-            if changed("/spec/selector") =>
-        {
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") if changed("/spec/selector") => {
             errors.push(FieldError::new(
                 "spec.selector",
                 Problem::Invalid(
@@ -626,15 +689,7 @@ pub fn validate_update(info: &ResourceInfo, old: &Value, new: &Value) -> Vec<Fie
                 ),
             ));
         }
-        ("batch", "Job") if changed("/spec/template") => {
-            errors.push(FieldError::new(
-                "spec.template",
-                Problem::Invalid(
-                    new.pointer("/spec/template").map(Value::to_string).unwrap_or_default(),
-                    "field is immutable".into(),
-                ),
-            ));
-        }
+        ("batch", "Job") => job_update(old, new, &mut errors),
         ("", "Pod") => {
             // Only images, activeDeadlineSeconds and added tolerations may change.
             let strip = |pod: &Value| {
@@ -814,7 +869,9 @@ mod tests {
         );
         assert_eq!(
             texts(&validate(job, &with_rules("OnFailure", good))),
-            ["spec.template.spec.restartPolicy: Unsupported value: \"OnFailure\": supported values: \"Never\""]
+            [
+                "spec.template.spec.restartPolicy: Invalid value: \"OnFailure\": only \"Never\" is supported when podFailurePolicy is specified"
+            ]
         );
         let bad = json!([
             {"action": "FailJob", "onExitCodes": {"containerName": "xyz", "operator": "In", "values": [2, 0, 2]}},
@@ -859,8 +916,53 @@ mod tests {
         assert_eq!(
             texts(&validate(cron, &cron_job)),
             [
-                "spec.jobTemplate.spec.template.spec.restartPolicy: Unsupported value: \"OnFailure\": supported values: \"Never\""
+                "spec.jobTemplate.spec.template.spec.restartPolicy: Invalid value: \"OnFailure\": only \"Never\" is supported when podFailurePolicy is specified"
             ]
+        );
+        let mut replaced = with_rules("Never", json!([{"action": "Ignore", "onExitCodes": {"values": [1]}}]));
+        replaced["spec"]["podReplacementPolicy"] = json!("TerminatingOrFailed");
+        assert_eq!(
+            texts(&validate(job, &replaced)),
+            [
+                "spec.podFailurePolicy.rules[0].onExitCodes.operator: Required value: valid values: [\"In\" \"NotIn\"]",
+                "spec.podReplacementPolicy: Unsupported value: \"TerminatingOrFailed\": supported values: \"Failed\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn jobs_keep_what_upstream_keeps() {
+        let job = find("batch", "v1", "jobs").unwrap();
+        let old = json!({"spec": {"completions": 3, "parallelism": 3, "completionMode": "NonIndexed", "suspend": true,
+            "podFailurePolicy": {"rules": []}, "template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}}});
+        let mut new = old.clone();
+        new["spec"]["suspend"] = json!(false);
+        new["spec"]["parallelism"] = json!(5);
+        assert!(
+            validate_update(job, &old, &new).is_empty(),
+            "suspend and parallelism change"
+        );
+        new["spec"]["completions"] = json!(5);
+        new["spec"]["podFailurePolicy"] = Value::Null;
+        assert_eq!(
+            texts(&validate_update(job, &old, &new)),
+            [
+                "spec.completions: Invalid value: 5: field is immutable",
+                "spec.podFailurePolicy: Invalid value: null: field is immutable",
+            ]
+        );
+        // Elastic Indexed Jobs: completions move with parallelism.
+        let mut old = old;
+        old["spec"]["completionMode"] = json!("Indexed");
+        old["spec"]["podFailurePolicy"] = Value::Null;
+        let mut new = old.clone();
+        new["spec"]["completions"] = json!(5);
+        new["spec"]["parallelism"] = json!(5);
+        assert!(validate_update(job, &old, &new).is_empty());
+        new["spec"]["parallelism"] = json!(4);
+        assert_eq!(
+            texts(&validate_update(job, &old, &new)),
+            ["spec.completions: Invalid value: 5: can only be modified in tandem with spec.parallelism"]
         );
     }
 

@@ -133,6 +133,30 @@ pub fn match_failure_policy(policy: Option<&PodFailurePolicy>, pod: &Pod) -> (Op
     (None, true)
 }
 
+/// Upstream's `pastBackoffLimitOnFailure`: with restartPolicy OnFailure, failures are
+/// container restarts in the pods still pending or running, and enough of them fail the Job.
+pub fn restarts_past_limit(job: &Job, pods: &[&Pod]) -> bool {
+    let spec = job.spec.as_ref();
+    let restart = spec.and_then(|s| s.template.spec.as_ref()?.restart_policy.as_deref());
+    if restart != Some("OnFailure") {
+        return false;
+    }
+    let restarts: i32 = pods
+        .iter()
+        .filter(|p| matches!(phase(p), Some("Pending" | "Running")))
+        .filter_map(|p| p.status.as_ref())
+        .flat_map(|s| {
+            let containers = s.container_statuses.iter().flatten();
+            containers.chain(s.init_container_statuses.iter().flatten())
+        })
+        .map(|c| c.restart_count)
+        .sum();
+    match spec.and_then(|s| s.backoff_limit).unwrap_or(6) {
+        0 => restarts > 0,
+        limit => restarts >= limit,
+    }
+}
+
 /// A terminated container whose non-zero exit code meets the requirement: its name and code.
 fn exit_code_matching<'a>(
     container: &'a ContainerStatus,
@@ -325,7 +349,7 @@ impl Controller {
             Some(decided)
         } else if let Some(message) = fail_job {
             Some(("PodFailurePolicy".into(), message))
-        } else if failed > backoff_limit {
+        } else if failed > backoff_limit || restarts_past_limit(&job, &owned) {
             Some((
                 "BackoffLimitExceeded".into(),
                 "Job has reached the specified backoff limit".into(),
@@ -754,6 +778,35 @@ mod tests {
         let clean = pod(json!([exited("main", 0)]), json!([]), json!([]));
         assert_eq!(judge(&clean), (None, true), "no rule matched: counted");
         assert_eq!(match_failure_policy(None, &fatal), (None, true));
+    }
+
+    #[test]
+    fn container_restarts_count_as_failures_for_on_failure_pods() {
+        let job = |restart: &str, limit: i32| -> Job {
+            serde_json::from_value(json!({"spec": {"backoffLimit": limit, "template": {"spec": {
+                "restartPolicy": restart, "containers": [{"name": "main", "image": "x"}]}}}}))
+            .unwrap()
+        };
+        let pod = |phase: &str, restarts: i32| -> Pod {
+            serde_json::from_value(json!({"status": {"phase": phase, "containerStatuses": [{"name": "main",
+                "image": "x", "imageID": "", "ready": false, "restartCount": restarts}],
+                "initContainerStatuses": [{"name": "setup", "image": "x", "imageID": "", "ready": true, "restartCount": 1}]}}))
+            .unwrap()
+        };
+        let (running, finished) = (pod("Running", 2), pod("Failed", 9));
+        assert!(
+            restarts_past_limit(&job("OnFailure", 3), &[&running, &finished]),
+            "2 + 1 init restarts"
+        );
+        assert!(
+            !restarts_past_limit(&job("OnFailure", 4), &[&running, &finished]),
+            "finished pods' restarts left out"
+        );
+        assert!(!restarts_past_limit(&job("Never", 1), &[&running]));
+        assert!(
+            restarts_past_limit(&job("OnFailure", 0), &[&pod("Pending", 0)]),
+            "the init restart"
+        );
     }
 
     #[test]

@@ -916,7 +916,7 @@ async fn job_pod_failure_policies_decide_by_exit_code() {
     ));
     assert!(
         message.contains(
-            "spec.template.spec.restartPolicy: Unsupported value: \"OnFailure\": supported values: \"Never\""
+            "spec.template.spec.restartPolicy: Invalid value: \"OnFailure\": only \"Never\" is supported when podFailurePolicy is specified"
         ),
         "{message}"
     );
