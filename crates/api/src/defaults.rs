@@ -402,7 +402,9 @@ fn job_spec(spec: &mut Map<String, Value>) {
         spec.insert("parallelism".into(), json!(1));
     }
     default(spec, "parallelism", json!(1));
-    default(spec, "backoffLimit", json!(6));
+    // With a limit per index, the Job's own limit steps aside.
+    let per_index = spec.get("backoffLimitPerIndex").is_some_and(|l| !l.is_null());
+    default(spec, "backoffLimit", json!(if per_index { i32::MAX } else { 6 }));
     default(spec, "completionMode", json!("NonIndexed"));
     default(spec, "suspend", json!(false));
     let replacement = if spec.get("podFailurePolicy").is_some_and(|p| !p.is_null()) {
@@ -609,6 +611,8 @@ mod tests {
         let parallel = defaulted("batch", "jobs", json!({"spec": {"parallelism": 3}}));
         assert!(parallel["spec"].get("completions").is_none());
         assert_eq!(job["spec"]["podReplacementPolicy"], "TerminatingOrFailed");
+        let per_index = defaulted("batch", "jobs", json!({"spec": {"backoffLimitPerIndex": 2}}));
+        assert_eq!(per_index["spec"]["backoffLimit"], i32::MAX);
         let policy = json!({"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]});
         let with_policy = defaulted("batch", "jobs", json!({"spec": {"podFailurePolicy": policy}}));
         assert_eq!(with_policy["spec"]["podReplacementPolicy"], "Failed");

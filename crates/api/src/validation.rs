@@ -424,7 +424,14 @@ pub fn validate(info: &ResourceInfo, object: &Value) -> Vec<FieldError> {
 /// A Job's spec (or a CronJob's Job template's) at `path`, in upstream's order: the
 /// policies, then the pod template.
 fn job_spec(spec: Option<&Value>, path: &str, errors: &mut Vec<FieldError>) {
+    if let Some(spec) = spec {
+        job_counts(spec, path, errors);
+    }
     pod_failure_policy(spec, path, errors);
+    if let Some(spec) = spec {
+        success_policy(spec, path, errors);
+        replacement_policy(spec, path, errors);
+    }
     let template = spec.and_then(|s| s.pointer("/template/spec"));
     pod_spec(
         template,
@@ -433,6 +440,267 @@ fn job_spec(spec: Option<&Value>, path: &str, errors: &mut Vec<FieldError>) {
         errors,
     );
     pod_failure_policy_restart(spec, path, errors);
+}
+
+/// Upstream's limits for Indexed Jobs.
+const MAX_PARALLELISM_INDEXED: i64 = 100_000;
+const MAX_FAILED_INDEXES: i64 = 100_000;
+const COMPLETIONS_SOFT_LIMIT: i64 = 100_000;
+const PARALLELISM_HIGH_COMPLETIONS: i64 = 10_000;
+const MAX_FAILED_INDEXES_HIGH_COMPLETIONS: i64 = 10_000;
+
+/// The counts of a Job spec and what Indexed completion asks of them (upstream's
+/// `validateJobSpec` up to the policies).
+fn job_counts(spec: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    let number = |field: &str| spec.get(field).and_then(Value::as_i64);
+    let invalid = |field: &str, value: i64, detail: String| {
+        FieldError::new(format!("{path}.{field}"), Problem::Invalid(value.to_string(), detail))
+    };
+    for field in [
+        "parallelism",
+        "completions",
+        "activeDeadlineSeconds",
+        "backoffLimit",
+        "ttlSecondsAfterFinished",
+        "backoffLimitPerIndex",
+        "maxFailedIndexes",
+    ] {
+        if let Some(value) = number(field).filter(|v| *v < 0) {
+            errors.push(invalid(field, value, "must be greater than or equal to 0".into()));
+        }
+        if field == "maxFailedIndexes" && number(field).is_some() && number("backoffLimitPerIndex").is_none() {
+            errors.push(FieldError::new(
+                format!("{path}.backoffLimitPerIndex"),
+                Problem::Required("when maxFailedIndexes is specified".into()),
+            ));
+        }
+    }
+    let mode = spec.get("completionMode").and_then(Value::as_str);
+    match mode {
+        Some("Indexed") => {
+            let completions = number("completions");
+            if completions.is_none() {
+                errors.push(FieldError::new(
+                    format!("{path}.completions"),
+                    Problem::Required("when completion mode is Indexed".into()),
+                ));
+            }
+            if let Some(parallelism) = number("parallelism").filter(|p| *p > MAX_PARALLELISM_INDEXED) {
+                errors.push(invalid(
+                    "parallelism",
+                    parallelism,
+                    format!("must be less than or equal to {MAX_PARALLELISM_INDEXED} when completion mode is Indexed"),
+                ));
+            }
+            let max_failed = number("maxFailedIndexes");
+            if let (Some(completions), Some(max)) = (completions, max_failed)
+                && max > completions
+            {
+                errors.push(invalid(
+                    "maxFailedIndexes",
+                    max,
+                    "must be less than or equal to completions".into(),
+                ));
+            }
+            if let Some(max) = max_failed.filter(|m| *m > MAX_FAILED_INDEXES) {
+                errors.push(invalid(
+                    "maxFailedIndexes",
+                    max,
+                    format!("must be less than or equal to {MAX_FAILED_INDEXES}"),
+                ));
+            }
+            let high = completions.is_some_and(|c| c > COMPLETIONS_SOFT_LIMIT);
+            if high && number("backoffLimitPerIndex").is_some() {
+                if max_failed.is_none() {
+                    errors.push(FieldError::new(
+                        format!("{path}.maxFailedIndexes"),
+                        Problem::Required(format!(
+                            "must be specified when completions is above {COMPLETIONS_SOFT_LIMIT}"
+                        )),
+                    ));
+                }
+                let suffix = format!(
+                    "when completions are above {COMPLETIONS_SOFT_LIMIT} and used with backoff limit per index"
+                );
+                if let Some(parallelism) = number("parallelism").filter(|p| *p > PARALLELISM_HIGH_COMPLETIONS) {
+                    errors.push(invalid(
+                        "parallelism",
+                        parallelism,
+                        format!("must be less than or equal to {PARALLELISM_HIGH_COMPLETIONS} {suffix}"),
+                    ));
+                }
+                if let Some(max) = max_failed.filter(|m| *m > MAX_FAILED_INDEXES_HIGH_COMPLETIONS) {
+                    errors.push(invalid(
+                        "maxFailedIndexes",
+                        max,
+                        format!("must be less than or equal to {MAX_FAILED_INDEXES_HIGH_COMPLETIONS} {suffix}"),
+                    ));
+                }
+            }
+        }
+        Some("NonIndexed") | None => {
+            for field in ["backoffLimitPerIndex", "maxFailedIndexes"] {
+                if let Some(value) = number(field) {
+                    errors.push(invalid(field, value, "requires indexed completion mode".into()));
+                }
+            }
+        }
+        Some(other) => errors.push(FieldError::new(
+            format!("{path}.completionMode"),
+            Problem::NotSupported(quoted(other), vec!["NonIndexed", "Indexed"]),
+        )),
+    }
+}
+
+/// Upstream's `validateSuccessPolicy`: only for Indexed Jobs; 1 to 20 rules, each with
+/// indexes (within completions, in increasing order) or a count (at most completions, and
+/// at most the indexes it names).
+fn success_policy(spec: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    let Some(policy) = spec.get("successPolicy").filter(|p| !p.is_null()) else {
+        return;
+    };
+    let policy_path = format!("{path}.successPolicy");
+    if spec.get("completionMode").and_then(Value::as_str) != Some("Indexed") {
+        errors.push(FieldError::new(
+            &policy_path,
+            // Upstream prints the Go struct; its JSON says the same.
+            Problem::Invalid(policy.to_string(), "requires indexed completion mode".into()),
+        ));
+        return;
+    }
+    let completions = spec.get("completions").and_then(Value::as_i64).unwrap_or(0);
+    let rules_path = format!("{policy_path}.rules");
+    let rules = policy
+        .get("rules")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if rules.is_empty() {
+        errors.push(FieldError::new(
+            &rules_path,
+            Problem::Required("at least one rules must be specified when the successPolicy is specified".into()),
+        ));
+    }
+    if rules.len() > 20 {
+        errors.push(FieldError::new(&rules_path, Problem::TooMany(rules.len(), 20)));
+    }
+    for (i, rule) in rules.iter().enumerate() {
+        let rule_path = format!("{rules_path}[{i}]");
+        let indexes = rule.get("succeededIndexes").and_then(Value::as_str);
+        let count = rule.get("succeededCount").and_then(Value::as_i64);
+        if indexes.is_none() && count.is_none() {
+            errors.push(FieldError::new(
+                &rule_path,
+                Problem::Required("at least one of succeededCount or succeededIndexes must be specified".into()),
+            ));
+        }
+        let mut total = 0;
+        if let Some(indexes) = indexes {
+            let indexes_path = format!("{rule_path}.succeededIndexes");
+            if indexes.len() > 65536 {
+                errors.push(FieldError::new(
+                    &indexes_path,
+                    Problem::Invalid(quoted(indexes), "Too long: may not be more than 65536 bytes".into()),
+                ));
+            }
+            match index_intervals(indexes, completions) {
+                Ok(intervals) => total = intervals.iter().map(|(first, last)| last - first + 1).sum(),
+                Err(err) => errors.push(FieldError::new(
+                    &indexes_path,
+                    Problem::Invalid(quoted(indexes), format!("error parsing succeededIndexes: {err}")),
+                )),
+            }
+        }
+        if let Some(count) = count {
+            let count_path = format!("{rule_path}.succeededCount");
+            if count < 0 {
+                errors.push(FieldError::new(
+                    &count_path,
+                    Problem::Invalid(count.to_string(), "must be greater than or equal to 0".into()),
+                ));
+            }
+            if count > completions {
+                errors.push(FieldError::new(
+                    &count_path,
+                    Problem::Invalid(
+                        count.to_string(),
+                        format!("must be less than or equal to {completions} (the number of specified completions)"),
+                    ),
+                ));
+            }
+            if indexes.is_some() && count > total {
+                errors.push(FieldError::new(
+                    &count_path,
+                    Problem::Invalid(
+                        count.to_string(),
+                        format!("must be less than or equal to {total} (the number of indexes in the specified succeededIndexes field)"),
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// Upstream's `validateIndexesFormat`: `"1,3-5"` as intervals within `completions`, each
+/// after the one before.
+pub fn index_intervals(text: &str, completions: i64) -> Result<Vec<(i64, i64)>, String> {
+    let mut intervals: Vec<(i64, i64)> = Vec::new();
+    if text.is_empty() {
+        return Ok(intervals);
+    }
+    let index = |part: &str| -> Result<i64, String> {
+        let value: i64 = part
+            .parse()
+            .map_err(|_| format!("cannot convert string to integer for index: {part:?}"))?;
+        if value >= completions {
+            return Err(format!("too large index: {part:?}"));
+        }
+        Ok(value)
+    };
+    for fragment in text.split(',') {
+        let parts: Vec<&str> = fragment.split('-').collect();
+        if parts.len() > 2 {
+            return Err(format!(
+                "the fragment {fragment:?} violates the requirement that an index interval can have at most two parts separated by '-'"
+            ));
+        }
+        let first = index(parts[0])?;
+        let last = match parts.get(1) {
+            Some(part) => {
+                let last = index(part)?;
+                if first >= last {
+                    return Err(format!("non-increasing order, previous: {first}, current: {last}"));
+                }
+                last
+            }
+            None => first,
+        };
+        if let Some((_, previous)) = intervals.last()
+            && *previous >= first
+        {
+            return Err(format!("non-increasing order, previous: {previous}, current: {first}"));
+        }
+        intervals.push((first, last));
+    }
+    Ok(intervals)
+}
+
+/// Upstream's `validatePodReplacementPolicy`: only Failed with a pod failure policy.
+fn replacement_policy(spec: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    let Some(replacement) = spec.get("podReplacementPolicy").and_then(Value::as_str) else {
+        return;
+    };
+    let supported: &[&'static str] = if spec.get("podFailurePolicy").is_some_and(|p| !p.is_null()) {
+        &["Failed"]
+    } else {
+        &["Failed", "TerminatingOrFailed"]
+    };
+    if !supported.contains(&replacement) {
+        errors.push(FieldError::new(
+            format!("{path}.podReplacementPolicy"),
+            Problem::NotSupported(quoted(replacement), supported.to_vec()),
+        ));
+    }
 }
 
 const POD_FAILURE_POLICY_ACTIONS: &[&str] = &["Count", "FailIndex", "FailJob", "Ignore"];
@@ -527,14 +795,6 @@ fn pod_failure_policy(spec: Option<&Value>, path: &str, errors: &mut Vec<FieldEr
             )),
             _ => {}
         }
-    }
-    if let Some(replacement) = spec.get("podReplacementPolicy").and_then(Value::as_str)
-        && replacement != "Failed"
-    {
-        errors.push(FieldError::new(
-            format!("{path}.podReplacementPolicy"),
-            Problem::NotSupported(quoted(replacement), vec!["Failed"]),
-        ));
     }
 }
 
@@ -928,6 +1188,57 @@ mod tests {
                 "spec.podReplacementPolicy: Unsupported value: \"TerminatingOrFailed\": supported values: \"Failed\"",
             ]
         );
+    }
+
+    #[test]
+    fn indexed_jobs_success_policies_and_limits_per_index() {
+        let job = find("batch", "v1", "jobs").unwrap();
+        let spec = |fields: Value| {
+            let mut spec =
+                json!({"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}});
+            for (key, value) in fields.as_object().unwrap() {
+                spec[key] = value.clone();
+            }
+            json!({"spec": spec})
+        };
+        let good = spec(json!({"completionMode": "Indexed", "completions": 10, "parallelism": 3,
+            "backoffLimitPerIndex": 1, "maxFailedIndexes": 5,
+            "successPolicy": {"rules": [{"succeededIndexes": "0,2-5", "succeededCount": 3}, {"succeededCount": 10}]}}));
+        assert_eq!(texts(&validate(job, &good)), Vec::<String>::new());
+        let bad = spec(json!({"completionMode": "Indexed", "completions": 4, "parallelism": -1,
+            "maxFailedIndexes": 5,
+            "successPolicy": {"rules": [{"succeededIndexes": "0,2-1"}, {"succeededIndexes": "1-2", "succeededCount": 3},
+                {}, {"succeededIndexes": "1-2-3"}, {"succeededIndexes": "x"}, {"succeededIndexes": "4"},
+                {"succeededIndexes": "2,1"}, {"succeededCount": 5}]}}));
+        assert_eq!(
+            texts(&validate(job, &bad)),
+            [
+                "spec.parallelism: Invalid value: -1: must be greater than or equal to 0",
+                "spec.backoffLimitPerIndex: Required value: when maxFailedIndexes is specified",
+                "spec.maxFailedIndexes: Invalid value: 5: must be less than or equal to completions",
+                "spec.successPolicy.rules[0].succeededIndexes: Invalid value: \"0,2-1\": error parsing succeededIndexes: non-increasing order, previous: 2, current: 1",
+                "spec.successPolicy.rules[1].succeededCount: Invalid value: 3: must be less than or equal to 2 (the number of indexes in the specified succeededIndexes field)",
+                "spec.successPolicy.rules[2]: Required value: at least one of succeededCount or succeededIndexes must be specified",
+                "spec.successPolicy.rules[3].succeededIndexes: Invalid value: \"1-2-3\": error parsing succeededIndexes: the fragment \"1-2-3\" violates the requirement that an index interval can have at most two parts separated by '-'",
+                "spec.successPolicy.rules[4].succeededIndexes: Invalid value: \"x\": error parsing succeededIndexes: cannot convert string to integer for index: \"x\"",
+                "spec.successPolicy.rules[5].succeededIndexes: Invalid value: \"4\": error parsing succeededIndexes: too large index: \"4\"",
+                "spec.successPolicy.rules[6].succeededIndexes: Invalid value: \"2,1\": error parsing succeededIndexes: non-increasing order, previous: 2, current: 1",
+                "spec.successPolicy.rules[7].succeededCount: Invalid value: 5: must be less than or equal to 4 (the number of specified completions)",
+            ]
+        );
+        let plain = spec(
+            json!({"completions": 2, "backoffLimitPerIndex": 1, "podReplacementPolicy": "Sometimes",
+            "successPolicy": {"rules": [{"succeededCount": 1}]}}),
+        );
+        assert_eq!(
+            texts(&validate(job, &plain)),
+            [
+                "spec.backoffLimitPerIndex: Invalid value: 1: requires indexed completion mode",
+                "spec.successPolicy: Invalid value: {\"rules\":[{\"succeededCount\":1}]}: requires indexed completion mode",
+                "spec.podReplacementPolicy: Unsupported value: \"Sometimes\": supported values: \"Failed\", \"TerminatingOrFailed\"",
+            ]
+        );
+        assert_eq!(index_intervals("0,2-4,7", 8), Ok(vec![(0, 0), (2, 4), (7, 7)]));
     }
 
     #[test]

@@ -1,22 +1,25 @@
 //! The Job controller (and TTL-after-finished), as upstream's: a Job runs pods from its
 //! template until `completions` have succeeded (NonIndexed: any pods; Indexed: one per
-//! index, `completedIndexes`), at most `parallelism` at once; failed pods are replaced
-//! after an exponential backoff (10 s doubling, at most 6 minutes) until `backoffLimit`
-//! failures; a `podFailurePolicy` fails the Job at a failure its FailJob rule matches and
-//! leaves failures its Ignore rule matches uncounted; `activeDeadlineSeconds` and `suspend`
-//! stop it; the conditions are upstream's (SuccessCriteriaMet then Complete, FailureTarget
-//! then Failed once no pod is still terminating, Suspended). With `podReplacementPolicy:
-//! Failed` a pod being deleted is replaced only once it has finished. A finished Job with
-//! `ttlSecondsAfterFinished` is deleted, with its pods, once that time has passed.
+//! index, `completedIndexes`, or until its `successPolicy` is met), at most `parallelism`
+//! at once; failed pods are replaced after an exponential backoff (10 s doubling, at most 6
+//! minutes) until `backoffLimit` failures (container restarts with restartPolicy
+//! OnFailure) or, with `backoffLimitPerIndex`, each index until its own limit
+//! (`failedIndexes`, `maxFailedIndexes`); a `podFailurePolicy` fails the Job (FailJob) or
+//! the index (FailIndex) at a failure it matches and leaves failures its Ignore rule
+//! matches uncounted; `activeDeadlineSeconds` and `suspend` stop it; the conditions are
+//! upstream's (SuccessCriteriaMet then Complete, FailureTarget then Failed once no pod is
+//! still terminating, Suspended). With `podReplacementPolicy: Failed` a pod being deleted
+//! is replaced only once it has finished. A finished Job with `ttlSecondsAfterFinished` is
+//! deleted, with its pods, once that time has passed.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::join_all;
-use k8s_openapi::api::batch::v1::{Job, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement};
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::batch::v1::{Job, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, SuccessPolicy};
+use k8s_openapi::api::core::v1::{ContainerStatus, EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
@@ -35,6 +38,7 @@ use crate::workqueue::WorkQueue;
 use crate::{ControllerError, api_message, key_of, split_key};
 
 const INDEX: &str = "batch.kubernetes.io/job-completion-index";
+const INDEX_ENV: &str = "JOB_COMPLETION_INDEX";
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(360);
 const WORKERS: usize = 5;
@@ -51,7 +55,7 @@ fn index_of(pod: &Pod) -> Option<i32> {
         .and_then(|i| i.parse().ok())
 }
 
-/// "0-2,4,6-7", as upstream writes `completedIndexes`.
+/// "0-2,4,6,7", as upstream writes `completedIndexes` (a run of two is written as two).
 pub fn index_ranges(indexes: &BTreeSet<i32>) -> String {
     let mut parts = Vec::new();
     let mut iter = indexes.iter().copied().peekable();
@@ -61,13 +65,90 @@ pub fn index_ranges(indexes: &BTreeSet<i32>) -> String {
             end += 1;
             iter.next();
         }
-        parts.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
+        parts.push(match end - start {
+            0 => start.to_string(),
+            1 => format!("{start},{end}"),
+            _ => format!("{start}-{end}"),
         });
     }
     parts.join(",")
+}
+
+/// Indexes below `completions` that a status field lists, as upstream's
+/// `parseIndexesFromString` reads them: unreadable fragments are skipped.
+pub fn parse_indexes(text: &str, completions: i32) -> BTreeSet<i32> {
+    let mut indexes = BTreeSet::new();
+    for fragment in text.split(',').filter(|f| !f.is_empty()) {
+        let mut parts = fragment.splitn(2, '-');
+        let Some(Ok(first)) = parts.next().map(str::parse::<i32>) else {
+            continue;
+        };
+        let last = match parts.next().map(str::parse::<i32>) {
+            None => first,
+            Some(Ok(last)) => last.min(completions - 1),
+            Some(Err(_)) => continue,
+        };
+        indexes.extend((first..=last).filter(|i| *i < completions));
+    }
+    indexes
+}
+
+/// Upstream's `matchSuccessPolicy`: the first rule the succeeded indexes meet, as upstream
+/// words it ("Matched rules at index 0"). A rule with indexes is met when all of them (or
+/// its count of them) succeeded; a rule with only a count when that many indexes did.
+pub fn match_success_policy(
+    policy: Option<&SuccessPolicy>,
+    completions: i32,
+    succeeded: &BTreeSet<i32>,
+) -> Option<String> {
+    let policy = policy?;
+    if succeeded.is_empty() {
+        return None;
+    }
+    policy.rules.iter().enumerate().find_map(|(index, rule)| {
+        let met = match (&rule.succeeded_indexes, rule.succeeded_count) {
+            (Some(indexes), count) => {
+                let required = parse_indexes(indexes, completions);
+                let done = required.intersection(succeeded).count();
+                !required.is_empty()
+                    && count.map_or(done == required.len(), |n| done >= usize::try_from(n).unwrap_or(0))
+            }
+            (None, Some(count)) => succeeded.len() >= usize::try_from(count).unwrap_or(0),
+            (None, None) => false,
+        };
+        met.then(|| format!("Matched rules at index {index}"))
+    })
+}
+
+const FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-count";
+const IGNORED_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-ignored-failure-count";
+
+fn annotation_count(pod: &Pod, key: &str) -> i32 {
+    let value = pod.metadata.annotations.as_ref().and_then(|a| a.get(key));
+    value.and_then(|v| v.parse().ok()).filter(|v| *v >= 0).unwrap_or(0)
+}
+
+/// The failure counts a replacement of `failed` carries (upstream's
+/// `getNewIndexFailureCounts`): the failed pod's, with its own failure added.
+fn next_failure_counts(failed: &Pod, judgement: &Judgement) -> (i32, i32) {
+    let (counted, ignored) = (
+        annotation_count(failed, FAILURE_COUNT),
+        annotation_count(failed, IGNORED_FAILURE_COUNT),
+    );
+    if judgement.counts() {
+        (counted + 1, ignored)
+    } else {
+        (counted, ignored + 1)
+    }
+}
+
+/// Upstream's `isIndexFailed`: a failed pod fails its index when a FailIndex rule says so,
+/// or when its counted failure is past the index's limit.
+fn fails_index(pod: &Pod, judgement: &Judgement, limit_per_index: i32) -> bool {
+    match judgement {
+        Judgement::FailIndex => true,
+        judgement => judgement.counts() && annotation_count(pod, FAILURE_COUNT) >= limit_per_index,
+    }
 }
 
 /// The delay before replacing a pod after `failures` failures (upstream's pod backoff).
@@ -81,13 +162,30 @@ pub fn backoff(failures: i32) -> Duration {
     BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_MAX)
 }
 
-/// What a pod failure policy makes of a failed pod (upstream's `matchPodFailurePolicy`):
-/// the first rule matching it decides; a FailJob rule gives the Job's failure message, an
-/// Ignore rule keeps the failure from counting toward `backoffLimit`. Rules with an action
-/// this controller does not know are skipped, as upstream asks of clients.
-pub fn match_failure_policy(policy: Option<&PodFailurePolicy>, pod: &Pod) -> (Option<String>, bool) {
+/// What a pod failure policy makes of a failed pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judgement {
+    /// Counted toward the backoff limits: no rule matched, or a Count rule did.
+    Count,
+    /// Not counted (an Ignore rule).
+    Ignore,
+    /// Fails the Job, with upstream's message.
+    FailJob(String),
+    /// Fails the pod's index at once (with `backoffLimitPerIndex`).
+    FailIndex,
+}
+
+impl Judgement {
+    fn counts(&self) -> bool {
+        *self != Judgement::Ignore
+    }
+}
+
+/// Upstream's `matchPodFailurePolicy`: the first rule matching a failed pod decides. Rules
+/// with an action this controller does not know are skipped, as upstream asks of clients.
+pub fn match_failure_policy(policy: Option<&PodFailurePolicy>, pod: &Pod) -> Judgement {
     let Some(policy) = policy else {
-        return (None, true);
+        return Judgement::Count;
     };
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     let name = pod.metadata.name.as_deref().unwrap_or_default();
@@ -124,13 +222,23 @@ pub fn match_failure_policy(policy: Option<&PodFailurePolicy>, pod: &Pod) -> (Op
         };
         let Some(message) = matched else { continue };
         match rule.action.as_str() {
-            "Ignore" => return (None, false),
-            "Count" => return (None, true),
-            "FailJob" => return (Some(message), true),
+            "Ignore" => return Judgement::Ignore,
+            "Count" => return Judgement::Count,
+            "FailJob" => return Judgement::FailJob(message),
+            "FailIndex" => return Judgement::FailIndex,
             _ => {}
         }
     }
-    (None, true)
+    Judgement::Count
+}
+
+/// When a pod finished: its containers' last termination, else its creation.
+fn finished_at(pod: &Pod) -> Option<Timestamp> {
+    let containers = pod.status.iter().flat_map(|s| s.container_statuses.iter().flatten());
+    let finished = containers
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref().map(|t| t.0))
+        .max();
+    finished.or_else(|| pod.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }
 
 /// Upstream's `pastBackoffLimitOnFailure`: with restartPolicy OnFailure, failures are
@@ -204,6 +312,12 @@ struct Counts<'a> {
     succeeded: i32,
     /// Failures counted toward the backoff limit.
     failed: i32,
+    /// Indexed: the indexes succeeded.
+    completed: &'a BTreeSet<i32>,
+    /// With a backoff limit per index: the indexes failed.
+    failed_indexes: Option<&'a BTreeSet<i32>>,
+    /// With a backoff limit per index: each index's latest failed pod.
+    last_failures: &'a BTreeMap<i32, (&'a Pod, &'a Judgement)>,
 }
 
 pub struct Controller {
@@ -287,11 +401,50 @@ impl Controller {
         let mut failed_pods: Vec<&Pod> = owned.iter().copied().filter(|p| phase(p) == Some("Failed")).collect();
         failed_pods.sort_by_key(|p| (p.metadata.creation_timestamp.as_ref().map(|t| t.0), p.name_any()));
         let policy = spec.pod_failure_policy.as_ref();
-        let judged: Vec<(Option<String>, bool)> = failed_pods.iter().map(|p| match_failure_policy(policy, p)).collect();
-        let counted = judged.iter().filter(|(_, counts)| *counts).count();
+        let judged: Vec<(&Pod, Judgement)> = failed_pods
+            .iter()
+            .map(|p| (*p, match_failure_policy(policy, p)))
+            .collect();
+        let counted = judged.iter().filter(|(_, judgement)| judgement.counts()).count();
         let failed = status.failed.unwrap_or(0).max(i32::try_from(counted).unwrap_or(0));
-        let fail_job = judged.into_iter().find_map(|(message, _)| message);
-        let completed: BTreeSet<i32> = succeeded_pods.iter().filter_map(|p| index_of(p)).collect();
+        let fail_job = judged.iter().find_map(|(_, judgement)| match judgement {
+            Judgement::FailJob(message) => Some(message.clone()),
+            _ => None,
+        });
+        let total = spec.completions.unwrap_or(0);
+        // Indexes succeeded or failed stay so in the status, whatever became of their pods.
+        let mut completed = BTreeSet::new();
+        if indexed {
+            completed = parse_indexes(status.completed_indexes.as_deref().unwrap_or_default(), total);
+            completed.extend(succeeded_pods.iter().filter_map(|p| index_of(p)).filter(|i| *i < total));
+        }
+        let per_index = spec.backoff_limit_per_index.filter(|_| indexed);
+        let failed_indexes: Option<BTreeSet<i32>> = per_index.map(|limit| {
+            let mut indexes = parse_indexes(status.failed_indexes.as_deref().unwrap_or_default(), total);
+            let newly = judged
+                .iter()
+                .filter(|(pod, judgement)| fails_index(pod, judgement, limit))
+                .filter_map(|(pod, _)| index_of(pod))
+                .filter(|i| *i < total && !completed.contains(i));
+            indexes.extend(newly);
+            indexes
+        });
+        // Each index's latest failure: its replacement carries its counts on and waits
+        // out its backoff.
+        let mut last_failures: BTreeMap<i32, (&Pod, &Judgement)> = BTreeMap::new();
+        if per_index.is_some() {
+            for (pod, judgement) in &judged {
+                let Some(index) = index_of(pod) else { continue };
+                let absolute =
+                    |p: &Pod| annotation_count(p, FAILURE_COUNT) + annotation_count(p, IGNORED_FAILURE_COUNT);
+                let later = last_failures
+                    .get(&index)
+                    .is_none_or(|(kept, _)| absolute(kept) <= absolute(pod) && finished_at(kept) <= finished_at(pod));
+                if later {
+                    last_failures.insert(index, (pod, judgement));
+                }
+            }
+        }
         let succeeded = if indexed {
             i32::try_from(completed.len()).unwrap_or(0)
         } else {
@@ -305,6 +458,9 @@ impl Controller {
             terminating: &terminating,
             succeeded,
             failed,
+            completed: &completed,
+            failed_indexes: failed_indexes.as_ref(),
+            last_failures: &last_failures,
         };
         let parallelism = spec.parallelism.unwrap_or(1);
         let completions = spec.completions;
@@ -328,43 +484,64 @@ impl Controller {
         let deadline_passed = spec.active_deadline_seconds.zip(start).is_some_and(|(seconds, start)| {
             !suspended && start + SignedDuration::from_secs(seconds) <= Timestamp::now()
         });
-        let complete = match completions {
-            Some(n) => succeeded >= n,
-            None => succeeded > 0 && active.is_empty(),
+        // A decision once made stays (its pods may be gone by the next look), as upstream
+        // keeps the FailureTarget and SuccessCriteriaMet conditions.
+        let decided = |kind: &str| {
+            status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == kind && c.status == "True")
+                .map(|c| {
+                    (
+                        c.reason.clone().unwrap_or_default(),
+                        c.message.clone().unwrap_or_default(),
+                    )
+                })
         };
-        // A failure once decided stays (its pods may be gone by the next look), as upstream
-        // keeps the FailureTarget condition.
-        let decided = status
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == "FailureTarget" && c.status == "True")
-            .map(|c| {
-                (
-                    c.reason.clone().unwrap_or_default(),
-                    c.message.clone().unwrap_or_default(),
-                )
-            });
-        let failure: Option<(String, String)> = if let Some(decided) = decided {
+        let reason = |reason: &str, message: &str| Some((reason.to_string(), message.to_string()));
+        let failed_indexes_count = failed_indexes.as_ref().map_or(0, BTreeSet::len);
+        let failure: Option<(String, String)> = if let Some(decided) = decided("FailureTarget") {
             Some(decided)
         } else if let Some(message) = fail_job {
             Some(("PodFailurePolicy".into(), message))
         } else if failed > backoff_limit || restarts_past_limit(&job, &owned) {
-            Some((
-                "BackoffLimitExceeded".into(),
-                "Job has reached the specified backoff limit".into(),
-            ))
+            reason("BackoffLimitExceeded", "Job has reached the specified backoff limit")
         } else if deadline_passed {
-            Some((
-                "DeadlineExceeded".into(),
-                "Job was active longer than specified deadline".into(),
-            ))
+            reason("DeadlineExceeded", "Job was active longer than specified deadline")
+        } else if spec
+            .max_failed_indexes
+            .is_some_and(|max| failed_indexes_count > usize::try_from(max).unwrap_or(0))
+        {
+            reason(
+                "MaxFailedIndexesExceeded",
+                "Job has exceeded the specified maximal number of failed indexes",
+            )
+        } else if failed_indexes_count > 0
+            && failed_indexes_count + completed.len() >= usize::try_from(total).unwrap_or(0)
+        {
+            reason("FailedIndexes", "Job has failed indexes")
         } else {
             None
         };
+        let complete = match completions {
+            Some(n) => succeeded >= n,
+            None => succeeded > 0 && active.is_empty(),
+        };
+        let success: Option<(String, String)> = decided("SuccessCriteriaMet")
+            .or_else(|| {
+                let matched = indexed.then(|| match_success_policy(spec.success_policy.as_ref(), total, &completed));
+                matched.flatten().map(|message| ("SuccessPolicy".into(), message))
+            })
+            .or_else(|| {
+                complete
+                    .then(|| reason("CompletionsReached", "Reached expected number of succeeded pods"))
+                    .flatten()
+            });
         let mut terminal: Option<(String, String)> = None;
         // Upstream marks a Job finished only once none of its pods is still terminating.
         let settled = |active: &[&Pod]| active.is_empty() && terminating.is_empty();
+        let mut requeue_for_backoff = None;
         if let Some((reason, message)) = failure {
             self.delete_pods(key, &pods_api, &active).await?;
             set(&mut conditions, condition("FailureTarget", "True", &reason, &message));
@@ -372,18 +549,14 @@ impl Controller {
                 set(&mut conditions, condition("Failed", "True", &reason, &message));
                 terminal = Some((reason, message));
             }
-        } else if complete {
-            let message = "Reached expected number of succeeded pods";
+        } else if let Some((reason, message)) = success {
             set(
                 &mut conditions,
-                condition("SuccessCriteriaMet", "True", "CompletionsReached", message),
+                condition("SuccessCriteriaMet", "True", &reason, &message),
             );
             self.delete_pods(key, &pods_api, &active).await?;
             if settled(&active) {
-                set(
-                    &mut conditions,
-                    condition("Complete", "True", "CompletionsReached", message),
-                );
+                set(&mut conditions, condition("Complete", "True", &reason, &message));
                 terminal = Some(("Completed".into(), "Job completed".into()));
             }
         } else if suspended {
@@ -399,47 +572,30 @@ impl Controller {
                     condition("Suspended", "False", "JobResumed", "Job resumed"),
                 );
             }
-            // Replacements wait out the backoff from the last failure.
-            // Every failure delays the next pod, those a policy ignores too.
+            // Replacements wait out the backoff from the last failure (with a limit per
+            // index, each index its own). Every failure delays the next pod, those a policy
+            // ignores too.
             let wait = backoff(failed.max(i32::try_from(failed_pods.len()).unwrap_or(0)));
-            let last_failure = owned
-                .iter()
-                .filter(|p| phase(p) == Some("Failed"))
-                .filter_map(|p| {
-                    let finished = p
-                        .status
-                        .iter()
-                        .flat_map(|s| s.container_statuses.iter().flatten())
-                        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref().map(|t| t.0))
-                        .max();
-                    finished.or_else(|| p.metadata.creation_timestamp.as_ref().map(|t| t.0))
-                })
-                .max();
-            let ready_at = last_failure.map(|t| t + SignedDuration::try_from(wait).unwrap_or_default());
+            let last_failure = failed_pods.iter().filter_map(|p| finished_at(p)).max();
+            let ready_at = last_failure
+                .filter(|_| per_index.is_none())
+                .map(|t| t + SignedDuration::try_from(wait).unwrap_or_default());
             if let Some(ready_at) = ready_at.filter(|t| *t > Timestamp::now()) {
                 let left = ready_at.duration_since(Timestamp::now()).as_secs().max(1);
-                self.write_status(key, &jobs, &job, &counts, &completed, indexed, conditions, None)
+                self.write_status(key, &jobs, &job, &counts, indexed, conditions, None)
                     .await?;
                 return Ok(Some(Duration::from_secs(u64::try_from(left).unwrap_or(1))));
             }
-            self.manage(
-                &job,
-                key,
-                &pods_api,
-                &counts,
-                &completed,
-                indexed,
-                parallelism,
-                completions,
-            )
-            .await?;
+            requeue_for_backoff = self
+                .manage(&job, key, &pods_api, &counts, indexed, parallelism, completions)
+                .await?;
         }
         if let Some((reason, message)) = &terminal {
             let kind = if reason == "Completed" { "Normal" } else { "Warning" };
             self.event(&job, kind, reason, message).await;
         }
         let terminal = terminal.as_ref().map(|(reason, _)| reason.as_str());
-        self.write_status(key, &jobs, &job, &counts, &completed, indexed, conditions, terminal)
+        self.write_status(key, &jobs, &job, &counts, indexed, conditions, terminal)
             .await?;
         let requeue = spec
             .active_deadline_seconds
@@ -451,7 +607,10 @@ impl Controller {
                     .as_secs();
                 Duration::from_secs(u64::try_from(left.max(1)).unwrap_or(1))
             });
-        Ok(requeue)
+        Ok(match (requeue, requeue_for_backoff) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     async fn delete_pods(&self, key: &str, api: &Api<Pod>, pods: &[&Pod]) -> Result<(), ControllerError> {
@@ -483,13 +642,12 @@ impl Controller {
         key: &str,
         api: &Api<Pod>,
         counts: &Counts<'_>,
-        completed: &BTreeSet<i32>,
         indexed: bool,
         parallelism: i32,
         completions: Option<i32>,
-    ) -> Result<(), ControllerError> {
+    ) -> Result<Option<Duration>, ControllerError> {
         let Some(template) = job.spec.as_ref().map(|s| &s.template) else {
-            return Ok(());
+            return Ok(None);
         };
         let (active, succeeded) = (counts.active, counts.succeeded);
         let active_count = i32::try_from(active.len()).unwrap_or(0);
@@ -511,24 +669,48 @@ impl Controller {
             let mut extra: Vec<&Pod> = active.to_vec();
             extra.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.as_ref().map(|t| t.0)));
             let extra = &extra[..usize::try_from(active_count - wanted_active).unwrap_or(0)];
-            return self.delete_pods(key, api, extra).await;
+            self.delete_pods(key, api, extra).await?;
+            return Ok(None);
         }
         let waiting_count = i32::try_from(waiting.len()).unwrap_or(0);
         let missing = usize::try_from(wanted_active - active_count - waiting_count).unwrap_or(0);
         if missing == 0 {
-            return Ok(());
+            return Ok(None);
         }
-        // Indexed: the lowest indexes neither completed nor running.
+        // Indexed: the lowest indexes neither completed, failed nor running, each once its
+        // own backoff (with a limit per index) has passed.
         let running: BTreeSet<i32> = active.iter().chain(waiting).filter_map(|p| index_of(p)).collect();
+        let mut requeue: Option<Duration> = None;
+        let now = Timestamp::now();
         let indexes: Vec<Option<i32>> = if indexed {
-            (0..completions.unwrap_or(0))
-                .filter(|i| !completed.contains(i) && !running.contains(i))
-                .take(missing)
-                .map(Some)
-                .collect()
+            let failed = counts.failed_indexes;
+            let pending = (0..completions.unwrap_or(0)).filter(|i| {
+                !counts.completed.contains(i) && !running.contains(i) && !failed.is_some_and(|f| f.contains(i))
+            });
+            let mut ready = Vec::new();
+            for index in pending {
+                if ready.len() == missing {
+                    break;
+                }
+                if let Some((pod, judgement)) = counts.last_failures.get(&index) {
+                    let (counted, ignored) = next_failure_counts(pod, judgement);
+                    let wait = backoff(counted + ignored);
+                    let ready_at = finished_at(pod).map(|t| t + SignedDuration::try_from(wait).unwrap_or_default());
+                    if let Some(ready_at) = ready_at.filter(|t| *t > now) {
+                        let left = Duration::from_secs(
+                            u64::try_from(ready_at.duration_since(now).as_secs().max(1)).unwrap_or(1),
+                        );
+                        requeue = Some(requeue.map_or(left, |r| r.min(left)));
+                        continue;
+                    }
+                }
+                ready.push(Some(index));
+            }
+            ready
         } else {
             vec![None; missing]
         };
+        let per_index = job.spec.as_ref().and_then(|s| s.backoff_limit_per_index).is_some() && indexed;
         self.expectations.lock().await.expect_creations(key, indexes.len());
         let params = PostParams::default();
         let pods: Vec<Pod> = indexes
@@ -548,17 +730,46 @@ impl Controller {
                         .labels
                         .get_or_insert_default()
                         .insert(INDEX.into(), i.to_string());
+                    if per_index {
+                        // Upstream's index failure counts, carried from the pod replaced.
+                        let (counted, ignored) = counts
+                            .last_failures
+                            .get(i)
+                            .map_or((0, 0), |(pod, judgement)| next_failure_counts(pod, judgement));
+                        let annotations = pod.metadata.annotations.get_or_insert_default();
+                        annotations.insert(FAILURE_COUNT.into(), counted.to_string());
+                        if ignored > 0 {
+                            annotations.insert(IGNORED_FAILURE_COUNT.into(), ignored.to_string());
+                        }
+                    }
                     if let Some(spec) = pod.spec.as_mut() {
                         spec.hostname = Some(owner_name.clone());
-                        for container in &mut spec.containers {
-                            container
-                                .env
-                                .get_or_insert_default()
-                                .push(k8s_openapi::api::core::v1::EnvVar {
-                                    name: "JOB_COMPLETION_INDEX".into(),
-                                    value: Some(i.to_string()),
-                                    value_from: None,
-                                });
+                        // Upstream's variable, read from the pod's index label, first in
+                        // every container that does not set it itself.
+                        let containers = spec
+                            .init_containers
+                            .iter_mut()
+                            .flatten()
+                            .chain(spec.containers.iter_mut());
+                        for container in containers {
+                            let env = container.env.get_or_insert_default();
+                            if env.iter().any(|e| e.name == INDEX_ENV) {
+                                continue;
+                            }
+                            env.insert(
+                                0,
+                                EnvVar {
+                                    name: INDEX_ENV.into(),
+                                    value: None,
+                                    value_from: Some(EnvVarSource {
+                                        field_ref: Some(ObjectFieldSelector {
+                                            api_version: Some("v1".into()),
+                                            field_path: format!("metadata.labels['{INDEX}']"),
+                                        }),
+                                        ..EnvVarSource::default()
+                                    }),
+                                },
+                            );
                         }
                     }
                 }
@@ -580,7 +791,7 @@ impl Controller {
                 }
             }
         }
-        Ok(())
+        Ok(requeue)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -590,7 +801,6 @@ impl Controller {
         api: &Api<Job>,
         job: &Job,
         counts: &Counts<'_>,
-        completed: &BTreeSet<i32>,
         indexed: bool,
         conditions: Vec<Value>,
         terminal: Option<&str>,
@@ -616,7 +826,10 @@ impl Controller {
             "uncountedTerminatedPods": {},
         });
         if indexed {
-            status["completedIndexes"] = json!(index_ranges(completed));
+            status["completedIndexes"] = json!(index_ranges(counts.completed));
+            if let Some(failed) = counts.failed_indexes {
+                status["failedIndexes"] = json!(index_ranges(failed));
+            }
         }
         if terminal == Some("Completed") && previous.completion_time.is_none() {
             status["completionTime"] = json!(rkube_client::now_text());
@@ -756,28 +969,31 @@ mod tests {
         let fatal = pod(json!([exited("side", 0), exited("main", 42)]), json!([]), json!([]));
         assert_eq!(
             judge(&fatal),
-            (
-                Some("Container main for pod ns/p failed with exit code 42 matching FailJob rule at index 1".into()),
-                true
+            Judgement::FailJob(
+                "Container main for pod ns/p failed with exit code 42 matching FailJob rule at index 1".into()
             )
         );
         // The rule names another container; the unknown action's rule is skipped.
         let other = pod(json!([exited("side", 3)]), json!([]), json!([]));
-        assert_eq!(judge(&other), (None, true), "Count by NotIn");
+        assert_eq!(judge(&other), Judgement::Count, "Count by NotIn");
         let evicted = pod(
             json!([exited("main", 137)]),
             json!([]),
             json!([{"type": "DisruptionTarget", "status": "True"}]),
         );
-        assert_eq!(judge(&evicted), (None, false), "the condition rule comes first");
+        assert_eq!(judge(&evicted), Judgement::Ignore, "the condition rule comes first");
         // Init containers are looked at too, and exit code 0 never matches.
         let init = pod(json!([]), json!([exited("main", 3)]), json!([]));
-        assert!(judge(&init).0.is_some());
+        assert!(matches!(judge(&init), Judgement::FailJob(_)));
         let ignored = pod(json!([exited("main", 5)]), json!([]), json!([]));
-        assert_eq!(judge(&ignored), (None, false), "NotIn 5 does not match 5; In 5 does");
+        assert_eq!(
+            judge(&ignored),
+            Judgement::Ignore,
+            "NotIn 5 does not match 5; In 5 does"
+        );
         let clean = pod(json!([exited("main", 0)]), json!([]), json!([]));
-        assert_eq!(judge(&clean), (None, true), "no rule matched: counted");
-        assert_eq!(match_failure_policy(None, &fatal), (None, true));
+        assert_eq!(judge(&clean), Judgement::Count, "no rule matched: counted");
+        assert_eq!(match_failure_policy(None, &fatal), Judgement::Count);
     }
 
     #[test]
@@ -812,8 +1028,69 @@ mod tests {
     #[test]
     fn completed_indexes_read_as_upstream() {
         let set: BTreeSet<i32> = [0, 1, 2, 4, 6, 7].into();
-        assert_eq!(index_ranges(&set), "0-2,4,6-7");
+        assert_eq!(index_ranges(&set), "0-2,4,6,7");
         assert_eq!(index_ranges(&BTreeSet::new()), "");
+        assert_eq!(parse_indexes("0-2,4,6,7", 10), set);
+        assert_eq!(
+            parse_indexes("1,x,3-20", 5),
+            [1, 3, 4].into(),
+            "unreadable parts skipped, capped"
+        );
+    }
+
+    #[test]
+    fn success_policies_match_as_upstream() {
+        let policy: SuccessPolicy = serde_json::from_value(json!({"rules": [
+            {"succeededIndexes": "0,2-4"},
+            {"succeededIndexes": "5-9", "succeededCount": 2},
+            {"succeededCount": 6},
+        ]}))
+        .unwrap();
+        let matched = |done: &[i32]| match_success_policy(Some(&policy), 10, &done.iter().copied().collect());
+        assert_eq!(matched(&[0, 2, 3]), None);
+        assert_eq!(matched(&[0, 2, 3, 4]).as_deref(), Some("Matched rules at index 0"));
+        assert_eq!(matched(&[1, 5, 9]).as_deref(), Some("Matched rules at index 1"));
+        assert_eq!(
+            matched(&[0, 1, 2, 3, 5, 6]).as_deref(),
+            Some("Matched rules at index 1")
+        );
+        assert_eq!(
+            matched(&[0, 1, 2, 3, 6, 8]).as_deref(),
+            Some("Matched rules at index 1")
+        );
+        assert_eq!(
+            matched(&[0, 1, 2, 3, 6, 7]).as_deref(),
+            Some("Matched rules at index 1")
+        );
+        assert_eq!(matched(&[0, 1, 3, 4, 5]), None, "2 missing, one of 5-9, five in all");
+        assert_eq!(matched(&[]), None);
+        assert_eq!(match_success_policy(None, 10, &[1].into()), None);
+    }
+
+    #[test]
+    fn indexes_fail_past_their_limit_or_by_a_fail_index_rule() {
+        let pod = |counted: &str, ignored: Option<&str>| -> Pod {
+            let mut annotations = json!({FAILURE_COUNT: counted});
+            if let Some(ignored) = ignored {
+                annotations[IGNORED_FAILURE_COUNT] = json!(ignored);
+            }
+            serde_json::from_value(json!({"metadata": {"annotations": annotations}, "status": {"phase": "Failed"}}))
+                .unwrap()
+        };
+        // backoffLimitPerIndex 1: a first failure is retried, a second fails the index.
+        assert!(!fails_index(&pod("0", None), &Judgement::Count, 1));
+        assert!(fails_index(&pod("1", None), &Judgement::Count, 1));
+        assert!(
+            !fails_index(&pod("5", None), &Judgement::Ignore, 1),
+            "ignored failures never fail it"
+        );
+        assert!(fails_index(&pod("0", None), &Judgement::FailIndex, 1));
+        assert!(
+            !fails_index(&pod("junk", None), &Judgement::Count, 1),
+            "an unreadable count is 0"
+        );
+        assert_eq!(next_failure_counts(&pod("1", Some("2")), &Judgement::Count), (2, 2));
+        assert_eq!(next_failure_counts(&pod("1", None), &Judgement::Ignore), (1, 1));
     }
 
     #[test]

@@ -922,6 +922,144 @@ async fn job_pod_failure_policies_decide_by_exit_code() {
     );
 }
 
+/// Indexed Jobs' own policies: a success policy ends a Job early (reason SuccessPolicy),
+/// a FailIndex rule with a backoff limit per index fails an index without retrying it and
+/// the Job once no index is left (FailedIndexes), and maxFailedIndexes fails it at the
+/// first index past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexed_jobs_succeed_by_policy_and_fail_per_index() {
+    use k8s_openapi::api::batch::v1::Job;
+    let (server, client) = common::cluster_and_client(Control::Full).await;
+    let _nodes = HollowNodes::start(client.clone(), HollowOptions::default())
+        .await
+        .unwrap();
+    let kubectl = server.kubectl();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let dir = tempfile::tempdir().unwrap();
+    let create = |name: &str, extra: &str, exit_code: u8| {
+        let yaml = format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  completionMode: Indexed\n{extra}  \
+             template:\n    metadata: {{annotations: {{{}: \"{exit_code}\"}}}}\n    spec:\n      restartPolicy: Never\n      \
+             containers: [{{name: main, image: busybox}}]\n",
+            rkube_testkit::hollow::EXIT_CODE_ANNOTATION
+        );
+        common::ok(common::apply_file(
+            &kubectl,
+            dir.path(),
+            &format!("{name}.yaml"),
+            &yaml,
+            "create",
+        ));
+    };
+    let finished = |name: &str, kind: &str| {
+        let jobs = jobs.clone();
+        let (name, kind) = (name.to_string(), kind.to_string());
+        async move {
+            eventually(&format!("{name} {kind}"), Duration::from_secs(60), async || {
+                let status = jobs.get(&name).await.ok()?.status?;
+                let done = status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .find(|c| c.type_ == kind && c.status == "True")?
+                    .clone();
+                Some((status, done))
+            })
+            .await
+        }
+    };
+    let made = |name: &str| {
+        let pods = pods.clone();
+        let selector = format!("job-name={name}");
+        async move { pods.list(&ListParams::default().labels(&selector)).await.unwrap().items }
+    };
+
+    // Two of five indexes suffice.
+    create(
+        "enough",
+        "  completions: 5\n  parallelism: 2\n  successPolicy:\n    rules: [{succeededCount: 2}]\n",
+        0,
+    );
+    let (status, complete) = finished("enough", "Complete").await;
+    assert_eq!(
+        (complete.reason.as_deref(), complete.message.as_deref()),
+        (Some("SuccessPolicy"), Some("Matched rules at index 0"))
+    );
+    let criteria = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "SuccessCriteriaMet")
+        .unwrap();
+    assert_eq!(criteria.reason.as_deref(), Some("SuccessPolicy"));
+    assert!(
+        status.succeeded.unwrap_or(0) >= 2 && status.succeeded.unwrap_or(0) < 5,
+        "{status:?}"
+    );
+    assert!(
+        status.completed_indexes.as_deref().unwrap().starts_with("0,1"),
+        "{status:?}"
+    );
+    let index_env = made("enough").await[0].spec.clone().unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (
+            index_env[0].name.as_str(),
+            index_env[0]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path
+                .as_str()
+        ),
+        (
+            "JOB_COMPLETION_INDEX",
+            "metadata.labels['batch.kubernetes.io/job-completion-index']"
+        )
+    );
+
+    // FailIndex: each index fails at its first failure, not retried though its limit is 3.
+    create(
+        "per-index",
+        "  completions: 2\n  parallelism: 2\n  backoffLimitPerIndex: 3\n  podFailurePolicy:\n    \
+         rules: [{action: FailIndex, onExitCodes: {operator: In, values: [1]}}]\n",
+        1,
+    );
+    let (status, failed) = finished("per-index", "Failed").await;
+    assert_eq!(
+        (failed.reason.as_deref(), failed.message.as_deref()),
+        (Some("FailedIndexes"), Some("Job has failed indexes"))
+    );
+    assert_eq!(
+        (status.failed_indexes.as_deref(), status.failed),
+        (Some("0,1"), Some(2))
+    );
+    let made_pods = made("per-index").await;
+    assert_eq!(made_pods.len(), 2, "no retries");
+    assert!(
+        made_pods
+            .iter()
+            .all(|p| p.metadata.annotations.as_ref().unwrap()["batch.kubernetes.io/job-index-failure-count"] == "0")
+    );
+
+    // maxFailedIndexes 0: the first failed index ends it.
+    create(
+        "strict",
+        "  completions: 3\n  parallelism: 1\n  backoffLimitPerIndex: 0\n  maxFailedIndexes: 0\n",
+        1,
+    );
+    let (status, failed) = finished("strict", "Failed").await;
+    assert_eq!(failed.reason.as_deref(), Some("MaxFailedIndexesExceeded"));
+    assert_eq!(status.failed_indexes.as_deref(), Some("0"));
+    assert_eq!(made("strict").await.len(), 1);
+}
+
 /// The CronJob of shared/examples/seed/19: at the next minute a Job named after the
 /// scheduled minute runs to completion, and the CronJob's status says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
