@@ -1436,12 +1436,17 @@ async fn delete_one(
         finalizers.push(json!(finalizer));
     }
     let is_namespace = (info.group, info.plural) == ("", "namespaces");
-    // A pod on a node is finished by that node, unless the grace period is zero.
+    // A pod on a node is finished by that node, unless the grace period is zero or the
+    // pod has finished already (upstream's `CheckGracefulDelete`).
     let pod_on_node = (info.group, info.plural) == ("", "pods")
         && current
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)
             .is_some_and(|n| !n.is_empty())
+        && !matches!(
+            current.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        )
         && options.grace_period != Some(0);
     if finalizers.is_empty() && !is_namespace && !pod_on_node {
         if !options.dry_run {

@@ -246,31 +246,14 @@ impl Controller {
             }
             let namespace = pod.namespace().unwrap_or_default();
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-            let target = json!({"status": {"conditions": [{"type": "DisruptionTarget", "status": "True",
-                "reason": "DeletionByTaintManager", "message": "Taint manager: deleting due to NoExecute taint",
-                "lastTransitionTime": rkube_client::now_text()}]}});
-            // The whole list is replaced by a merge patch: keep the pod's other conditions.
-            let mut conditions: Vec<Value> = pod
-                .status
-                .iter()
-                .flat_map(|s| s.conditions.iter().flatten())
-                .filter(|c| c.type_ != "DisruptionTarget")
-                .filter_map(|c| serde_json::to_value(c).ok())
-                .collect();
-            conditions.extend(target["status"]["conditions"].as_array().cloned().unwrap_or_default());
-            let patched = api
-                .patch_status(
-                    &pod.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&json!({"status": {"conditions": conditions}})),
-                )
-                .await;
-            if let Err(kube::Error::Api(status)) = &patched
-                && status.code == 404
-            {
+            let disruption = Disruption {
+                reason: "DeletionByTaintManager",
+                message: "Taint manager: deleting due to NoExecute taint",
+                fail: false,
+            };
+            if !disruption.mark(&api, &pod).await? {
                 continue;
             }
-            patched?;
             let message = format!("Marking for deletion Pod {namespace}/{}", pod.name_any());
             self.recorder
                 .emit(&reference(pod.as_ref()), "Normal", "TaintManagerEviction", &message)
@@ -303,6 +286,16 @@ impl Controller {
                 continue;
             }
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+            // As upstream's PodGC: no node is left to say how the pod ended, so it is
+            // marked Failed by disruption before it goes.
+            let disruption = Disruption {
+                reason: "DeletionByPodGC",
+                message: "PodGC: node no longer exists",
+                fail: true,
+            };
+            if !disruption.mark(&api, pod).await? {
+                continue;
+            }
             match api
                 .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
                 .await
@@ -334,6 +327,50 @@ impl Controller {
             }
         }
         Ok(())
+    }
+}
+
+/// A pod's `DisruptionTarget` condition, written before the pod is deleted so that its
+/// owner (a Job's pod failure policy) can tell a disruption from a failure.
+struct Disruption {
+    reason: &'static str,
+    message: &'static str,
+    /// Also mark the pod Failed, if it has not finished (nothing else will).
+    fail: bool,
+}
+
+impl Disruption {
+    /// False when the pod is gone already.
+    async fn mark(&self, api: &Api<Pod>, pod: &Pod) -> Result<bool, kube::Error> {
+        let status = pod.status.as_ref();
+        let phase = status.and_then(|s| s.phase.as_deref());
+        if self.fail && matches!(phase, Some("Succeeded" | "Failed")) {
+            // Finished: how it ended stands.
+            return Ok(true);
+        }
+        // The whole list is replaced by a merge patch: keep the pod's other conditions.
+        let mut conditions: Vec<Value> = status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .filter(|c| c.type_ != "DisruptionTarget")
+            .filter_map(|c| serde_json::to_value(c).ok())
+            .collect();
+        conditions.push(
+            json!({"type": "DisruptionTarget", "status": "True", "reason": self.reason,
+            "message": self.message, "lastTransitionTime": rkube_client::now_text()}),
+        );
+        let mut patch = json!({"status": {"conditions": conditions}});
+        if self.fail {
+            patch["status"]["phase"] = json!("Failed");
+        }
+        match api
+            .patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+            Err(err) => Err(err),
+        }
     }
 }
 

@@ -1160,6 +1160,46 @@ async fn pods_leave_an_unreachable_node() {
         "create",
     ));
     rollout_status(&kubectl, &["deployment/hardy"]);
+    // Meanwhile a pod bound to a node that does not exist is collected (after upstream's
+    // 40 s quarantine), marked Failed by disruption first.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let ghost: Pod = serde_json::from_value(json!({"metadata": {"name": "ghost"},
+        "spec": {"nodeName": "ghost-0", "containers": [{"name": "c", "image": "busybox"}]}}))
+    .unwrap();
+    let ghost = pods.create(&PostParams::default(), &ghost).await.unwrap();
+    let watched = {
+        use futures_util::StreamExt;
+        use kube::api::{WatchEvent, WatchParams};
+        let stream = pods
+            .watch(
+                &WatchParams::default().fields("metadata.name=ghost").timeout(120),
+                ghost.metadata.resource_version.as_deref().unwrap(),
+            )
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            let mut marked = None;
+            while let Some(Ok(event)) = stream.next().await {
+                match event {
+                    WatchEvent::Modified(pod) => {
+                        let status = pod.status.unwrap_or_default();
+                        let target = status
+                            .conditions
+                            .unwrap_or_default()
+                            .into_iter()
+                            .find(|c| c.type_ == "DisruptionTarget");
+                        if let Some(target) = target {
+                            marked = Some((status.phase, target.reason, target.message));
+                        }
+                    }
+                    WatchEvent::Deleted(_) => return (marked, true),
+                    _ => {}
+                }
+            }
+            (marked, false)
+        })
+    };
     let survivor = HollowNodes::start(client.clone(), fleet("survivor", 1, "b"))
         .await
         .unwrap();
@@ -1189,7 +1229,6 @@ async fn pods_leave_an_unreachable_node() {
         (ready.status.as_str(), ready.reason.as_deref()),
         ("Unknown", Some("NodeStatusUnknown"))
     );
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     eventually(
         "both replicas running on the survivor",
         Duration::from_secs(60),
@@ -1213,6 +1252,35 @@ async fn pods_leave_an_unreachable_node() {
         evicted
             .iter()
             .any(|e| e.reason.as_deref() == Some("TaintManagerEviction"))
+    );
+    // The evicted pods wait for a node that is gone; they say why they were disrupted.
+    let left: Vec<Pod> = pods
+        .list(&ListParams::default().labels("app=hardy"))
+        .await
+        .unwrap()
+        .items;
+    let evicted_pods: Vec<&Pod> = left
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_some())
+        .collect();
+    assert_eq!(evicted_pods.len(), 2);
+    for pod in evicted_pods {
+        let conditions = pod.status.as_ref().unwrap().conditions.as_ref().unwrap();
+        let target = conditions.iter().find(|c| c.type_ == "DisruptionTarget").unwrap();
+        assert_eq!(target.reason.as_deref(), Some("DeletionByTaintManager"));
+    }
+    let (marked, deleted) = tokio::time::timeout(Duration::from_secs(90), watched)
+        .await
+        .expect("the orphan collected in time")
+        .unwrap();
+    assert!(deleted, "the orphan collected");
+    assert_eq!(
+        marked,
+        Some((
+            Some("Failed".to_string()),
+            Some("DeletionByPodGC".to_string()),
+            Some("PodGC: node no longer exists".to_string())
+        ))
     );
 }
 

@@ -810,6 +810,26 @@ fn pod_binding_eviction_and_streams() {
         .run(&["get", "pod", "p1", "-o", "jsonpath={.metadata.deletionTimestamp}"])
         .unwrap());
     assert!(!deleting.is_empty(), "a bound pod waits for its node to finish it");
+
+    // A pod that has finished has nothing left for its node to stop: it goes at once.
+    let done = "apiVersion: v1\nkind: Pod\nmetadata: {name: done}\nspec:\n  nodeName: node-1\n  restartPolicy: Never\n  \
+                containers: [{name: c, image: busybox}]\n";
+    ok(apply_file(&k, dir.path(), "done.yaml", done, "create"));
+    ok(k.run(&[
+        "patch",
+        "pod",
+        "done",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Succeeded"}}"#,
+    ])
+    .unwrap());
+    ok(k.run(&["delete", "pod", "done", "--wait=false"]).unwrap());
+    assert!(
+        fails(k.run(&["get", "pod", "done"]).unwrap()).contains("NotFound"),
+        "a finished pod goes at once"
+    );
 }
 
 #[test]
