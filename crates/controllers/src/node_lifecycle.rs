@@ -34,6 +34,7 @@ const PERIOD: Duration = Duration::from_secs(5);
 const TERMINATED_THRESHOLD: usize = 12_500;
 /// How long a pod's node must be missing before the pod is collected (upstream's quarantine).
 const ORPHAN_QUARANTINE: Duration = Duration::from_secs(40);
+const OUT_OF_SERVICE: &str = "node.kubernetes.io/out-of-service";
 
 fn ready_status(node: &Node) -> Option<&str> {
     node.status
@@ -43,6 +44,23 @@ fn ready_status(node: &Node) -> Option<&str> {
         .iter()
         .find(|c| c.type_ == "Ready")
         .map(|c| c.status.as_str())
+}
+
+/// A node not Ready that its operator marked out of service (upstream's non-graceful
+/// node shutdown): its terminating pods will not be finished by it.
+fn out_of_service(node: &Node) -> bool {
+    let tainted = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == OUT_OF_SERVICE));
+    tainted && ready_status(node) != Some("True")
+}
+
+/// Being deleted and not finished.
+fn is_terminating(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    pod.metadata.deletion_timestamp.is_some() && !matches!(phase, Some("Succeeded" | "Failed"))
 }
 
 /// The not-ready taints a node should carry for its Ready status.
@@ -263,7 +281,8 @@ impl Controller {
         Ok(())
     }
 
-    /// Upstream's pod GC: orphans of deleted nodes, and finished pods over the threshold.
+    /// Upstream's pod GC: orphans of deleted nodes, terminating pods of out-of-service
+    /// nodes, and finished pods over the threshold.
     async fn collect_pods(&self) -> Result<(), kube::Error> {
         let pods = self.pods.state();
         let mut missing = self.missing_since.lock().await;
@@ -277,7 +296,25 @@ impl Controller {
             else {
                 continue;
             };
-            if self.nodes.get(&ObjectRef::new(&node)).is_some() {
+            if let Some(known) = self.nodes.get(&ObjectRef::new(&node)) {
+                if out_of_service(&known) && is_terminating(pod) {
+                    // Upstream's non-graceful node shutdown: the node will not finish its
+                    // pods; they go now, marked Failed.
+                    let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+                    crate::ignore_not_found(
+                        api.patch_status(
+                            &pod.name_any(),
+                            &PatchParams::default(),
+                            &Patch::Merge(&json!({"status": {"phase": "Failed"}})),
+                        )
+                        .await,
+                    )?;
+                    crate::ignore_not_found(
+                        api.delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
+                            .await,
+                    )?;
+                    tracing::info!(pod = pod.name_any(), node, "deleted a pod of an out-of-service node");
+                }
                 continue;
             }
             let since = missing.get(&node).copied().unwrap_or_else(Instant::now);

@@ -1269,6 +1269,20 @@ async fn pods_leave_an_unreachable_node() {
         let target = conditions.iter().find(|c| c.type_ == "DisruptionTarget").unwrap();
         assert_eq!(target.reason.as_deref(), Some("DeletionByTaintManager"));
     }
+    // Marked out of service (non-graceful shutdown), the node's terminating pods go.
+    let out = json!({"spec": {"taints": [{"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown",
+        "effect": "NoExecute"}]}});
+    nodes
+        .patch("doomed-0", &PatchParams::default(), &Patch::Merge(&out))
+        .await
+        .unwrap();
+    eventually("the evicted pods gone", Duration::from_secs(30), async || {
+        let left = pods.list(&ListParams::default().labels("app=hardy")).await.ok()?.items;
+        left.iter()
+            .all(|p| p.metadata.deletion_timestamp.is_none())
+            .then_some(())
+    })
+    .await;
     let (marked, deleted) = tokio::time::timeout(Duration::from_secs(90), watched)
         .await
         .expect("the orphan collected in time")
