@@ -421,6 +421,9 @@ fn job_spec(spec: &mut Map<String, Value>) {
     for rule in rules.into_iter().flatten() {
         let patterns = rule.get_mut("onPodConditions").and_then(Value::as_array_mut);
         for pattern in patterns.into_iter().flatten().filter_map(Value::as_object_mut) {
+            if pattern.get("status").and_then(Value::as_str) == Some("") {
+                pattern.remove("status");
+            }
             default(pattern, "status", json!("True"));
         }
     }
@@ -613,13 +616,16 @@ mod tests {
         assert_eq!(job["spec"]["podReplacementPolicy"], "TerminatingOrFailed");
         let per_index = defaulted("batch", "jobs", json!({"spec": {"backoffLimitPerIndex": 2}}));
         assert_eq!(per_index["spec"]["backoffLimit"], i32::MAX);
-        let policy = json!({"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]});
+        let policy = json!({"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {"action": "Ignore", "onPodConditions": [{"type": "Ready", "status": ""}]}]});
         let with_policy = defaulted("batch", "jobs", json!({"spec": {"podFailurePolicy": policy}}));
         assert_eq!(with_policy["spec"]["podReplacementPolicy"], "Failed");
-        assert_eq!(
-            with_policy["spec"]["podFailurePolicy"]["rules"][0]["onPodConditions"][0]["status"],
-            "True"
-        );
+        for rule in 0..2 {
+            assert_eq!(
+                with_policy["spec"]["podFailurePolicy"]["rules"][rule]["onPodConditions"][0]["status"],
+                "True"
+            );
+        }
 
         let mut job = json!({"metadata": {"name": "pi", "uid": "u-1"}, "spec": {"template": {"spec": {}}}});
         job_selector(&mut job);

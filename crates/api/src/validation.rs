@@ -24,6 +24,8 @@ pub enum Problem {
     InvalidOmitted(String),
     /// `Too many: <count>: must have at most <limit> items`
     TooMany(usize, usize),
+    /// `Too long: must have at most <limit> bytes` (upstream leaves the value out)
+    TooLong(usize),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,7 @@ impl FieldError {
             Problem::TooMany(count, limit) => {
                 (format!("Too many: {count}"), format!("must have at most {limit} items"))
             }
+            Problem::TooLong(limit) => ("Too long".into(), format!("must have at most {limit} bytes")),
             Problem::NotSupported(value, supported) => {
                 let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
                 (
@@ -145,10 +148,7 @@ fn metadata(object: &Value, errors: &mut Vec<FieldError>) {
             }
         }
         if total > 256 * 1024 {
-            errors.push(FieldError::new(
-                "metadata.annotations",
-                Problem::Invalid("\"\"".into(), "Too long: must have at most 262144 bytes".into()),
-            ));
+            errors.push(FieldError::new("metadata.annotations", Problem::TooLong(256 * 1024)));
         }
     }
 }
@@ -598,10 +598,7 @@ fn success_policy(spec: &Value, path: &str, errors: &mut Vec<FieldError>) {
         if let Some(indexes) = indexes {
             let indexes_path = format!("{rule_path}.succeededIndexes");
             if indexes.len() > 65536 {
-                errors.push(FieldError::new(
-                    &indexes_path,
-                    Problem::Invalid(quoted(indexes), "Too long: may not be more than 65536 bytes".into()),
-                ));
+                errors.push(FieldError::new(&indexes_path, Problem::TooLong(65536)));
             }
             match index_intervals(indexes, completions) {
                 Ok(intervals) => total = intervals.iter().map(|(first, last)| last - first + 1).sum(),

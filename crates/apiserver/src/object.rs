@@ -242,6 +242,8 @@ pub fn invalid_kind(group: &str, kind_name: &str, name: &str, causes: Vec<(Strin
                 "FieldValueNotSupported"
             } else if reason.starts_with("Too many") {
                 "FieldValueTooMany"
+            } else if reason.starts_with("Too long") {
+                "FieldValueTooLong"
             } else {
                 "FieldValueInvalid"
             };

@@ -311,16 +311,18 @@ impl Controller {
     }
 
     async fn pod_event(&self, pod: &Pod, deleted: bool) {
+        // Every pod is remembered, so that an orphan's adoption is not taken for the
+        // creation an expectation waits for.
+        let uid = pod.uid().unwrap_or_default();
+        let first_sight = if deleted {
+            self.seen.lock().await.remove(&uid);
+            false
+        } else {
+            self.seen.lock().await.insert(uid)
+        };
         let namespace = pod.namespace().unwrap_or_default();
         match controller_of(pod) {
             Some(owner) if owner.kind == "DaemonSet" => {
-                let uid = pod.uid().unwrap_or_default();
-                let first_sight = if deleted {
-                    self.seen.lock().await.remove(&uid);
-                    false
-                } else {
-                    self.seen.lock().await.insert(uid)
-                };
                 let key = format!("{namespace}/{}", owner.name);
                 {
                     let mut expectations = self.expectations.lock().await;

@@ -74,23 +74,37 @@ pub fn index_ranges(indexes: &BTreeSet<i32>) -> String {
     parts.join(",")
 }
 
-/// Indexes below `completions` that a status field lists, as upstream's
+/// The index intervals below `completions` that a field lists, as upstream's
 /// `parseIndexesFromString` reads them: unreadable fragments are skipped.
-pub fn parse_indexes(text: &str, completions: i32) -> BTreeSet<i32> {
-    let mut indexes = BTreeSet::new();
+pub fn parse_intervals(text: &str, completions: i32) -> Vec<(i32, i32)> {
+    let mut intervals = Vec::new();
     for fragment in text.split(',').filter(|f| !f.is_empty()) {
         let mut parts = fragment.splitn(2, '-');
         let Some(Ok(first)) = parts.next().map(str::parse::<i32>) else {
             continue;
         };
+        if first >= completions {
+            break;
+        }
         let last = match parts.next().map(str::parse::<i32>) {
             None => first,
             Some(Ok(last)) => last.min(completions - 1),
             Some(Err(_)) => continue,
         };
-        indexes.extend((first..=last).filter(|i| *i < completions));
+        if first >= 0 && last >= first {
+            intervals.push((first, last));
+        }
     }
-    indexes
+    intervals
+}
+
+/// The indexes a status field lists. (A status lists indexes that pods reached, so the set
+/// stays as small as the Job's work.)
+pub fn parse_indexes(text: &str, completions: i32) -> BTreeSet<i32> {
+    parse_intervals(text, completions)
+        .into_iter()
+        .flat_map(|(first, last)| first..=last)
+        .collect()
 }
 
 /// Upstream's `matchSuccessPolicy`: the first rule the succeeded indexes meet, as upstream
@@ -108,10 +122,14 @@ pub fn match_success_policy(
     policy.rules.iter().enumerate().find_map(|(index, rule)| {
         let met = match (&rule.succeeded_indexes, rule.succeeded_count) {
             (Some(indexes), count) => {
-                let required = parse_indexes(indexes, completions);
-                let done = required.intersection(succeeded).count();
-                !required.is_empty()
-                    && count.map_or(done == required.len(), |n| done >= usize::try_from(n).unwrap_or(0))
+                // Counted interval by interval: a rule may name far more indexes than ran.
+                let required = parse_intervals(indexes, completions);
+                let wanted: i64 = required.iter().map(|(first, last)| i64::from(last - first) + 1).sum();
+                let done: i64 = required
+                    .iter()
+                    .map(|(first, last)| i64::try_from(succeeded.range(first..=last).count()).unwrap_or(i64::MAX))
+                    .sum();
+                wanted > 0 && count.map_or(done == wanted, |n| done >= i64::from(n))
             }
             (None, Some(count)) => succeeded.len() >= usize::try_from(count).unwrap_or(0),
             (None, None) => false,
@@ -136,9 +154,9 @@ fn next_failure_counts(failed: &Pod, judgement: &Judgement) -> (i32, i32) {
         annotation_count(failed, IGNORED_FAILURE_COUNT),
     );
     if judgement.counts() {
-        (counted + 1, ignored)
+        (counted.saturating_add(1), ignored)
     } else {
-        (counted, ignored + 1)
+        (counted, ignored.saturating_add(1))
     }
 }
 
@@ -501,7 +519,12 @@ impl Controller {
         };
         let reason = |reason: &str, message: &str| Some((reason.to_string(), message.to_string()));
         let failed_indexes_count = failed_indexes.as_ref().map_or(0, BTreeSet::len);
-        let failure: Option<(String, String)> = if let Some(decided) = decided("FailureTarget") {
+        // Once its success criteria are met a Job is not failed by its pods' endings (those
+        // it stops fail too), as upstream evaluates failures only before.
+        let success_met = decided("SuccessCriteriaMet");
+        let failure: Option<(String, String)> = if success_met.is_some() {
+            None
+        } else if let Some(decided) = decided("FailureTarget") {
             Some(decided)
         } else if let Some(message) = fail_job {
             Some(("PodFailurePolicy".into(), message))
@@ -528,7 +551,7 @@ impl Controller {
             Some(n) => succeeded >= n,
             None => succeeded > 0 && active.is_empty(),
         };
-        let success: Option<(String, String)> = decided("SuccessCriteriaMet")
+        let success: Option<(String, String)> = success_met
             .or_else(|| {
                 let matched = indexed.then(|| match_success_policy(spec.success_policy.as_ref(), total, &completed));
                 matched.flatten().map(|message| ("SuccessPolicy".into(), message))
@@ -694,7 +717,7 @@ impl Controller {
                 }
                 if let Some((pod, judgement)) = counts.last_failures.get(&index) {
                     let (counted, ignored) = next_failure_counts(pod, judgement);
-                    let wait = backoff(counted + ignored);
+                    let wait = backoff(counted.saturating_add(ignored));
                     let ready_at = finished_at(pod).map(|t| t + SignedDuration::try_from(wait).unwrap_or_default());
                     if let Some(ready_at) = ready_at.filter(|t| *t > now) {
                         let left = Duration::from_secs(
@@ -744,8 +767,8 @@ impl Controller {
                     }
                     if let Some(spec) = pod.spec.as_mut() {
                         spec.hostname = Some(owner_name.clone());
-                        // Upstream's variable, read from the pod's index label, first in
-                        // every container that does not set it itself.
+                        // Upstream's variable, read from the pod's index label, in every
+                        // container that does not set it itself.
                         let containers = spec
                             .init_containers
                             .iter_mut()
@@ -756,20 +779,17 @@ impl Controller {
                             if env.iter().any(|e| e.name == INDEX_ENV) {
                                 continue;
                             }
-                            env.insert(
-                                0,
-                                EnvVar {
-                                    name: INDEX_ENV.into(),
-                                    value: None,
-                                    value_from: Some(EnvVarSource {
-                                        field_ref: Some(ObjectFieldSelector {
-                                            api_version: Some("v1".into()),
-                                            field_path: format!("metadata.labels['{INDEX}']"),
-                                        }),
-                                        ..EnvVarSource::default()
+                            env.push(EnvVar {
+                                name: INDEX_ENV.into(),
+                                value: None,
+                                value_from: Some(EnvVarSource {
+                                    field_ref: Some(ObjectFieldSelector {
+                                        api_version: Some("v1".into()),
+                                        field_path: format!("metadata.labels['{INDEX}']"),
                                     }),
-                                },
-                            );
+                                    ..EnvVarSource::default()
+                                }),
+                            });
                         }
                     }
                 }

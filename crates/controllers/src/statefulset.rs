@@ -177,7 +177,7 @@ pub fn claims_for(set: &StatefulSet, ordinal: i32) -> Vec<PersistentVolumeClaim>
             let labels = claim.metadata.labels.get_or_insert_with(BTreeMap::new);
             labels.extend(match_labels.clone());
             if when_deleted == "Delete" {
-                claim.metadata.owner_references = Some(vec![claim_owner(set)]);
+                claim.metadata.owner_references = Some(vec![controller_ref(set)]);
             }
             claim.status = None;
             claim
@@ -185,38 +185,80 @@ pub fn claims_for(set: &StatefulSet, ordinal: i32) -> Vec<PersistentVolumeClaim>
         .collect()
 }
 
-/// The reference by which a set owns the claims it deletes with itself.
-fn claim_owner(set: &StatefulSet) -> OwnerReference {
-    OwnerReference {
-        controller: None,
-        block_owner_deletion: None,
-        ..controller_ref(set)
-    }
+/// A pod's claim as its retention policy wants it owned.
+struct ClaimHolder<'a> {
+    set: &'a StatefulSet,
+    pod_name: &'a str,
+    pod_uid: &'a str,
+    /// The pod's ordinal is no longer wanted.
+    scaled_down: bool,
 }
 
-/// Upstream's retention invariant for a claim of a pod the set keeps: with `whenDeleted:
-/// Delete` the set owns it, with `Retain` it does not; references to an earlier set of the
-/// same name go (a set made again after an orphaning delete takes its claims back). The
-/// owners to write, or `None` when they are right as they are.
-fn claim_owners(set: &StatefulSet, claim: &PersistentVolumeClaim) -> Option<Vec<OwnerReference>> {
-    let (when_deleted, _) = retention(set);
-    let wanted = claim_owner(set);
-    let earlier = |o: &OwnerReference| o.kind == wanted.kind && o.name == wanted.name && o.uid != wanted.uid;
-    let owners = claim.owner_references();
-    let owned = owners.iter().any(|o| o.uid == wanted.uid);
-    let should_own = when_deleted == "Delete";
-    if owned == should_own && !owners.iter().any(earlier) {
-        return None;
+impl ClaimHolder<'_> {
+    fn is_set(&self, o: &OwnerReference) -> bool {
+        o.kind == "StatefulSet" && o.api_version.starts_with("apps/") && o.name == self.set.name_any()
     }
-    let mut kept: Vec<OwnerReference> = owners
-        .iter()
-        .filter(|o| o.uid != wanted.uid && !earlier(o))
-        .cloned()
-        .collect();
-    if should_own {
-        kept.push(wanted);
+
+    fn is_pod(&self, o: &OwnerReference) -> bool {
+        o.kind == "Pod" && o.api_version == "v1" && o.name == self.pod_name
     }
-    Some(kept)
+
+    fn pod_ref(&self) -> OwnerReference {
+        OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: self.pod_name.to_string(),
+            uid: self.pod_uid.to_string(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    /// Upstream's `isClaimOwnerUpToDate` and `updateClaimOwnerRefForSetAndPod`: the owners
+    /// to write, or `None` when they are right or not this set's to change. A claim still
+    /// owned by an earlier set or pod of the same name is left alone (the garbage collector
+    /// decides it); one another controller owns keeps only that owner. Otherwise the set
+    /// (whenDeleted: Delete, for pods it keeps) or the pod (whenScaled: Delete, once scaled
+    /// down) is the claim's controller.
+    fn owners(&self, claim: &PersistentVolumeClaim) -> Option<Vec<OwnerReference>> {
+        let set_uid = self.set.uid().unwrap_or_default();
+        let owners = claim.owner_references();
+        let stale = owners
+            .iter()
+            .any(|o| (self.is_set(o) && o.uid != set_uid) || (self.is_pod(o) && o.uid != self.pod_uid));
+        if stale {
+            return None;
+        }
+        let ours = |o: &OwnerReference| o.uid == set_uid || o.uid == self.pod_uid;
+        let unexpected = owners.iter().any(|o| o.controller == Some(true) && !ours(o));
+        let has = |uid: &str| owners.iter().any(|o| o.uid == uid);
+        let (when_deleted, when_scaled) = retention(self.set);
+        let want_set = when_deleted == "Delete" && !(when_scaled == "Delete" && self.scaled_down);
+        let want_pod = when_scaled == "Delete" && self.scaled_down;
+        let up_to_date = if unexpected {
+            !has(&set_uid) && !has(self.pod_uid)
+        } else {
+            let uncontrolled = owners.iter().any(|o| ours(o) && o.controller != Some(true));
+            !uncontrolled && has(&set_uid) == want_set && has(self.pod_uid) == want_pod
+        };
+        if up_to_date {
+            return None;
+        }
+        let mut kept: Vec<OwnerReference> = owners
+            .iter()
+            .filter(|o| !self.is_set(o) && !self.is_pod(o))
+            .cloned()
+            .collect();
+        if !unexpected {
+            if want_set {
+                kept.push(controller_ref(self.set));
+            }
+            if want_pod {
+                kept.push(self.pod_ref());
+            }
+        }
+        Some(kept)
+    }
 }
 
 /// Status counts over the set's pods (upstream's `computeReplicaStatus`).
@@ -392,34 +434,49 @@ impl Controller {
         }
     }
 
-    /// A scaled-away pod's claims go with it when the retention policy says so: the pod
-    /// becomes their owner, and the garbage collector deletes them after it.
-    async fn hand_claims_to_pod(&self, set: &StatefulSet, pod: &Pod, ordinal: i32) -> Result<(), ControllerError> {
+    /// The pod's claims owned as the retention policy says (upstream's
+    /// `UpdatePodClaimForRetentionPolicy`): a scaled-away pod becomes its claims' owner
+    /// when they go with it, and the garbage collector deletes them after it. Claims of a
+    /// pod the set keeps that were deleted while it lives are made again (upstream's
+    /// storage invariant).
+    async fn own_claims(
+        &self,
+        set: &StatefulSet,
+        pod: &Pod,
+        ordinal: i32,
+        scaled_down: bool,
+    ) -> Result<(), ControllerError> {
         let namespace = set.namespace().unwrap_or_default();
         let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &namespace);
+        let (pod_name, pod_uid) = (pod.name_any(), pod.uid().unwrap_or_default());
+        let holder = ClaimHolder {
+            set,
+            pod_name: &pod_name,
+            pod_uid: &pod_uid,
+            scaled_down,
+        };
         for claim in claims_for(set, ordinal) {
             let Some(existing) = self.claims.get(&ObjectRef::new(&claim.name_any()).within(&namespace)) else {
+                if scaled_down {
+                    continue;
+                }
+                match api.create(&PostParams::default(), &claim).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(status)) if status.code == 409 => {}
+                    Err(source) => return Err(ControllerError::api(&key_of(set), "creating a claim", source)),
+                }
                 continue;
             };
-            let pod_uid = pod.uid().unwrap_or_default();
-            if existing.owner_references().iter().any(|o| o.uid == pod_uid) {
+            let Some(owners) = holder.owners(&existing) else {
                 continue;
-            }
-            let mut owners: Vec<OwnerReference> = existing.owner_references().to_vec();
-            owners.push(OwnerReference {
-                api_version: "v1".into(),
-                kind: "Pod".into(),
-                name: pod.name_any(),
-                uid: pod_uid,
-                controller: None,
-                block_owner_deletion: None,
-            });
-            let patch = json!({"metadata": {"ownerReferences": owners}});
+            };
+            // The uid makes the patch fail rather than touch a claim made again.
+            let patch = json!({"metadata": {"uid": existing.uid(), "ownerReferences": owners}});
             crate::ignore_not_found(
                 api.patch(&existing.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
                     .await,
             )
-            .map_err(|source| ControllerError::api(&key_of(set), "handing a claim to its pod", source))?;
+            .map_err(|source| ControllerError::api(&key_of(set), "owning a claim", source))?;
         }
         Ok(())
     }
@@ -441,7 +498,9 @@ impl Controller {
             self.delete_pod(set, pod).await?;
             return Ok(if monotonic { Step::Wait(None) } else { Step::Continue });
         }
-        if is_terminating(pod) || !is_running_and_ready(pod) {
+        // A Parallel set keeps the invariants of pods that are not ready yet too; a pod
+        // going away is left to go.
+        if is_terminating(pod) || (monotonic && !is_running_and_ready(pod)) {
             return Ok(if monotonic { Step::Wait(None) } else { Step::Continue });
         }
         if !is_available(pod, min_ready, Timestamp::now()) && monotonic {
@@ -449,31 +508,7 @@ impl Controller {
                 u64::try_from(min_ready).unwrap_or(0),
             ))));
         }
-        // Claims deleted while the pod lives are made again, as upstream's storage invariant;
-        // the ones there are owned as the retention policy says.
-        let namespace = set.namespace().unwrap_or_default();
-        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &namespace);
-        for claim in claims_for(set, slot.ordinal) {
-            match self.claims.get(&ObjectRef::new(&claim.name_any()).within(&namespace)) {
-                None => match api.create(&PostParams::default(), &claim).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(status)) if status.code == 409 => {}
-                    Err(source) => return Err(ControllerError::api(&key_of(set), "creating a claim", source)),
-                },
-                Some(existing) => {
-                    let Some(owners) = claim_owners(set, &existing) else {
-                        continue;
-                    };
-                    // The uid makes the patch fail rather than touch a claim made again.
-                    let patch = json!({"metadata": {"uid": existing.uid(), "ownerReferences": owners}});
-                    crate::ignore_not_found(
-                        api.patch(&existing.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-                            .await,
-                    )
-                    .map_err(|source| ControllerError::api(&key_of(set), "owning a claim", source))?;
-                }
-            }
-        }
+        self.own_claims(set, pod, slot.ordinal, false).await?;
         self.restore_identity(set, pod, slot.ordinal).await?;
         Ok(Step::Continue)
     }
@@ -673,7 +708,6 @@ impl Controller {
                 return Ok(after);
             }
         }
-        let (_, when_scaled) = retention(set);
         let first_unhealthy = slots
             .iter()
             .filter_map(|s| s.existing.as_ref())
@@ -682,9 +716,7 @@ impl Controller {
             .map(|p| p.name_any());
         for pod in condemned {
             let ordinal = ordinal_of(&set.name_any(), &pod.name_any()).unwrap_or_default();
-            if when_scaled == "Delete" {
-                self.hand_claims_to_pod(set, pod, ordinal).await?;
-            }
+            self.own_claims(set, pod, ordinal, true).await?;
             if is_terminating(pod) {
                 if monotonic {
                     return Ok(None);
@@ -823,31 +855,81 @@ mod tests {
 
     #[test]
     fn claims_are_owned_as_the_retention_policy_says() {
+        // The fixture: whenDeleted Delete, whenScaled Retain.
         let set = set();
+        let kept = ClaimHolder {
+            set: &set,
+            pod_name: "db-0",
+            pod_uid: "p0",
+            scaled_down: false,
+        };
         let mut claim = claims_for(&set, 0).remove(0);
-        assert_eq!(claim_owners(&set, &claim), None, "made owned");
-        let reference = |kind: &str, name: &str, uid: &str| {
+        assert_eq!(kept.owners(&claim), None, "made owned");
+        let reference = |api: &str, kind: &str, name: &str, uid: &str, controller: bool| {
             serde_json::from_value::<OwnerReference>(
-                json!({"apiVersion": "v1", "kind": kind, "name": name, "uid": uid}),
+                json!({"apiVersion": api, "kind": kind, "name": name, "uid": uid, "controller": controller}),
             )
             .unwrap()
         };
-        // Left by an earlier set of the same name, beside an owner of another kind.
+        let uids = |owners: &[OwnerReference]| -> Vec<String> { owners.iter().map(|o| o.uid.clone()).collect() };
+        // Adopted from an orphaning delete: unowned, then the set's controller reference.
+        claim.metadata.owner_references = None;
+        let owners = kept.owners(&claim).unwrap();
+        assert_eq!(
+            (uids(&owners), owners[0].controller),
+            (vec!["u1".to_string()], Some(true))
+        );
+        // A plain reference to the set (an older controller's) becomes a controller one;
+        // a pod reference left from a scale-down goes, as the pod is kept again.
         claim.metadata.owner_references = Some(vec![
-            reference("StatefulSet", "db", "old"),
-            reference("Pod", "db-0", "p0"),
+            reference("apps/v1", "StatefulSet", "db", "u1", false),
+            reference("v1", "Pod", "db-0", "p0", true),
+            reference("v1", "ConfigMap", "other", "c1", false),
         ]);
-        let owners = claim_owners(&set, &claim).unwrap();
-        let uids: Vec<&str> = owners.iter().map(|o| o.uid.as_str()).collect();
-        assert_eq!(uids, ["p0", "u1"]);
-        claim.metadata.owner_references = Some(owners);
-        assert_eq!(claim_owners(&set, &claim), None);
+        assert_eq!(uids(&kept.owners(&claim).unwrap()), ["c1", "u1"]);
+        // Still owned by an earlier set of the same name: not this set's to change.
+        claim.metadata.owner_references = Some(vec![reference("apps/v1", "StatefulSet", "db", "old", true)]);
+        assert_eq!(kept.owners(&claim), None);
+        // Another controller owns it: the set's own references go, nothing is added.
+        claim.metadata.owner_references = Some(vec![
+            reference("example.com/v1", "Keeper", "k", "k1", true),
+            reference("apps/v1", "StatefulSet", "db", "u1", false),
+        ]);
+        assert_eq!(uids(&kept.owners(&claim).unwrap()), ["k1"]);
 
+        // whenScaled Delete: a scaled-down pod owns its claims instead of the set.
+        let mut scaling = set.clone();
+        let policy = scaling
+            .spec
+            .as_mut()
+            .unwrap()
+            .persistent_volume_claim_retention_policy
+            .as_mut()
+            .unwrap();
+        policy.when_scaled = Some("Delete".into());
+        let gone = ClaimHolder {
+            set: &scaling,
+            pod_name: "db-2",
+            pod_uid: "p2",
+            scaled_down: true,
+        };
+        let mut claim = claims_for(&scaling, 2).remove(0);
+        let owners = gone.owners(&claim).unwrap();
+        assert_eq!((owners[0].kind.as_str(), owners[0].uid.as_str()), ("Pod", "p2"));
+        claim.metadata.owner_references = Some(owners);
+        assert_eq!(gone.owners(&claim), None);
+
+        // Retain on both: no owners.
         let mut retained = set.clone();
         retained.spec.as_mut().unwrap().persistent_volume_claim_retention_policy = None;
-        let owners = claim_owners(&retained, &claim).unwrap();
-        let uids: Vec<&str> = owners.iter().map(|o| o.uid.as_str()).collect();
-        assert_eq!(uids, ["p0"], "Retain: the set lets go");
+        let keep_all = ClaimHolder {
+            set: &retained,
+            pod_name: "db-0",
+            pod_uid: "p0",
+            scaled_down: false,
+        };
+        let claim = claims_for(&set, 0).remove(0);
+        assert_eq!(keep_all.owners(&claim), Some(vec![]), "Retain: the set lets go");
     }
 
     #[test]
@@ -883,6 +965,9 @@ mod tests {
         assert_eq!(claims[0].metadata.name.as_deref(), Some("data-db-1"));
         assert_eq!(claims[0].metadata.labels.as_ref().unwrap()["app"], "db");
         let owners = claims[0].metadata.owner_references.as_ref().unwrap();
-        assert_eq!((owners[0].kind.as_str(), owners[0].controller), ("StatefulSet", None));
+        assert_eq!(
+            (owners[0].kind.as_str(), owners[0].controller),
+            ("StatefulSet", Some(true))
+        );
     }
 }
