@@ -291,6 +291,91 @@ pub fn fields_of(value: &Value, schema: Schema<'_>) -> FieldSet {
     set
 }
 
+/// The fieldsV1 of the fields a new object sets, as [`scoped`] over [`fields_of`] would
+/// encode them, in one walk (no field set is built and then encoded): the server's own
+/// fields left out, top-level fields kept only when `records` keeps them.
+fn created_fields_v1(object: &Value, schema: Schema<'_>, records: impl Fn(&str) -> bool) -> Map<String, Value> {
+    let mut fields = Map::new();
+    let Some(map) = object.as_object() else {
+        return fields;
+    };
+    for (key, value) in map {
+        if matches!(key.as_str(), "apiVersion" | "kind") || !records(key) {
+            continue;
+        }
+        let child = schema.child(key);
+        let encoded = match value {
+            Value::Object(metadata) if key == "metadata" && !child.atomic_map() => {
+                let mut kept = Map::new();
+                for (field, inner) in metadata {
+                    if !SERVER_METADATA.contains(&field.as_str()) {
+                        kept.insert(format!("f:{field}"), fields_v1_or_leaf(inner, child.child(field)));
+                    }
+                }
+                if kept.is_empty() && !metadata.is_empty() {
+                    continue;
+                }
+                Value::Object(kept)
+            }
+            _ => fields_v1_or_leaf(value, child),
+        };
+        fields.insert(format!("f:{key}"), encoded);
+    }
+    fields
+}
+
+/// The metadata fields the server sets ([`server_fields`] past `f:metadata`).
+const SERVER_METADATA: &[&str] = &[
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "selfLink",
+    "managedFields",
+];
+
+/// A field's fieldsV1: its own fields, or `{}` when it is one field itself.
+fn fields_v1_or_leaf(value: &Value, schema: Schema<'_>) -> Value {
+    fields_v1_of(value, schema).map_or_else(|| Value::Object(Map::new()), Value::Object)
+}
+
+/// [`fields_of`] then [`FieldSet::to_fields_v1`] at once; `None` when `value` holds no
+/// fields.
+fn fields_v1_of(value: &Value, schema: Schema<'_>) -> Option<Map<String, Value>> {
+    match value {
+        Value::Object(map) if !map.is_empty() && !schema.atomic_map() => Some(
+            map.iter()
+                .map(|(key, inner)| (format!("f:{key}"), fields_v1_or_leaf(inner, schema.child(key))))
+                .collect(),
+        ),
+        Value::Array(items) => {
+            let list = schema.list_type();
+            if list == ListType::Atomic {
+                return None;
+            }
+            let mut fields = Map::new();
+            for item in items {
+                let Some(key) = item_key(item, &list) else { continue };
+                // An item is a field itself, and `.` says so beside its own fields.
+                let mut own = match list {
+                    ListType::Set => Map::new(),
+                    _ => fields_v1_of(item, schema.items()).unwrap_or_default(),
+                };
+                if !own.is_empty() {
+                    own.insert(".".into(), Value::Object(Map::new()));
+                }
+                fields.insert(key, Value::Object(own));
+            }
+            (!fields.is_empty()).then_some(fields)
+        }
+        _ => None,
+    }
+}
+
 /// The value at a path of field keys, if any.
 fn value_at<'v>(value: &'v Value, path: &[String], schema: Schema<'_>) -> Option<&'v Value> {
     let Some((head, rest)) = path.split_first() else {
@@ -519,6 +604,23 @@ impl Writer<'_> {
 /// Entries the client wrote itself (a changed `managedFields`) are kept as written.
 pub fn record_update(old: Option<&Value>, new: &mut Value, writer: &Writer<'_>, schema: Schema<'_>) {
     const POINTER: &str = "/metadata/managedFields";
+    if old.is_none() && new.pointer(POINTER).is_none() {
+        // A create: its one entry holds every field it sets, encoded as it is found.
+        let fields = created_fields_v1(new, schema, |key| writer.records(key));
+        let entries = if fields.is_empty() {
+            Vec::new()
+        } else {
+            let mut entry = json!({"manager": writer.manager, "operation": "Update",
+                "apiVersion": writer.api_version, "time": writer.time, "fieldsType": "FieldsV1",
+                "fieldsV1": Value::Object(fields)});
+            if !writer.subresource().is_empty() {
+                entry["subresource"] = json!(writer.subresource());
+            }
+            vec![entry]
+        };
+        set_encoded_entries(new, entries);
+        return;
+    }
     let stored = old.and_then(|o| o.pointer(POINTER));
     match new.pointer(POINTER) {
         // Not sent: the record goes on from the stored one.
@@ -902,6 +1004,47 @@ mod tests {
             }
         }
         (changed, removed)
+    }
+
+    #[test]
+    fn a_create_is_encoded_as_its_field_set_would_be() {
+        let pod_schema = Schema::named(schemas(), "io.k8s.api.core.v1.Pod");
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "ns", "uid": "u", "creationTimestamp": null,
+                "labels": {"app": "web", "tier": "front"}, "annotations": {},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "r1", "controller": true}]},
+            "spec": {"containers": [{"name": "c", "image": "nginx", "args": ["a", "b"],
+                    "ports": [{"containerPort": 80, "protocol": "TCP"}, {"containerPort": 53, "protocol": "UDP"}],
+                    "env": [{"name": "A", "value": "1"}, {"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}],
+                    "resources": {"requests": {"cpu": "100m"}}}],
+                "tolerations": [{"key": "k", "operator": "Exists"}], "nodeSelector": {"zone": "a"},
+                "volumes": [{"name": "v", "emptyDir": {}}], "finalizers": []},
+            "status": {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}]}});
+        let metadata_only = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x", "uid": "u"}});
+        let empty_metadata = json!({"kind": "Pod", "metadata": {}, "spec": {"containers": []}});
+        let deployment_schema = Schema::named(schemas(), "io.k8s.api.apps.v1.Deployment");
+        let deployment = json!({"metadata": {"name": "d", "generateName": "d-"}, "spec": {"replicas": 2,
+            "selector": {"matchLabels": {"app": "d"}}, "strategy": {"type": "RollingUpdate"},
+            "template": {"metadata": {"labels": {"app": "d"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}});
+        for (object, schema) in [
+            (&pod, pod_schema),
+            (&metadata_only, pod_schema),
+            (&empty_metadata, pod_schema),
+            (&deployment, deployment_schema),
+        ] {
+            for (scope, has_status) in [(Scope::Main, true), (Scope::Main, false), (Scope::Scale, true)] {
+                let writer = Writer {
+                    manager: "m",
+                    api_version: "v1",
+                    time: "t",
+                    scope,
+                    has_status,
+                };
+                let walked = scoped(fields_of(object, schema), scope, has_status).to_fields_v1();
+                let direct = Value::Object(created_fields_v1(object, schema, |key| writer.records(key)));
+                assert_eq!(direct, walked, "{object} {scope:?} {has_status}");
+            }
+        }
     }
 
     #[test]

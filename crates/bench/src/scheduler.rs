@@ -4,7 +4,8 @@
 //! TopologySpreading (5,000 nodes in 3 zones; 1,000 then 5,000 pods spread over the zones,
 //! at most 1 apart). In process: the framework and cache alone, no API. End to end: a real
 //! server with its scheduler and hollow nodes, pods created through the API until their
-//! bindings are seen through a watch.
+//! bindings are seen through a watch; the nodes renew their Leases but run nothing, as
+//! scheduler_perf's nodes (`--with-kubelets` adds a run whose nodes run the pods too).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,6 +49,11 @@ pub struct SchedulerArgs {
     /// A short run for smoke-testing the benchmark itself.
     #[arg(long)]
     quick: bool,
+
+    /// Also measure end to end with hollow nodes that run the pods (a status update per
+    /// pod, as a kubelet's), beyond upstream's workload whose nodes run nothing.
+    #[arg(long)]
+    with_kubelets: bool,
 }
 
 fn progress(message: &str) {
@@ -183,20 +189,26 @@ pub async fn run(args: SchedulerArgs, json: bool) -> anyhow::Result<()> {
         let rate = in_process(&case)?;
         report.add("in process", &case.title(), "pods_per_sec", "1/s", rate);
         if !args.in_process_only {
-            end_to_end(&args, &case, &mut report).await?;
+            end_to_end(&args, &case, false, &mut report).await?;
+            if args.with_kubelets {
+                end_to_end(&args, &case, true, &mut report).await?;
+            }
         }
     }
     report.print_table();
     Ok(())
 }
 
-async fn end_to_end(args: &SchedulerArgs, case: &Case, report: &mut Report) -> anyhow::Result<()> {
-    // End to end: a server with its scheduler, hollow nodes, pods through the API.
+async fn end_to_end(args: &SchedulerArgs, case: &Case, run_pods: bool, report: &mut Report) -> anyhow::Result<()> {
+    // End to end: a server with its scheduler, hollow nodes, pods through the API. As in
+    // upstream's scheduler_perf the nodes run nothing unless asked (`--with-kubelets`);
+    // they do renew their Leases, as the server's node lifecycle controller expects.
+    let column = if run_pods { "with kubelets" } else { "end to end" };
     let server = start_server(args.rkube.as_deref(), &[], true)
         .await
         .context("starting rkube server")?;
     let client = server.client().await?;
-    progress(&format!("{}: end to end, registering hollow nodes", case.title()));
+    progress(&format!("{}: {column}, registering hollow nodes", case.title()));
     // Zoned cases get one fleet per zone, as labels are per fleet.
     let fleets: Vec<(String, usize, Option<String>)> = if case.zoned {
         (0..ZONES)
@@ -216,6 +228,7 @@ async fn end_to_end(args: &SchedulerArgs, case: &Case, report: &mut Report) -> a
             labels: zone.map(|z| (ZONE.to_string(), z)).into_iter().collect(),
             cpu: "4".into(),
             memory: "32Gi".into(),
+            run_pods,
             ..HollowOptions::default()
         };
         hollow.push(HollowNodes::start(client.clone(), options).await?);
@@ -280,17 +293,11 @@ async fn end_to_end(args: &SchedulerArgs, case: &Case, report: &mut Report) -> a
     // for comparing builds.
     if let (Some(before), Some(after)) = (cpu_before, cpu_seconds(server.pid())) {
         let per_pod = (after - before) * 1000.0 / case.pods as f64;
-        report.add("end to end", &case.title(), "server_cpu_per_pod", "ms", per_pod);
+        report.add(column, &case.title(), "server_cpu_per_pod", "ms", per_pod);
     }
-    report.add(
-        "end to end",
-        &case.title(),
-        "pods_per_sec",
-        "1/s",
-        case.pods as f64 / elapsed,
-    );
+    report.add(column, &case.title(), "pods_per_sec", "1/s", case.pods as f64 / elapsed);
     if let Some(rss) = rss_mib(server.pid()) {
-        report.add("end to end", &case.title(), "server_rss", "MiB", rss);
+        report.add(column, &case.title(), "server_rss", "MiB", rss);
     }
     // The nodes stop before the server, so nothing is left talking to a server that is gone.
     for fleet in hollow {

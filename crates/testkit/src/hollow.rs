@@ -48,6 +48,10 @@ pub struct HollowOptions {
     pub finish_after: Duration,
     /// How often each node renews its Lease.
     pub lease_interval: Duration,
+    /// Whether the nodes run the pods bound to them (mark them Running, finish and
+    /// finalize them). Without, they only exist and stay alive, as the nodes of upstream's
+    /// scheduler_perf do.
+    pub run_pods: bool,
 }
 
 impl Default for HollowOptions {
@@ -62,6 +66,7 @@ impl Default for HollowOptions {
             pods: 110,
             finish_after: Duration::from_secs(1),
             lease_interval: Duration::from_secs(10),
+            run_pods: true,
         }
     }
 }
@@ -192,20 +197,20 @@ impl HollowNodes {
             nodes: names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect(),
             next_ip: Mutex::new(HashMap::new()),
         });
-        let tasks = vec![
-            tokio::spawn(renew_leases(
-                leases,
-                names.clone(),
-                options.lease_interval,
-                Arc::clone(&stats),
-            )),
-            tokio::spawn(serve_pods(
+        let mut tasks = vec![tokio::spawn(renew_leases(
+            leases,
+            names.clone(),
+            options.lease_interval,
+            Arc::clone(&stats),
+        ))];
+        if options.run_pods {
+            tasks.push(tokio::spawn(serve_pods(
                 client,
                 assignments,
                 options.finish_after,
                 Arc::clone(&stats),
-            )),
-        ];
+            )));
+        }
         Ok(Self { names, stats, tasks })
     }
 
