@@ -111,10 +111,10 @@ fn hollow_nodes_bench_reports_its_figures() {
 }
 
 #[test]
-fn scheduler_bench_reports_every_workload_both_ways() {
+fn scheduler_bench_reports_every_workload_every_way() {
     let rkube = std::path::Path::new(env!("CARGO_BIN_EXE_rkube-bench")).with_file_name("rkube");
     let out = bench()
-        .args(["scheduler", "--quick", "--json", "--rkube"])
+        .args(["scheduler", "--quick", "--with-kubelets", "--json", "--rkube"])
         .arg(&rkube)
         .output()
         .unwrap();
@@ -127,6 +127,8 @@ fn scheduler_bench_reports_every_workload_both_ways() {
         "in process/TopologySpreading 99 nodes pods_per_sec",
         "end to end/TopologySpreading 99 nodes pods_per_sec",
         "end to end/TopologySpreading 99 nodes server_rss",
+        "with kubelets/SchedulingBasic 100 nodes pods_per_sec",
+        "with kubelets/TopologySpreading 99 nodes server_cpu_per_pod",
     ] {
         assert!(seen.contains(figure), "missing {figure}: {seen:?}");
     }
