@@ -570,11 +570,7 @@ fn success_policy(spec: &Value, path: &str, errors: &mut Vec<FieldError>) {
     }
     let completions = spec.get("completions").and_then(Value::as_i64).unwrap_or(0);
     let rules_path = format!("{policy_path}.rules");
-    let rules = policy
-        .get("rules")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let rules = list_at(policy, "rules");
     if rules.is_empty() {
         errors.push(FieldError::new(
             &rules_path,
@@ -721,11 +717,7 @@ fn pod_failure_policy(spec: Option<&Value>, path: &str, errors: &mut Vec<FieldEr
         .filter_map(|c| c.get("name").and_then(Value::as_str))
         .collect();
     let rules_path = format!("{path}.podFailurePolicy.rules");
-    let rules = policy
-        .get("rules")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let rules = list_at(policy, "rules");
     if rules.len() > 20 {
         errors.push(FieldError::new(&rules_path, Problem::TooMany(rules.len(), 20)));
     }
@@ -924,6 +916,15 @@ fn job_update(old: &Value, new: &Value, errors: &mut Vec<FieldError>) {
     ] {
         immutable(field, errors);
     }
+}
+
+/// The list at `key`, empty when there is none.
+fn list_at<'v>(object: &'v Value, key: &str) -> &'v [Value] {
+    object
+        .get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
 }
 
 /// Go's `%q` of a string slice: `["a" "b"]`.

@@ -389,46 +389,52 @@ impl Controller {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         match pods.create(&PostParams::default(), pod).await {
             Ok(_) => {
-                let message = format!("create Pod {pod_name} in StatefulSet {} successful", set.name_any());
-                self.event(&involved, "Normal", "SuccessfulCreate", &message).await;
+                self.pod_event(set, "create", &pod_name, None).await;
                 Ok(())
             }
             // Our cache is behind our own creation (or the old pod is still going away).
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
             Err(err) => {
-                let message = format!(
-                    "create Pod {pod_name} in StatefulSet {} failed error: {}",
-                    set.name_any(),
-                    crate::api_message(&err)
-                );
-                self.event(&involved, "Warning", "FailedCreate", &message).await;
+                self.pod_event(set, "create", &pod_name, Some(&err)).await;
                 Err(ControllerError::api(&key, "creating a pod", err))
             }
         }
     }
 
+    /// Upstream's `recordPodEvent`: `<verb> Pod <pod> in StatefulSet <set> successful`, or
+    /// a warning with the error.
+    async fn pod_event(&self, set: &StatefulSet, verb: &str, pod_name: &str, error: Option<&kube::Error>) {
+        let title = format!("{}{}", verb[..1].to_uppercase(), &verb[1..]);
+        let (kind, reason, message) = match error {
+            None => (
+                "Normal",
+                format!("Successful{title}"),
+                format!("{verb} Pod {pod_name} in StatefulSet {} successful", set.name_any()),
+            ),
+            Some(err) => (
+                "Warning",
+                format!("Failed{title}"),
+                format!(
+                    "{verb} Pod {pod_name} in StatefulSet {} failed error: {}",
+                    set.name_any(),
+                    crate::api_message(err)
+                ),
+            ),
+        };
+        self.event(&reference(set), kind, &reason, &message).await;
+    }
+
     async fn delete_pod(&self, set: &StatefulSet, pod: &Pod) -> Result<(), ControllerError> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &set.namespace().unwrap_or_default());
-        let involved = reference(set);
-        match pods.delete(&pod.name_any(), &DeleteParams::default()).await {
+        let name = pod.name_any();
+        match pods.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {
-                let message = format!(
-                    "delete Pod {} in StatefulSet {} successful",
-                    pod.name_any(),
-                    set.name_any()
-                );
-                self.event(&involved, "Normal", "SuccessfulDelete", &message).await;
+                self.pod_event(set, "delete", &name, None).await;
                 Ok(())
             }
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
             Err(err) => {
-                let message = format!(
-                    "delete Pod {} in StatefulSet {} failed error: {}",
-                    pod.name_any(),
-                    set.name_any(),
-                    crate::api_message(&err)
-                );
-                self.event(&involved, "Warning", "FailedDelete", &message).await;
+                self.pod_event(set, "delete", &name, Some(&err)).await;
                 Err(ControllerError::api(&key_of(set), "deleting a pod", err))
             }
         }
@@ -523,22 +529,14 @@ impl Controller {
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &set.namespace().unwrap_or_default());
         let patch = json!({"metadata": {"labels": {POD_NAME_LABEL: name, POD_INDEX_LABEL: ordinal.to_string()}}});
-        let result = api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await;
-        let involved = reference(set);
-        match result {
+        match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(_) => {
-                let message = format!("update Pod {name} in StatefulSet {} successful", set.name_any());
-                self.event(&involved, "Normal", "SuccessfulUpdate", &message).await;
+                self.pod_event(set, "update", &name, None).await;
                 Ok(())
             }
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
             Err(err) => {
-                let message = format!(
-                    "update Pod {name} in StatefulSet {} failed error: {}",
-                    set.name_any(),
-                    crate::api_message(&err)
-                );
-                self.event(&involved, "Warning", "FailedUpdate", &message).await;
+                self.pod_event(set, "update", &name, Some(&err)).await;
                 Err(ControllerError::api(&key_of(set), "restoring a pod's identity", err))
             }
         }

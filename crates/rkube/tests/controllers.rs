@@ -799,6 +799,32 @@ async fn jobs_run_to_completion() {
     .await;
 }
 
+/// A server with one hollow node that runs its pods, for the Job tests: Jobs and pods in
+/// `default`, and a directory for manifests.
+struct JobCluster {
+    server: rkube_testkit::RkubeServer,
+    _nodes: HollowNodes,
+    jobs: Api<k8s_openapi::api::batch::v1::Job>,
+    pods: Api<Pod>,
+    dir: tempfile::TempDir,
+}
+
+impl JobCluster {
+    async fn start() -> Self {
+        let (server, client) = common::cluster_and_client(Control::Full).await;
+        let _nodes = HollowNodes::start(client.clone(), HollowOptions::default())
+            .await
+            .unwrap();
+        Self {
+            server,
+            _nodes,
+            jobs: Api::namespaced(client.clone(), "default"),
+            pods: Api::namespaced(client, "default"),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
 /// A pod failure policy as in upstream's "Handling retriable and non-retriable pod failures"
 /// task: an exit code its FailJob rule names fails the Job at once (no retry, the message
 /// naming the container, pod, code and rule), a failure its Ignore rule matches does not
@@ -806,15 +832,14 @@ async fn jobs_run_to_completion() {
 /// OnFailure is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_pod_failure_policies_decide_by_exit_code() {
-    use k8s_openapi::api::batch::v1::Job;
-    let (server, client) = common::cluster_and_client(Control::Full).await;
-    let _nodes = HollowNodes::start(client.clone(), HollowOptions::default())
-        .await
-        .unwrap();
+    let JobCluster {
+        server,
+        _nodes,
+        jobs,
+        pods,
+        dir,
+    } = JobCluster::start().await;
     let kubectl = server.kubectl();
-    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let dir = tempfile::tempdir().unwrap();
     let job = |name: &str, exit_code: u8, restart: &str| {
         format!(
             "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  backoffLimit: 0\n  \
@@ -928,15 +953,14 @@ async fn job_pod_failure_policies_decide_by_exit_code() {
 /// first index past it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn indexed_jobs_succeed_by_policy_and_fail_per_index() {
-    use k8s_openapi::api::batch::v1::Job;
-    let (server, client) = common::cluster_and_client(Control::Full).await;
-    let _nodes = HollowNodes::start(client.clone(), HollowOptions::default())
-        .await
-        .unwrap();
+    let JobCluster {
+        server,
+        _nodes,
+        jobs,
+        pods,
+        dir,
+    } = JobCluster::start().await;
     let kubectl = server.kubectl();
-    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let dir = tempfile::tempdir().unwrap();
     let create = |name: &str, extra: &str, exit_code: u8| {
         let yaml = format!(
             "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  completionMode: Indexed\n{extra}  \
