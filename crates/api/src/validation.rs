@@ -26,6 +26,8 @@ pub enum Problem {
     TooMany(usize, usize),
     /// `Too long: must have at most <limit> bytes` (upstream leaves the value out)
     TooLong(usize),
+    /// `Too long: may not be longer than <limit>` (upstream's `TooLongMaxLength`)
+    TooLongThan(usize),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +56,7 @@ impl FieldError {
                 (format!("Too many: {count}"), format!("must have at most {limit} items"))
             }
             Problem::TooLong(limit) => ("Too long".into(), format!("must have at most {limit} bytes")),
+            Problem::TooLongThan(limit) => ("Too long".into(), format!("may not be longer than {limit}")),
             Problem::NotSupported(value, supported) => {
                 let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
                 (
@@ -475,6 +478,12 @@ fn job_counts(spec: &Value, path: &str, errors: &mut Vec<FieldError>) {
             ));
         }
     }
+    if let Some(managed_by) = spec.get("managedBy").and_then(Value::as_str) {
+        domain_prefixed_path(managed_by, &format!("{path}.managedBy"), errors);
+        if managed_by.len() > 63 {
+            errors.push(FieldError::new(format!("{path}.managedBy"), Problem::TooLongThan(63)));
+        }
+    }
     let mode = spec.get("completionMode").and_then(Value::as_str);
     match mode {
         Some("Indexed") => {
@@ -676,6 +685,38 @@ pub fn index_intervals(text: &str, completions: i64) -> Result<Vec<(i64, i64)>, 
         intervals.push((first, last));
     }
     Ok(intervals)
+}
+
+/// Upstream's `IsDomainPrefixedPath` (`acme.io/foo`): a DNS subdomain, `/`, a path of
+/// URL path characters.
+fn domain_prefixed_path(text: &str, path: &str, errors: &mut Vec<FieldError>) {
+    if text.is_empty() {
+        errors.push(FieldError::new(path, Problem::Required(String::new())));
+        return;
+    }
+    let Some((host, rest)) = text.split_once('/').filter(|(h, r)| !h.is_empty() && !r.is_empty()) else {
+        errors.push(FieldError::new(
+            path,
+            Problem::Invalid(
+                quoted(text),
+                "must be a domain-prefixed path (such as \"acme.io/foo\")".into(),
+            ),
+        ));
+        return;
+    };
+    for problem in crate::names::validate_name(crate::names::NameRule::Subdomain, host) {
+        errors.push(FieldError::new(path, Problem::Invalid(quoted(host), problem)));
+    }
+    let path_char = |c: char| c.is_ascii_alphanumeric() || "/-._~%!$&'()*+,;=:".contains(c);
+    if !rest.chars().all(path_char) {
+        errors.push(FieldError::new(
+            path,
+            Problem::Invalid(
+                quoted(rest),
+                "Invalid path (regex used for validation is '[A-Za-z0-9/\\-._~%!$&'()*+,;=:]+')".into(),
+            ),
+        ));
+    }
 }
 
 /// Upstream's `validatePodReplacementPolicy`: only Failed with a pod failure policy.
@@ -1237,6 +1278,16 @@ mod tests {
             ]
         );
         assert_eq!(index_intervals("0,2-4,7", 8), Ok(vec![(0, 0), (2, 4), (7, 7)]));
+        let managed = |by: &str| texts(&validate(job, &spec(json!({"completions": 1, "managedBy": by}))));
+        assert!(managed("kueue.x-k8s.io/multikueue").is_empty());
+        assert_eq!(
+            managed("kueue"),
+            ["spec.managedBy: Invalid value: \"kueue\": must be a domain-prefixed path (such as \"acme.io/foo\")"]
+        );
+        assert_eq!(
+            managed(&format!("example.com/{}", "x".repeat(60))),
+            ["spec.managedBy: Too long: may not be longer than 63"]
+        );
     }
 
     #[test]

@@ -39,6 +39,8 @@ use crate::{ControllerError, api_message, key_of, split_key};
 
 const INDEX: &str = "batch.kubernetes.io/job-completion-index";
 const INDEX_ENV: &str = "JOB_COMPLETION_INDEX";
+/// The `spec.managedBy` that means this controller (as no value does).
+const JOB_CONTROLLER: &str = "kubernetes.io/job-controller";
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(360);
 const WORKERS: usize = 5;
@@ -392,6 +394,12 @@ impl Controller {
                 Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
                 Err(source) => Err(ControllerError::api(key, "deleting a finished job", source)),
             };
+        }
+        // A Job another controller manages (spec.managedBy, as Kueue's MultiKueue sets it)
+        // is left to it, but for its time to live.
+        let managed_by = job.spec.as_ref().and_then(|s| s.managed_by.as_deref());
+        if managed_by.is_some_and(|m| m != JOB_CONTROLLER) {
+            return Ok(None);
         }
         if !self.expectations.lock().await.satisfied(key) {
             return Ok(None);

@@ -862,6 +862,18 @@ async fn job_pod_failure_policies_decide_by_exit_code() {
         }
     };
 
+    // A Job another controller manages is left to it (looked at below, once later Jobs ran).
+    let elsewhere = "apiVersion: batch/v1\nkind: Job\nmetadata: {name: elsewhere}\nspec:\n  \
+                     managedBy: example.com/other-controller\n  template:\n    spec:\n      restartPolicy: Never\n      \
+                     containers: [{name: main, image: busybox}]\n";
+    common::ok(common::apply_file(
+        &kubectl,
+        dir.path(),
+        "elsewhere.yaml",
+        elsewhere,
+        "create",
+    ));
+
     // FailJob: the first failure ends it, although the backoff limit was not reached.
     common::ok(common::apply_file(
         &kubectl,
@@ -896,6 +908,14 @@ async fn job_pod_failure_policies_decide_by_exit_code() {
     assert_eq!(failed.message.as_deref(), Some(expected.as_str()));
     assert_eq!((status.failed, status.terminating), (Some(1), Some(0)));
     assert_eq!(failing("fatal").await, (1, 1), "no retry");
+    assert_eq!(failing("elsewhere").await, (0, 0), "managed elsewhere");
+    assert!(
+        jobs.get("elsewhere")
+            .await
+            .unwrap()
+            .status
+            .is_none_or(|s| s.start_time.is_none())
+    );
     let events = common::ok(
         kubectl
             .run(&["get", "events", "--field-selector", "involvedObject.name=fatal"])
