@@ -300,7 +300,7 @@ fn created_fields_v1(object: &Value, schema: Schema<'_>, records: impl Fn(&str) 
         return fields;
     };
     for (key, value) in map {
-        if matches!(key.as_str(), "apiVersion" | "kind") || !records(key) {
+        if SERVER_TOP_LEVEL.contains(&key.as_str()) || !records(key) {
             continue;
         }
         let child = schema.child(key);
@@ -324,7 +324,10 @@ fn created_fields_v1(object: &Value, schema: Schema<'_>, records: impl Fn(&str) 
     fields
 }
 
-/// The metadata fields the server sets ([`server_fields`] past `f:metadata`).
+/// The top-level fields the server sets.
+const SERVER_TOP_LEVEL: &[&str] = &["apiVersion", "kind"];
+
+/// The metadata fields the server sets.
 const SERVER_METADATA: &[&str] = &[
     "name",
     "namespace",
@@ -451,22 +454,11 @@ static SERVER_FIELDS: std::sync::LazyLock<FieldSet> = std::sync::LazyLock::new(s
 
 fn server_fields() -> FieldSet {
     let mut set = FieldSet::default();
-    for path in [
-        &["f:apiVersion"][..],
-        &["f:kind"],
-        &["f:metadata", "f:name"],
-        &["f:metadata", "f:namespace"],
-        &["f:metadata", "f:uid"],
-        &["f:metadata", "f:resourceVersion"],
-        &["f:metadata", "f:generation"],
-        &["f:metadata", "f:creationTimestamp"],
-        &["f:metadata", "f:deletionTimestamp"],
-        &["f:metadata", "f:deletionGracePeriodSeconds"],
-        &["f:metadata", "f:selfLink"],
-        &["f:metadata", "f:managedFields"],
-    ] {
-        let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
-        set.insert(&path);
+    for top in SERVER_TOP_LEVEL {
+        set.insert(&[format!("f:{top}")]);
+    }
+    for field in SERVER_METADATA {
+        set.insert(&["f:metadata".to_string(), format!("f:{field}")]);
     }
     set
 }

@@ -306,21 +306,8 @@ fn selector_and_template(object: &Value, restart: &[&'static str], errors: &mut 
             }
         }
     }
-    if object
-        .pointer("/spec/replicas")
-        .and_then(Value::as_i64)
-        .is_some_and(|r| r < 0)
-    {
-        errors.push(FieldError::new(
-            "spec.replicas",
-            Problem::Invalid(
-                object
-                    .pointer("/spec/replicas")
-                    .map(Value::to_string)
-                    .unwrap_or_default(),
-                "must be greater than or equal to 0".into(),
-            ),
-        ));
+    if let Some(replicas) = object.pointer("/spec/replicas").and_then(Value::as_i64) {
+        non_negative("spec.replicas", replicas, errors);
     }
     pod_spec(
         object.pointer("/spec/template/spec"),
@@ -395,12 +382,8 @@ pub fn validate(info: &ResourceInfo, object: &Value) -> Vec<FieldError> {
     // (Workloads with a selector check theirs with the selector.)
     if (info.group, info.kind) == ("", "ReplicationController")
         && let Some(replicas) = object.pointer("/spec/replicas").and_then(Value::as_i64)
-        && replicas < 0
     {
-        errors.push(FieldError::new(
-            "spec.replicas",
-            Problem::Invalid(replicas.to_string(), "must be greater than or equal to 0".into()),
-        ));
+        non_negative("spec.replicas", replicas, &mut errors);
     }
     match (info.group, info.kind) {
         ("", "Pod") => pod_spec(
@@ -468,8 +451,8 @@ fn job_counts(spec: &Value, path: &str, errors: &mut Vec<FieldError>) {
         "backoffLimitPerIndex",
         "maxFailedIndexes",
     ] {
-        if let Some(value) = number(field).filter(|v| *v < 0) {
-            errors.push(invalid(field, value, "must be greater than or equal to 0".into()));
+        if let Some(value) = number(field) {
+            non_negative(&format!("{path}.{field}"), value, errors);
         }
         if field == "maxFailedIndexes" && number(field).is_some() && number("backoffLimitPerIndex").is_none() {
             errors.push(FieldError::new(
@@ -615,12 +598,7 @@ fn success_policy(spec: &Value, path: &str, errors: &mut Vec<FieldError>) {
         }
         if let Some(count) = count {
             let count_path = format!("{rule_path}.succeededCount");
-            if count < 0 {
-                errors.push(FieldError::new(
-                    &count_path,
-                    Problem::Invalid(count.to_string(), "must be greater than or equal to 0".into()),
-                ));
-            }
+            non_negative(&count_path, count, errors);
             if count > completions {
                 errors.push(FieldError::new(
                     &count_path,
@@ -966,6 +944,16 @@ fn list_at<'v>(object: &'v Value, key: &str) -> &'v [Value] {
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default()
+}
+
+/// Upstream's `ValidateNonnegativeField`.
+fn non_negative(path: &str, value: i64, errors: &mut Vec<FieldError>) {
+    if value < 0 {
+        errors.push(FieldError::new(
+            path,
+            Problem::Invalid(value.to_string(), "must be greater than or equal to 0".into()),
+        ));
+    }
 }
 
 /// Go's `%q` of a string slice: `["a" "b"]`.

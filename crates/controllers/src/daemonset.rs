@@ -29,7 +29,7 @@ use tokio::sync::Mutex;
 
 use crate::expectations::Expectations;
 use crate::history::{self, HistoryError, Owner};
-use crate::pods::{controller_of, is_available, labels_match, selector};
+use crate::pods::{controller_of, is_available, is_finished, labels_match, selector};
 use crate::shared::{PodEvent, SharedPods, handle_events};
 use crate::workqueue::WorkQueue;
 use crate::{ControllerError, key_of, split_key};
@@ -155,13 +155,6 @@ pub fn new_pod(ds: &DaemonSet, template: &PodTemplateSpec, hash: &str, node: &st
 
 fn hash_of_pod(pod: &Pod) -> Option<&str> {
     pod.metadata.labels.as_ref()?.get(HASH_LABEL).map(String::as_str)
-}
-
-fn is_finished(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Failed" | "Succeeded")
-    )
 }
 
 /// Upstream's `GetValueFromIntOrPercent` over the number of nodes wanting a pod.
@@ -353,8 +346,7 @@ impl Controller {
     async fn claim_pods(&self, ds: &DaemonSet, selector: &LabelSelector) -> Result<Vec<Arc<Pod>>, ControllerError> {
         let namespace = ds.namespace().unwrap_or_default();
         let reference = controller_ref(ds);
-        let mut candidates = self.pods.controlled_by(&reference.uid);
-        candidates.extend(self.pods.orphans_in(&namespace));
+        let candidates = self.pods.claimable(&reference.uid, &namespace);
         let owner = (&reference, namespace.as_str(), ds.metadata.deletion_timestamp.is_some());
         crate::pods::claim(&self.client, candidates, owner, |pod| {
             labels_match(selector, pod.metadata.labels.as_ref())

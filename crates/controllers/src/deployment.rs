@@ -306,8 +306,7 @@ impl Controller {
         let uid = d.uid().unwrap_or_default();
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &namespace);
         let mut owned = Vec::new();
-        let mut candidates = self.sets.controlled_by(&uid);
-        candidates.extend(self.sets.orphans_in(&namespace));
+        let candidates = self.sets.claimable(&uid, &namespace);
         for rs in candidates {
             if rs.metadata.namespace.as_deref() != Some(namespace.as_str()) {
                 continue;

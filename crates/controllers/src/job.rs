@@ -32,7 +32,7 @@ use tokio::sync::Mutex;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::expectations::Expectations;
-use crate::pods::{controller_of, from_template, is_ready};
+use crate::pods::{controller_of, from_template, is_active, is_finished, is_ready};
 use crate::shared::{PodEvent, SharedPods, handle_events};
 use crate::workqueue::WorkQueue;
 use crate::{ControllerError, api_message, key_of, split_key};
@@ -201,6 +201,21 @@ impl Judgement {
     }
 }
 
+/// A pod's container statuses, its containers' then its init containers'.
+fn container_statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
+    let status = pod.status.iter();
+    let containers = status.clone().flat_map(|s| s.container_statuses.iter().flatten());
+    containers.chain(status.flat_map(|s| s.init_container_statuses.iter().flatten()))
+}
+
+/// How long after `failure` (a finish time) a replacement waits out the backoff of
+/// `failures` failures; `None` once it has passed.
+fn backoff_left(failure: Option<Timestamp>, failures: i32, now: Timestamp) -> Option<Duration> {
+    let ready_at = failure? + SignedDuration::try_from(backoff(failures)).unwrap_or_default();
+    let left = (ready_at > now).then(|| ready_at.duration_since(now).as_secs().max(1))?;
+    Some(Duration::from_secs(u64::try_from(left).unwrap_or(1)))
+}
+
 /// Upstream's `matchPodFailurePolicy`: the first rule matching a failed pod decides. Rules
 /// with an action this controller does not know are skipped, as upstream asks of clients.
 pub fn match_failure_policy(policy: Option<&PodFailurePolicy>, pod: &Pod) -> Judgement {
@@ -212,13 +227,7 @@ pub fn match_failure_policy(policy: Option<&PodFailurePolicy>, pod: &Pod) -> Jud
     let status = pod.status.as_ref();
     for (index, rule) in policy.rules.iter().enumerate() {
         let matched = if let Some(requirement) = &rule.on_exit_codes {
-            let statuses = status.map(|s| {
-                let containers = s.container_statuses.iter().flatten();
-                containers.chain(s.init_container_statuses.iter().flatten())
-            });
-            statuses
-                .into_iter()
-                .flatten()
+            container_statuses(pod)
                 .find_map(|c| exit_code_matching(c, requirement))
                 .map(|(container, code)| {
                     format!(
@@ -272,11 +281,7 @@ pub fn restarts_past_limit(job: &Job, pods: &[&Pod]) -> bool {
     let restarts: i32 = pods
         .iter()
         .filter(|p| matches!(phase(p), Some("Pending" | "Running")))
-        .filter_map(|p| p.status.as_ref())
-        .flat_map(|s| {
-            let containers = s.container_statuses.iter().flatten();
-            containers.chain(s.init_container_statuses.iter().flatten())
-        })
+        .flat_map(|p| container_statuses(p))
         .map(|c| c.restart_count)
         .sum();
     match spec.and_then(|s| s.backoff_limit).unwrap_or(6) {
@@ -407,16 +412,11 @@ impl Controller {
         let spec = job.spec.clone().unwrap_or_default();
         let status = job.status.clone().unwrap_or_default();
         let indexed = spec.completion_mode.as_deref() == Some("Indexed");
-        let running = |p: &&Pod| !matches!(phase(p), Some("Succeeded" | "Failed"));
-        let active: Vec<&Pod> = owned
-            .iter()
-            .copied()
-            .filter(|p| running(p) && p.metadata.deletion_timestamp.is_none())
-            .collect();
+        let active: Vec<&Pod> = owned.iter().copied().filter(|p| is_active(p)).collect();
         let terminating: Vec<&Pod> = owned
             .iter()
             .copied()
-            .filter(|p| running(p) && p.metadata.deletion_timestamp.is_some())
+            .filter(|p| !is_finished(p) && p.metadata.deletion_timestamp.is_some())
             .collect();
         let succeeded_pods: Vec<&Pod> = owned
             .iter()
@@ -606,16 +606,13 @@ impl Controller {
             // Replacements wait out the backoff from the last failure (with a limit per
             // index, each index its own). Every failure delays the next pod, those a policy
             // ignores too.
-            let wait = backoff(failed.max(i32::try_from(failed_pods.len()).unwrap_or(0)));
+            let failures = failed.max(i32::try_from(failed_pods.len()).unwrap_or(0));
             let last_failure = failed_pods.iter().filter_map(|p| finished_at(p)).max();
-            let ready_at = last_failure
-                .filter(|_| per_index.is_none())
-                .map(|t| t + SignedDuration::try_from(wait).unwrap_or_default());
-            if let Some(ready_at) = ready_at.filter(|t| *t > Timestamp::now()) {
-                let left = ready_at.duration_since(Timestamp::now()).as_secs().max(1);
+            let left = backoff_left(last_failure.filter(|_| per_index.is_none()), failures, Timestamp::now());
+            if let Some(left) = left {
                 self.write_status(key, &jobs, &job, &counts, indexed, conditions, None)
                     .await?;
-                return Ok(Some(Duration::from_secs(u64::try_from(left).unwrap_or(1))));
+                return Ok(Some(left));
             }
             requeue_for_backoff = self
                 .manage(&job, key, &pods_api, &counts, indexed, parallelism, completions)
@@ -725,12 +722,7 @@ impl Controller {
                 }
                 if let Some((pod, judgement)) = counts.last_failures.get(&index) {
                     let (counted, ignored) = next_failure_counts(pod, judgement);
-                    let wait = backoff(counted.saturating_add(ignored));
-                    let ready_at = finished_at(pod).map(|t| t + SignedDuration::try_from(wait).unwrap_or_default());
-                    if let Some(ready_at) = ready_at.filter(|t| *t > now) {
-                        let left = Duration::from_secs(
-                            u64::try_from(ready_at.duration_since(now).as_secs().max(1)).unwrap_or(1),
-                        );
+                    if let Some(left) = backoff_left(finished_at(pod), counted.saturating_add(ignored), now) {
                         requeue = Some(requeue.map_or(left, |r| r.min(left)));
                         continue;
                     }
@@ -741,7 +733,8 @@ impl Controller {
         } else {
             vec![None; missing]
         };
-        let per_index = job.spec.as_ref().and_then(|s| s.backoff_limit_per_index).is_some() && indexed;
+        // Failed indexes are counted exactly when there is a limit per index.
+        let per_index = counts.failed_indexes.is_some();
         self.expectations.lock().await.expect_creations(key, indexes.len());
         let params = PostParams::default();
         let pods: Vec<Pod> = indexes

@@ -19,6 +19,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 
+use crate::pods::is_finished;
 use crate::shared::SharedPods;
 use kube::runtime::{WatchStreamExt, watcher};
 use rkube_client::events::{Recorder, reference};
@@ -59,8 +60,7 @@ fn out_of_service(node: &Node) -> bool {
 
 /// Being deleted and not finished.
 fn is_terminating(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    pod.metadata.deletion_timestamp.is_some() && !matches!(phase, Some("Succeeded" | "Failed"))
+    pod.metadata.deletion_timestamp.is_some() && !is_finished(pod)
 }
 
 /// The not-ready taints a node should carry for its Ready status.
@@ -264,12 +264,9 @@ impl Controller {
             }
             let namespace = pod.namespace().unwrap_or_default();
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-            let disruption = Disruption {
-                reason: "DeletionByTaintManager",
-                message: "Taint manager: deleting due to NoExecute taint",
-                fail: false,
-            };
-            if !disruption.mark(&api, &pod).await? {
+            let marked = json!({"status": {"conditions": disruption_target(&pod, "DeletionByTaintManager",
+                "Taint manager: deleting due to NoExecute taint")}});
+            if !patch_status(&api, &pod, &marked).await? {
                 continue;
             }
             let message = format!("Marking for deletion Pod {namespace}/{}", pod.name_any());
@@ -279,6 +276,30 @@ impl Controller {
             crate::ignore_not_found(api.delete(&pod.name_any(), &DeleteParams::default()).await)?;
         }
         Ok(())
+    }
+
+    /// Upstream's `markFailedAndDeletePodWithCondition`: a pod no node will finish is
+    /// marked Failed (with a `DisruptionTarget` condition for `cause`, its reason and
+    /// message) unless it has finished, then deleted at once. False when it was gone already.
+    async fn fail_and_delete(&self, pod: &Pod, cause: Option<(&str, &str)>) -> Result<bool, kube::Error> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        if !is_finished(pod) {
+            let mut failed = json!({"status": {"phase": "Failed"}});
+            if let Some((reason, message)) = cause {
+                failed["status"]["conditions"] = json!(disruption_target(pod, reason, message));
+            }
+            if !patch_status(&api, pod, &failed).await? {
+                return Ok(false);
+            }
+        }
+        match api
+            .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+            Err(err) => Err(err),
+        }
     }
 
     /// Upstream's pod GC: orphans of deleted nodes, terminating pods of out-of-service
@@ -299,21 +320,10 @@ impl Controller {
             if let Some(known) = self.nodes.get(&ObjectRef::new(&node)) {
                 if out_of_service(&known) && is_terminating(pod) {
                     // Upstream's non-graceful node shutdown: the node will not finish its
-                    // pods; they go now, marked Failed.
-                    let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
-                    crate::ignore_not_found(
-                        api.patch_status(
-                            &pod.name_any(),
-                            &PatchParams::default(),
-                            &Patch::Merge(&json!({"status": {"phase": "Failed"}})),
-                        )
-                        .await,
-                    )?;
-                    crate::ignore_not_found(
-                        api.delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
-                            .await,
-                    )?;
-                    tracing::info!(pod = pod.name_any(), node, "deleted a pod of an out-of-service node");
+                    // pods; they go now.
+                    if self.fail_and_delete(pod, None).await? {
+                        tracing::info!(pod = pod.name_any(), node, "deleted a pod of an out-of-service node");
+                    }
                 }
                 continue;
             }
@@ -322,37 +332,15 @@ impl Controller {
             if since.elapsed() < ORPHAN_QUARANTINE {
                 continue;
             }
-            let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
-            // As upstream's PodGC: no node is left to say how the pod ended, so it is
-            // marked Failed by disruption before it goes.
-            let disruption = Disruption {
-                reason: "DeletionByPodGC",
-                message: "PodGC: node no longer exists",
-                fail: true,
-            };
-            if !disruption.mark(&api, pod).await? {
-                continue;
-            }
-            match api
-                .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
-                .await
-            {
-                Ok(_) => tracing::info!(pod = pod.name_any(), node, "deleted a pod of a node that is gone"),
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(err) => return Err(err),
+            // No node is left to say how the pod ended: it is marked disrupted.
+            let cause = ("DeletionByPodGC", "PodGC: node no longer exists");
+            if self.fail_and_delete(pod, Some(cause)).await? {
+                tracing::info!(pod = pod.name_any(), node, "deleted a pod of a node that is gone");
             }
         }
         *missing = still_missing;
         drop(missing);
-        let mut finished: Vec<&Arc<Pod>> = pods
-            .iter()
-            .filter(|p| {
-                matches!(
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded" | "Failed")
-                )
-            })
-            .collect();
+        let mut finished: Vec<&Arc<Pod>> = pods.iter().filter(|p| is_finished(p)).collect();
         if finished.len() > TERMINATED_THRESHOLD {
             finished.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
             for pod in &finished[..finished.len() - TERMINATED_THRESHOLD] {
@@ -367,47 +355,31 @@ impl Controller {
     }
 }
 
-/// A pod's `DisruptionTarget` condition, written before the pod is deleted so that its
-/// owner (a Job's pod failure policy) can tell a disruption from a failure.
-struct Disruption {
-    reason: &'static str,
-    message: &'static str,
-    /// Also mark the pod Failed, if it has not finished (nothing else will).
-    fail: bool,
+/// The pod's conditions with a `DisruptionTarget` one, written before the pod is deleted
+/// so that its owner (a Job's pod failure policy) can tell a disruption from a failure. A
+/// merge patch replaces the whole list, so the pod's other conditions are kept.
+fn disruption_target(pod: &Pod, reason: &str, message: &str) -> Vec<Value> {
+    let mut conditions: Vec<Value> = pod
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .filter(|c| c.type_ != "DisruptionTarget")
+        .filter_map(|c| serde_json::to_value(c).ok())
+        .collect();
+    conditions.push(json!({"type": "DisruptionTarget", "status": "True", "reason": reason,
+        "message": message, "lastTransitionTime": rkube_client::now_text()}));
+    conditions
 }
 
-impl Disruption {
-    /// False when the pod is gone already.
-    async fn mark(&self, api: &Api<Pod>, pod: &Pod) -> Result<bool, kube::Error> {
-        let status = pod.status.as_ref();
-        let phase = status.and_then(|s| s.phase.as_deref());
-        if self.fail && matches!(phase, Some("Succeeded" | "Failed")) {
-            // Finished: how it ended stands.
-            return Ok(true);
-        }
-        // The whole list is replaced by a merge patch: keep the pod's other conditions.
-        let mut conditions: Vec<Value> = status
-            .iter()
-            .flat_map(|s| s.conditions.iter().flatten())
-            .filter(|c| c.type_ != "DisruptionTarget")
-            .filter_map(|c| serde_json::to_value(c).ok())
-            .collect();
-        conditions.push(
-            json!({"type": "DisruptionTarget", "status": "True", "reason": self.reason,
-            "message": self.message, "lastTransitionTime": rkube_client::now_text()}),
-        );
-        let mut patch = json!({"status": {"conditions": conditions}});
-        if self.fail {
-            patch["status"]["phase"] = json!("Failed");
-        }
-        match api
-            .patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
-            Err(err) => Err(err),
-        }
+/// Merge-patches the pod's status; false when the pod is gone already.
+async fn patch_status(api: &Api<Pod>, pod: &Pod, patch: &Value) -> Result<bool, kube::Error> {
+    match api
+        .patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(err) => Err(err),
     }
 }
 

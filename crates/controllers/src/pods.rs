@@ -13,10 +13,17 @@ use kube::api::{Api, Patch, PatchParams};
 use rkube_api::selector::{LabelSelector, label_selector_text};
 use serde_json::json;
 
+/// Succeeded or Failed: its containers will not run again.
+pub fn is_finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
 /// Neither finished nor being deleted.
 pub fn is_active(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    !matches!(phase, Some("Succeeded" | "Failed")) && pod.metadata.deletion_timestamp.is_none()
+    !is_finished(pod) && pod.metadata.deletion_timestamp.is_none()
 }
 
 fn ready_since(pod: &Pod) -> Option<&Time> {

@@ -244,8 +244,7 @@ impl<K: Replicated> Controller<K> {
         let uid = owner.uid().unwrap_or_default();
         // Its own pods, and the orphans it might adopt: pods other controllers control
         // are none of its business.
-        let mut candidates = self.pods.controlled_by(&uid);
-        candidates.extend(self.pods.orphans_in(namespace));
+        let candidates = self.pods.claimable(&uid, namespace);
         let mut owned: Vec<&Pod> = Vec::new();
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         for pod in candidates.iter().filter(|p| is_active(p)) {

@@ -67,13 +67,6 @@ impl Sum {
     }
 }
 
-fn is_terminal(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
-}
-
 /// A pod's requests or limits: the sum over its containers, or the largest init
 /// container's when that is more, plus its overhead (upstream's `PodRequests`).
 fn pod_resources(pod: &Pod, limits: bool) -> BTreeMap<String, f64> {
@@ -308,7 +301,7 @@ impl Controller {
         let pods: Vec<&Pod> = listed
             .items
             .iter()
-            .filter(|p| !is_terminal(p) && pod_in_scopes(&quota, p))
+            .filter(|p| !crate::pods::is_finished(p) && pod_in_scopes(&quota, p))
             .collect();
         let services_state = self.services.state();
         let services: Vec<&Service> = services_state

@@ -206,10 +206,13 @@ where
         index.listed(index.by_controller.get(uid))
     }
 
-    /// The objects in `namespace` that no controller controls.
-    pub fn orphans_in(&self, namespace: &str) -> Vec<Arc<K>> {
+    /// What a controller with this UID may claim (upstream's `ClaimPods` candidates): the
+    /// objects it controls and the orphans in its namespace, read at one moment.
+    pub fn claimable(&self, uid: &str, namespace: &str) -> Vec<Arc<K>> {
         let index = self.read();
-        index.listed(index.orphans.get(namespace))
+        let mut objects = index.listed(index.by_controller.get(uid));
+        objects.extend(index.listed(index.orphans.get(namespace)));
+        objects
     }
 
     /// Every object in `namespace`.
@@ -321,14 +324,15 @@ mod tests {
         shared.apply(pod("c", "ns", None));
         shared.apply(pod("d", "other", None));
         assert_eq!(names(shared.controlled_by("u1")), ["a", "b"]);
-        assert_eq!(names(shared.orphans_in("ns")), ["c"]);
         assert_eq!(names(shared.in_namespace("ns")), ["a", "b", "c"]);
+        assert_eq!(names(shared.claimable("u1", "ns")), ["a", "b", "c"]);
+        assert_eq!(names(shared.claimable("u1", "other")), ["a", "b", "d"]);
         // Released: from the controller's pods to the orphans; adopted: the other way.
         shared.apply(pod("b", "ns", None));
         shared.apply(pod("c", "ns", Some("u2")));
         assert_eq!(names(shared.controlled_by("u1")), ["a"]);
         assert_eq!(names(shared.controlled_by("u2")), ["c"]);
-        assert_eq!(names(shared.orphans_in("ns")), ["b"]);
+        assert_eq!(names(shared.claimable("u9", "ns")), ["b"]);
         shared.delete(pod("a", "ns", Some("u1")));
         assert!(shared.controlled_by("u1").is_empty());
         assert!(shared.get("ns", "a").is_none());

@@ -24,7 +24,7 @@ use rkube_client::events::{Recorder, reference};
 use serde_json::{Value, json};
 
 use crate::history::{self, HistoryError, Owner};
-use crate::pods::{controller_of, is_available, is_ready, labels_match, selector};
+use crate::pods::{controller_of, is_available, is_finished, is_ready, labels_match, selector};
 use crate::shared::{PodEvent, SharedPods, handle_events};
 use crate::workqueue::WorkQueue;
 use crate::{ControllerError, key_of, split_key};
@@ -90,13 +90,6 @@ fn is_running_and_ready(pod: &Pod) -> bool {
 
 fn is_terminating(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
-}
-
-fn is_finished(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Failed" | "Succeeded")
-    )
 }
 
 fn revision_of(pod: &Pod) -> Option<&str> {
@@ -336,8 +329,7 @@ impl Controller {
     async fn claim_pods(&self, set: &StatefulSet, selector: &LabelSelector) -> Result<Vec<Arc<Pod>>, ControllerError> {
         let namespace = set.namespace().unwrap_or_default();
         let reference = controller_ref(set);
-        let mut candidates = self.pods.controlled_by(&reference.uid);
-        candidates.extend(self.pods.orphans_in(&namespace));
+        let candidates = self.pods.claimable(&reference.uid, &namespace);
         let owner = (
             &reference,
             namespace.as_str(),
