@@ -168,10 +168,13 @@ pub fn qos_class(pod: &Value) -> &'static str {
 /// A strategy field defaulted to RollingUpdate, whose `rollingUpdate` gets `defaults`
 /// when the type is RollingUpdate (Deployments, StatefulSets, DaemonSets).
 fn rolling_update<const N: usize>(spec: &mut Map<String, Value>, field: &str, defaults: [(&str, Value); N]) {
-    default(spec, field, json!({"type": "RollingUpdate"}));
+    // A strategy is a struct in upstream's types, there even when a client sends `{}`
+    // (as kubectl's protobuf `create deployment` does): its type is defaulted inside.
+    default(spec, field, json!({}));
     let Some(strategy) = spec.get_mut(field).and_then(Value::as_object_mut) else {
         return;
     };
+    default(strategy, "type", json!("RollingUpdate"));
     if strategy.get("type").and_then(Value::as_str) != Some("RollingUpdate") {
         return;
     }
@@ -589,6 +592,10 @@ mod tests {
             json!({"spec": {"strategy": {"type": "Recreate"}}}),
         );
         assert_eq!(recreate["spec"]["strategy"], json!({"type": "Recreate"}));
+        let empty = defaulted("apps", "deployments", json!({"spec": {"strategy": {}}}));
+        assert_eq!(empty["spec"]["strategy"], deploy["spec"]["strategy"]);
+        let empty = defaulted("apps", "statefulsets", json!({"spec": {"updateStrategy": {}}}));
+        assert_eq!(empty["spec"]["updateStrategy"]["type"], "RollingUpdate");
 
         let sts = defaulted("apps", "statefulsets", json!({"spec": {}}));
         assert_eq!(sts["spec"]["podManagementPolicy"], "OrderedReady");

@@ -3,7 +3,7 @@
 //! controllers); pods created and Running per second, time until every Deployment is
 //! Available, and the server's CPU and memory (the controller manager runs in it).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -38,6 +38,48 @@ pub struct ControllersArgs {
     /// A short run for smoke-testing the benchmark itself.
     #[arg(long)]
     quick: bool,
+}
+
+/// The server's `apiserver_request_total` summed over codes, per verb and resource.
+async fn request_counts(client: &kube::Client) -> anyhow::Result<BTreeMap<String, f64>> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(request).await?;
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix("=\""))
+                .map(|v| v.trim_end_matches('"').to_string())
+        };
+        let key = format!(
+            "{} {}",
+            label("verb").unwrap_or_default(),
+            label("resource").unwrap_or_default()
+        );
+        *counts.entry(key).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    Ok(counts)
+}
+
+/// Where the server's work per pod comes from: requests per pod by verb and resource,
+/// most first.
+fn requests_per_pod(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, pods: usize) -> String {
+    let mut per_pod: Vec<(f64, &str)> = after
+        .iter()
+        .map(|(k, v)| ((v - before.get(k).copied().unwrap_or(0.0)) / pods.max(1) as f64, k.as_str()))
+        .filter(|(n, _)| *n >= 0.01)
+        .collect();
+    per_pod.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let total: f64 = per_pod.iter().map(|(n, _)| n).sum();
+    let parts: Vec<String> = per_pod.iter().map(|(n, k)| format!("{k} {n:.2}")).collect();
+    format!("requests per pod: {total:.2} ({})", parts.join(", "))
 }
 
 fn progress(message: &str) {
@@ -84,6 +126,7 @@ pub async fn run(mut args: ControllersArgs, json: bool) -> anyhow::Result<()> {
         .metadata
         .resource_version
         .unwrap_or_default();
+    let requests_before = request_counts(&client).await?;
     let cpu_before = cpu_seconds(server.pid()).unwrap_or(0.0);
     let started = Instant::now();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
@@ -164,6 +207,8 @@ pub async fn run(mut args: ControllersArgs, json: bool) -> anyhow::Result<()> {
     }
     let all_available = started.elapsed();
     let cpu = cpu_seconds(server.pid()).unwrap_or(0.0) - cpu_before;
+    let requests = request_counts(&client).await?;
+    progress(&requests_per_pod(&requests_before, &requests, total));
     report.add(
         "end to end",
         &case,
