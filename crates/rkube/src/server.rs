@@ -250,9 +250,22 @@ async fn component_client(ca: &Ca, server_url: &str, user: &str) -> anyhow::Resu
     .render();
     let kubeconfig = kube::config::Kubeconfig::from_yaml(&kubeconfig).context("component kubeconfig")?;
     let options = kube::config::KubeConfigOptions::default();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
         .await
         .context("component client")?;
+    // Upstream names a writer's managedFields entries after its user agent's first word
+    // (`kube-controller-manager`, `kube-scheduler`); kube-rs sends none of its own.
+    let agent = format!(
+        "{}/v{} ({}/{}) rkube",
+        user.strip_prefix("system:").unwrap_or(user),
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    );
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&agent).context("component user agent")?,
+    ));
     kube::Client::try_from(config).context("component client")
 }
 

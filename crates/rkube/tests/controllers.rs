@@ -79,6 +79,19 @@ async fn replica_sets_keep_their_replicas() {
         }
     };
     status(3).await;
+    // The controller manager writes as upstream's does, named after its user agent.
+    let rs = sets.get("web").await.unwrap();
+    let managers: Vec<(&str, Option<&str>)> = rs
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .map(|m| (m.manager.as_deref().unwrap_or_default(), m.subresource.as_deref()))
+        .collect();
+    assert!(
+        managers.contains(&("kube-controller-manager", Some("status"))),
+        "{managers:?}"
+    );
     let running = owned_pods(&pods, "app=web").await;
     assert_eq!(running.len(), 3);
     for pod in &running {
