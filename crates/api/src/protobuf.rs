@@ -22,7 +22,6 @@ const TIME: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.Time";
 const MICRO_TIME: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime";
 const DURATION: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.Duration";
 const FIELDS_V1: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.FieldsV1";
-const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
 const QUANTITY: &str = "io.k8s.apimachinery.pkg.api.resource.Quantity";
 const INT_OR_STRING: &str = "io.k8s.apimachinery.pkg.util.intstr.IntOrString";
 const RAW_EXTENSION: &str = "io.k8s.apimachinery.pkg.runtime.RawExtension";
@@ -285,12 +284,10 @@ fn message(ty: &str, bytes: &[u8], depth: usize) -> Result<Value, ProtoError> {
             object.insert(name.clone(), value);
         }
     }
-    // Go writes every non-pointer field; empty strings and unset times mean absent, and so
-    // does an object's generation 0 (the server counts generations).
-    object.retain(|_, v| !(v.is_null() || v.as_str() == Some("")));
-    if ty == OBJECT_META && object.get("generation") == Some(&json!(0)) {
-        object.remove("generation");
-    }
+    // Go writes every non-pointer field, which its JSON encoding then leaves out when
+    // tagged omitempty and empty; unset times are absent.
+    object.retain(|_, v| !v.is_null());
+    crate::omitempty::omit_empty_here(ty, &mut object);
     Ok(Value::Object(object))
 }
 

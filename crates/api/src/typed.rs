@@ -149,6 +149,14 @@ fn quantities_ok(value: &Value) -> bool {
     }
 }
 
+/// Leaves out the plain fields upstream's Go encoding leaves out when empty (see
+/// [`crate::omitempty`]); kinds without upstream facts are left alone.
+pub fn omit_empty(info: &ResourceInfo, decoded: &mut Value) {
+    if let Some(ty) = crate::strategic::type_of(info.group, info.version, info.kind) {
+        crate::omitempty::omit_empty(ty, decoded);
+    }
+}
+
 /// Fields of `input` that `decoded` lost, as upstream names them (`spec.bogusField`,
 /// `spec.containers[0].bogus`), in document order.
 pub fn unknown_fields(input: &Value, decoded: &Value) -> Vec<String> {

@@ -252,8 +252,11 @@ pub(crate) fn decode_typed(
     warnings: &mut Vec<String>,
 ) -> Result<Value, ApiError> {
     let mut decoded = typed::roundtrip(info, object).map_err(|e| bad_request(e.to_string()))?;
-    defaults::apply(info, &mut decoded);
     let unknown = typed::unknown_fields(object, &decoded);
+    // Go's decoding cannot tell an empty plain field from an absent one, so such a field
+    // is left out before defaulting (`dnsPolicy: ""` is defaulted like no dnsPolicy).
+    typed::omit_empty(info, &mut decoded);
+    defaults::apply(info, &mut decoded);
     if unknown.is_empty() {
         return Ok(decoded);
     }

@@ -73,7 +73,12 @@ async fn request_counts(client: &kube::Client) -> anyhow::Result<BTreeMap<String
 fn requests_per_pod(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, pods: usize) -> String {
     let mut per_pod: Vec<(f64, &str)> = after
         .iter()
-        .map(|(k, v)| ((v - before.get(k).copied().unwrap_or(0.0)) / pods.max(1) as f64, k.as_str()))
+        .map(|(k, v)| {
+            (
+                (v - before.get(k).copied().unwrap_or(0.0)) / pods.max(1) as f64,
+                k.as_str(),
+            )
+        })
         .filter(|(n, _)| *n >= 0.01)
         .collect();
     per_pod.sort_by(|a, b| b.0.total_cmp(&a.0));

@@ -208,6 +208,27 @@ fn create_subcommands_and_reviews() {
             80
         );
         assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "web");
+        // Upstream's shape: the struct defaulted, the protobuf body's plain zero values
+        // (paused, minReadySeconds, hostNetwork, stdin, tty, ...) left out as Go leaves them.
+        assert_eq!(
+            d["spec"]["strategy"],
+            serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
+        );
+        for absent in ["paused", "minReadySeconds"] {
+            assert!(d["spec"].get(absent).is_none(), "{absent}: {}", d["spec"]);
+        }
+        assert_eq!(
+            d["spec"]["template"]["spec"],
+            serde_json::json!({
+                "containers": [{
+                    "image": "nginx:1.27", "imagePullPolicy": "IfNotPresent", "name": "nginx",
+                    "ports": [{"containerPort": 80, "protocol": "TCP"}], "resources": {},
+                    "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
+                }],
+                "dnsPolicy": "ClusterFirst", "restartPolicy": "Always", "schedulerName": "default-scheduler",
+                "securityContext": {}, "terminationGracePeriodSeconds": 30,
+            })
+        );
         assert!(
             d["spec"]["template"]["metadata"]
                 .get("creationTimestamp")

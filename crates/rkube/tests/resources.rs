@@ -587,7 +587,64 @@ fn seed_manifests_are_accepted_and_defaulted() {
     assert_eq!(cells[..4], ["rss-site", "0/2", "Pending", "0"], "{pod_row}");
     let svc_row = get(&["get", "svc", "my-multiport-service", "--no-headers"]);
     assert!(svc_row.contains("80/TCP,443/TCP"), "{svc_row}");
+
+    // Empty plain fields are stored as upstream's Go types leave them: left out (and
+    // defaulted where a default exists), while pointer fields keep an explicit zero.
+    let dir = tempfile::tempdir().unwrap();
+    ok(apply_file(&k, dir.path(), "empties.yaml", EMPTIES, "apply"));
+    let d: Value = serde_json::from_str(&get(&["get", "deploy", "empties", "-o", "json"])).unwrap();
+    assert_eq!(d["spec"]["replicas"], 0);
+    assert_eq!(d["spec"]["revisionHistoryLimit"], 0);
+    for absent in ["paused", "minReadySeconds"] {
+        assert!(d["spec"].get(absent).is_none(), "{absent}: {}", d["spec"]);
+    }
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["dnsPolicy"], "ClusterFirst",
+        "an empty string is no value: defaulted"
+    );
+    for absent in ["hostNetwork", "nodeSelector", "tolerations"] {
+        assert!(pod.get(absent).is_none(), "{absent}: {pod}");
+    }
+    assert_eq!(pod["automountServiceAccountToken"], false, "a pointer keeps false");
+    let container = pod["containers"][0].as_object().unwrap();
+    for absent in ["args", "env", "stdin", "workingDir"] {
+        assert!(!container.contains_key(absent), "{absent}: {container:?}");
+    }
+    let claim: Value = serde_json::from_str(&get(&["get", "pvc", "no-class", "-o", "json"])).unwrap();
+    assert_eq!(claim["spec"]["storageClassName"], "", "an explicit empty class stays");
+    assert!(claim["spec"].get("volumeName").is_none());
 }
+
+const EMPTIES: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: empties}
+spec:
+  replicas: 0
+  revisionHistoryLimit: 0
+  paused: false
+  minReadySeconds: 0
+  selector: {matchLabels: {app: empties}}
+  template:
+    metadata: {labels: {app: empties}}
+    spec:
+      dnsPolicy: \"\"
+      hostNetwork: false
+      automountServiceAccountToken: false
+      nodeSelector: {}
+      tolerations: []
+      containers:
+      - {name: c, image: registry.local/pause:3.10, args: [], env: [], stdin: false, workingDir: \"\"}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: no-class}
+spec:
+  storageClassName: \"\"
+  volumeName: \"\"
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+";
 
 #[test]
 fn scale_subresource() {
