@@ -135,7 +135,7 @@ pub async fn run(client: kube::Client, config: Config) {
         pods.clone(),
         pods.subscribe(),
     ));
-    controllers.spawn(resource_quota::run(client.clone()));
+    controllers.spawn(resource_quota::run(client.clone(), pods.clone(), pods.subscribe()));
     controllers.spawn(statefulset::run(client.clone(), pods.clone(), pods.subscribe()));
     controllers.spawn(volume_binder::run(client.clone()));
     // Every subscriber is in: the informer starts with the full list for all of them.

@@ -18,7 +18,9 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use rkube_api::quantity;
 use serde_json::{Value, json};
+use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::shared::{PodEvent, SharedPods};
 use crate::workqueue::WorkQueue;
 use crate::{ControllerError, key_of, split_key};
 
@@ -26,9 +28,9 @@ const WORKERS: usize = 2;
 /// Kinds without a watch of their own are recounted this often.
 const RESYNC: Duration = Duration::from_secs(30);
 const CLASS_SUFFIX: &str = ".storageclass.storage.k8s.io/";
-/// Besides services and claims (which the controller caches), the kinds it watches.
-const WATCHED_COUNTS: [(&str, &str); 10] = [
-    ("", "pods"),
+/// Besides pods (the controller manager's shared informer), services and claims (which the
+/// controller caches), the kinds it watches.
+const WATCHED_COUNTS: [(&str, &str); 9] = [
     ("", "configmaps"),
     ("", "secrets"),
     ("", "replicationcontrollers"),
@@ -44,6 +46,7 @@ pub struct Controller {
     client: kube::Client,
     queue: Arc<WorkQueue>,
     quotas: Store<ResourceQuota>,
+    pods: SharedPods,
     services: Store<Service>,
     claims: Store<PersistentVolumeClaim>,
 }
@@ -292,15 +295,12 @@ impl Controller {
         let hard = quota.spec.as_ref().and_then(|s| s.hard.clone()).unwrap_or_default();
         let keys: Vec<String> = hard.keys().cloned().collect();
         let in_namespace = |ns: Option<String>| ns.as_deref() == Some(namespace);
-        // Pods are listed when counted (a cache of every pod would cost the controller
-        // manager more than the few namespaces with quotas do).
-        let listed = Api::<Pod>::namespaced(self.client.clone(), namespace)
-            .list(&ListParams::default())
-            .await
-            .map_err(|source| ControllerError::api(key, "listing pods", source))?;
+        // Pods from the informer every pod controller shares, as upstream's quota
+        // controller reads them.
+        let listed = self.pods.in_namespace(namespace);
         let pods: Vec<&Pod> = listed
-            .items
             .iter()
+            .map(AsRef::as_ref)
             .filter(|p| !crate::pods::is_finished(p) && pod_in_scopes(&quota, p))
             .collect();
         let services_state = self.services.state();
@@ -373,7 +373,7 @@ impl Controller {
 }
 
 /// Runs the controller until the future is dropped.
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, pods: SharedPods, pod_events: UnboundedReceiver<PodEvent>) {
     let queue = WorkQueue::new();
     let mut tasks = tokio::task::JoinSet::new();
     let (changes, mut changed) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
@@ -398,6 +398,14 @@ pub async fn run(client: kube::Client) {
             async {}
         }
     });
+    {
+        let changes = changes.clone();
+        tasks.spawn(crate::shared::handle_events(pod_events, move |pod, _| {
+            // A closed channel means the controller is going away.
+            let _ = changes.send(pod.namespace());
+            async {}
+        }));
+    }
     // The kinds quotas usually count get a metadata-only watch (no cache): their changes
     // recount at once rather than at the next resync.
     for (group, plural) in WATCHED_COUNTS {
@@ -426,6 +434,7 @@ pub async fn run(client: kube::Client) {
         client,
         queue: Arc::clone(&queue),
         quotas: quotas.clone(),
+        pods: pods.clone(),
         services: services.clone(),
         claims: claims.clone(),
     });
@@ -451,6 +460,7 @@ pub async fn run(client: kube::Client) {
     quotas.wait_until_ready().await.ok();
     services.wait_until_ready().await.ok();
     claims.wait_until_ready().await.ok();
+    pods.wait_until_ready().await;
     {
         let controller = Arc::clone(&controller);
         crate::workqueue::spawn_workers(&mut tasks, &queue, WORKERS, "resourcequota", move |key| {
