@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Writes omitempty-facts.json: the fields Go's JSON encoding leaves out when empty.
+"""Writes omitempty-facts.json: the fields Go's JSON encoding leaves out when empty, and
+those it always writes.
 
 Upstream decodes every request into Go structs and encodes them again, so a field tagged
 `omitempty` that is not a pointer disappears when it holds its zero value (false, 0, "",
 an empty list or map), while a pointer field keeps an explicit zero (`replicas: 0`) and a
-struct field is never left out. Neither the OpenAPI schemas nor the protobuf definitions
-say which fields are pointers; the Go types do.
+struct field is never left out. Fields without `omitempty` and plain struct fields are
+always written, even in a kind's zero value: which is what upstream's managedFields
+compare a created object against (a node missing there gets a `.` member). Neither the
+OpenAPI schemas nor the protobuf definitions say which fields are pointers; the Go types
+do.
 
 Inputs: upstream's `types.go` files (v1.33), found under the directory given, as laid out
 in the kubernetes repository (`staging/src/k8s.io/api/<group>/<version>/types.go`,
@@ -15,10 +19,10 @@ where each field leads.
 
   python3 generate-omitempty.py ~/kubernetes/staging/src > omitempty-facts.json
 
-Output: {type: {field: [omit, child, shape]}} where omit is 1 when the field is left out
-empty, child the type the field leads to (or null) and shape "o" (object), "l" (list of)
-or "m" (map of); only fields that are left out, or lead to a type with such fields, are
-kept.
+Output: {type: {field: [flags, child, shape]}} where flags has bit 1 when the field is
+left out empty and bit 2 when it is always written, child is the type the field leads to
+(or null) and shape "o" (object), "l" (list of) or "m" (map of); only types the Go sources
+describe, and fields with a flag or a child among them, are kept.
 """
 import json
 import os
@@ -67,7 +71,10 @@ def parse(go_path, text, package):
             json_name, *options = tag.split(",")
             if json_name == "-":
                 continue
-            fields.append((json_name, ty, "omitempty" in options, "inline" in options or field is None))
+            # An embedded struct is inline unless its tag names it (`metav1.ObjectMeta` is
+            # the field `metadata`).
+            inline = "inline" in options or (field is None and json_name == "")
+            fields.append((json_name, ty, "omitempty" in options, inline))
         package.structs[name] = fields
 
 
@@ -123,7 +130,10 @@ def struct_fields(packages, package, name, depth=0):
             if owner is not None and depth < 8:
                 out.update(struct_fields(packages, owner, inner, depth + 1))
             continue
-        out[json_name] = omitempty and kind(packages, package, ty) in ("scalar", "slice", "map")
+        go_kind = kind(packages, package, ty)
+        omit = omitempty and go_kind in ("scalar", "slice", "map")
+        always = not omitempty or go_kind == "struct"
+        out[json_name] = (1 if omit else 0) | (2 if always else 0)
     return out
 
 
@@ -157,28 +167,18 @@ def main(root):
         for name in package.structs:
             omitted[f"{prefix}.{name}"] = struct_fields(packages, package, name)
     schemas = json.load(open(os.path.join(HERE, "openapi-schemas.json")))
-    facts = {}
-    for name, schema in schemas.items():
-        fields = {}
-        for prop, prop_schema in (schema.get("properties") or {}).items():
-            target, shape = child(prop_schema)
-            omit = 1 if omitted.get(name, {}).get(prop) else 0
-            fields[prop] = [omit, target, shape]
-        facts[name] = fields
-    # Keep only what leads to something left out.
-    useful = {n for n, f in facts.items() if any(v[0] for v in f.values())}
-    changed = True
-    while changed:
-        changed = False
-        for name, fields in facts.items():
-            if name not in useful and any(v[1] in useful for v in fields.values()):
-                useful.add(name)
-                changed = True
+    known = {name for name in schemas if name in omitted}
     out = {}
-    for name in sorted(useful):
-        kept = {p: v if v[1] in useful else [v[0], None, None]
-                for p, v in sorted(facts[name].items()) if v[0] or v[1] in useful}
-        out[name] = kept
+    for name in sorted(known):
+        fields = {}
+        for prop, prop_schema in sorted((schemas[name].get("properties") or {}).items()):
+            target, shape = child(prop_schema)
+            flags = omitted[name].get(prop, 0)
+            if target not in known:
+                target, shape = None, None
+            if flags or target:
+                fields[prop] = [flags, target, shape]
+        out[name] = fields
     json.dump(out, sys.stdout, separators=(",", ":"), sort_keys=True)
     sys.stdout.write("\n")
 

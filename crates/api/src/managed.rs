@@ -147,19 +147,51 @@ enum ListType {
 pub struct Schema<'a> {
     node: Option<&'a Value>,
     all: &'a Map<String, Value>,
+    /// The type `node` is, when it is a named type itself rather than a reference.
+    name: Option<&'a str>,
 }
 
 impl<'a> Schema<'a> {
     /// The schema of the named type (see [`crate::schemas`]).
     pub fn named(all: &'a Map<String, Value>, name: &str) -> Self {
-        Self {
-            node: all.get(name),
-            all,
-        }
+        let (name, node) = all.get_key_value(name).map(|(k, v)| (k.as_str(), v)).unzip();
+        Self { node, all, name }
     }
 
     fn untyped(all: &'a Map<String, Value>) -> Self {
-        Self { node: None, all }
+        Self {
+            node: None,
+            all,
+            name: None,
+        }
+    }
+
+    /// The name of the type this node is (references followed).
+    fn type_name(self) -> Option<&'a str> {
+        let mut name = self.name;
+        let mut node = self.node?;
+        for _ in 0..8 {
+            let reference = node
+                .get("$ref")
+                .or_else(|| node.get("allOf")?.get(0)?.get("$ref"))
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix(REF_PREFIX));
+            match reference {
+                Some(next) => {
+                    name = Some(next);
+                    node = self.all.get(next)?;
+                }
+                None => break,
+            }
+        }
+        name
+    }
+
+    /// Whether upstream's Go type writes the field `key` even in its zero value, so that
+    /// it is there in any object of the type (see [`crate::omitempty::always_written`]).
+    fn always_written(self, key: &str) -> bool {
+        self.type_name()
+            .is_some_and(|ty| crate::omitempty::always_written(ty, key))
     }
 
     fn resolved(self) -> Option<&'a Value> {
@@ -191,6 +223,7 @@ impl<'a> Schema<'a> {
         Self {
             node: child,
             all: self.all,
+            name: None,
         }
     }
 
@@ -198,6 +231,7 @@ impl<'a> Schema<'a> {
         Self {
             node: self.resolved().and_then(|n| n.get("items")),
             all: self.all,
+            name: None,
         }
     }
 
@@ -309,7 +343,11 @@ fn created_fields_v1(object: &Value, schema: Schema<'_>, records: impl Fn(&str) 
                 let mut kept = Map::new();
                 for (field, inner) in metadata {
                     if !SERVER_METADATA.contains(&field.as_str()) {
-                        kept.insert(format!("f:{field}"), fields_v1_or_leaf(inner, child.child(field)));
+                        let present = child.always_written(field);
+                        kept.insert(
+                            format!("f:{field}"),
+                            fields_v1_or_leaf(inner, child.child(field), present),
+                        );
                     }
                 }
                 if kept.is_empty() && !metadata.is_empty() {
@@ -317,7 +355,7 @@ fn created_fields_v1(object: &Value, schema: Schema<'_>, records: impl Fn(&str) 
                 }
                 Value::Object(kept)
             }
-            _ => fields_v1_or_leaf(value, child),
+            _ => fields_v1_or_leaf(value, child, schema.always_written(key)),
         };
         fields.insert(format!("f:{key}"), encoded);
     }
@@ -341,18 +379,32 @@ const SERVER_METADATA: &[&str] = &[
     "managedFields",
 ];
 
-/// A field's fieldsV1: its own fields, or `{}` when it is one field itself.
-fn fields_v1_or_leaf(value: &Value, schema: Schema<'_>) -> Value {
-    fields_v1_of(value, schema).map_or_else(|| Value::Object(Map::new()), Value::Object)
+/// A field's fieldsV1: its own fields, or `{}` when it is one field itself. `present`:
+/// whether the kind's zero value has the field (a plain struct or a field without
+/// omitempty in upstream's Go types); a node it lacks is a field itself too, a `.` beside
+/// its own fields, as upstream's compare with the zero value finds it added.
+fn fields_v1_or_leaf(value: &Value, schema: Schema<'_>, present: bool) -> Value {
+    match fields_v1_of(value, schema, present) {
+        None => Value::Object(Map::new()),
+        Some(mut fields) => {
+            if !present {
+                fields.insert(".".into(), Value::Object(Map::new()));
+            }
+            Value::Object(fields)
+        }
+    }
 }
 
-/// [`fields_of`] then [`FieldSet::to_fields_v1`] at once; `None` when `value` holds no
-/// fields.
-fn fields_v1_of(value: &Value, schema: Schema<'_>) -> Option<Map<String, Value>> {
+/// The fieldsV1 of a new object's fields below `value` (see [`fields_v1_or_leaf`]);
+/// `None` when `value` holds no fields.
+fn fields_v1_of(value: &Value, schema: Schema<'_>, present: bool) -> Option<Map<String, Value>> {
     match value {
         Value::Object(map) if !map.is_empty() && !schema.atomic_map() => Some(
             map.iter()
-                .map(|(key, inner)| (format!("f:{key}"), fields_v1_or_leaf(inner, schema.child(key))))
+                .map(|(key, inner)| {
+                    let there = present && schema.always_written(key);
+                    (format!("f:{key}"), fields_v1_or_leaf(inner, schema.child(key), there))
+                })
                 .collect(),
         ),
         Value::Array(items) => {
@@ -364,14 +416,11 @@ fn fields_v1_of(value: &Value, schema: Schema<'_>) -> Option<Map<String, Value>>
             for item in items {
                 let Some(key) = item_key(item, &list) else { continue };
                 // An item is a field itself, and `.` says so beside its own fields.
-                let mut own = match list {
-                    ListType::Set => Map::new(),
-                    _ => fields_v1_of(item, schema.items()).unwrap_or_default(),
+                let own = match list {
+                    ListType::Set => Value::Object(Map::new()),
+                    _ => fields_v1_or_leaf(item, schema.items(), false),
                 };
-                if !own.is_empty() {
-                    own.insert(".".into(), Value::Object(Map::new()));
-                }
-                fields.insert(key, Value::Object(own));
+                fields.insert(key, own);
             }
             (!fields.is_empty()).then_some(fields)
         }
@@ -625,19 +674,23 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, writer: &Writer<'_>, 
     }
     let (changed, removed) = match old {
         None => (
-            scoped(fields_of(new, schema), writer.scope, writer.has_status),
+            scoped(
+                field_diff_where(new, None, schema, Compare::Changed, |key| writer.records(key), true),
+                writer.scope,
+                writer.has_status,
+            ),
             FieldSet::default(),
         ),
         Some(old) => {
             let records = |key: &str| writer.records(key);
             (
                 scoped(
-                    field_diff_where(new, Some(old), schema, Compare::Changed, records),
+                    field_diff_where(new, Some(old), schema, Compare::Changed, records, true),
                     writer.scope,
                     writer.has_status,
                 ),
                 scoped(
-                    field_diff_where(old, Some(new), schema, Compare::Removed, records),
+                    field_diff_where(old, Some(new), schema, Compare::Removed, records, true),
                     writer.scope,
                     writer.has_status,
                 ),
@@ -730,12 +783,10 @@ enum Compare {
 }
 
 impl Compare {
-    /// Whether the field `this` counts, the other object holding `other` at its path
-    /// (`item`: a list item, which is a field whatever it holds).
-    fn counts(self, this: &Value, other: Option<&Value>, schema: Schema<'_>, item: bool) -> bool {
+    /// Whether the field `this` counts, the other object holding `other` at its path.
+    fn counts(self, this: &Value, other: Option<&Value>, schema: Schema<'_>) -> bool {
         match self {
             Compare::Changed => other != Some(this),
-            Compare::Removed if item => other.is_none(),
             // A value with fields of its own is no field itself.
             Compare::Removed => other.is_none_or(|o| has_fields(o, schema)),
         }
@@ -755,13 +806,18 @@ impl Compare {
 /// The fields of `this` (as [`fields_of`] finds them) that `compare` keeps against
 /// `other`: one walk of both trees, list items matched by key, instead of a lookup from
 /// the root per field.
-fn field_diff(this: &Value, other: Option<&Value>, schema: Schema<'_>, compare: Compare) -> FieldSet {
+///
+/// `present`: whether the other object has this node, in upstream's view of it as its Go
+/// type (where plain structs and fields without omitempty are always there): a node with
+/// fields of its own that the other object lacks is a field itself too (upstream's `.`),
+/// added or removed with it.
+fn field_diff(this: &Value, other: Option<&Value>, schema: Schema<'_>, compare: Compare, present: bool) -> FieldSet {
     if other == Some(this) {
         // Neither changed nor removed fields below: most of an object stays as it was (a
         // status write leaves the spec alone), and comparing is cheaper than walking.
         return FieldSet::default();
     }
-    field_diff_where(this, other, schema, compare, |_| true)
+    field_diff_where(this, other, schema, compare, |_| true, present)
 }
 
 /// [`field_diff`] over the top-level fields `keep` keeps: a write through a subresource
@@ -772,6 +828,7 @@ fn field_diff_where(
     schema: Schema<'_>,
     compare: Compare,
     keep: impl Fn(&str) -> bool,
+    present: bool,
 ) -> FieldSet {
     let mut set = FieldSet::default();
     match this {
@@ -781,10 +838,19 @@ fn field_diff_where(
                 let there = other.and_then(|o| o.get(key));
                 let child_schema = schema.child(key);
                 let child = if has_fields(inner, child_schema) {
-                    field_diff(inner, compare.below(there, child_schema), child_schema, compare)
+                    let there_too = there.is_some() || (present && schema.always_written(key));
+                    let mut child = field_diff(
+                        inner,
+                        compare.below(there, child_schema),
+                        child_schema,
+                        compare,
+                        there_too,
+                    );
+                    child.member |= !there_too;
+                    child
                 } else {
                     FieldSet {
-                        member: compare.counts(inner, there, child_schema, false),
+                        member: compare.counts(inner, there, child_schema),
                         children: BTreeMap::new(),
                     }
                 };
@@ -808,9 +874,11 @@ fn field_diff_where(
                 let mut child = if list == ListType::Set {
                     FieldSet::default()
                 } else {
-                    field_diff(item, there, schema.items(), compare)
+                    field_diff(item, there, schema.items(), compare, there.is_some())
                 };
-                child.member = compare.counts(item, there, schema.items(), true);
+                // An item is a field itself only where the other object lacks it: an item
+                // whose fields changed is not added again.
+                child.member = there.is_none();
                 if child.is_empty() {
                     set.children.remove(&key);
                 } else {
@@ -826,13 +894,13 @@ fn field_diff_where(
 /// The fields of `new` whose value differs in `old` or is missing there.
 #[cfg(test)]
 fn changed_fields(old: Option<&Value>, new: &Value, schema: Schema<'_>) -> FieldSet {
-    field_diff(new, old, schema, Compare::Changed)
+    field_diff(new, old, schema, Compare::Changed, true)
 }
 
 /// The fields of `old` that are not fields of `new`.
 #[cfg(test)]
 fn removed_fields(old: &Value, new: Option<&Value>, schema: Schema<'_>) -> FieldSet {
-    field_diff(old, new, schema, Compare::Removed)
+    field_diff(old, new, schema, Compare::Removed, true)
 }
 
 /// A field another manager owns with a different value.
@@ -986,7 +1054,13 @@ mod tests {
         let mut changed = FieldSet::default();
         let mut removed = FieldSet::default();
         for path in new_set.members() {
-            if value_at(old, &path, schema) != value_at(new, &path, schema) {
+            let item = path.last().is_some_and(|k| !k.starts_with("f:"));
+            let differs = if item {
+                value_at(old, &path, schema).is_none()
+            } else {
+                value_at(old, &path, schema) != value_at(new, &path, schema)
+            };
+            if differs {
                 changed.insert(&path);
             }
         }
@@ -995,7 +1069,50 @@ mod tests {
                 removed.insert(&path);
             }
         }
+        // Nodes with fields of their own, where the other object (as its Go type sees
+        // it) lacks them.
+        for (set, other, out) in [(&new_set, old, &mut changed), (&old_set, new, &mut removed)] {
+            let mut nodes = Vec::new();
+            inner_nodes(set, &mut Vec::new(), &mut nodes);
+            for path in nodes {
+                if !present_at(Some(other), &path, schema, true) {
+                    out.insert(&path);
+                }
+            }
+        }
         (changed, removed)
+    }
+
+    /// The paths of the fields (not list items) in `set` that hold fields of their own.
+    fn inner_nodes(set: &FieldSet, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        for (key, child) in &set.children {
+            prefix.push(key.clone());
+            if key.starts_with("f:") && !child.children.is_empty() {
+                out.push(prefix.clone());
+            }
+            inner_nodes(child, prefix, out);
+            prefix.pop();
+        }
+    }
+
+    /// Whether `value` has the node at `path`, counting what upstream's Go type always
+    /// writes below a node it has.
+    fn present_at(value: Option<&Value>, path: &[String], schema: Schema<'_>, present: bool) -> bool {
+        let Some((head, rest)) = path.split_first() else {
+            return present;
+        };
+        if let Some(field) = head.strip_prefix("f:") {
+            let there = value.and_then(|v| v.get(field));
+            let here = there.is_some() || (present && schema.always_written(field));
+            return present_at(there, rest, schema.child(field), here);
+        }
+        let list = schema.list_type();
+        let item = value.and_then(Value::as_array).and_then(|items| {
+            items
+                .iter()
+                .find(|i| item_key(i, &list).as_deref() == Some(head.as_str()))
+        });
+        present_at(item, rest, schema.items(), item.is_some())
     }
 
     #[test]
@@ -1032,11 +1149,60 @@ mod tests {
                     scope,
                     has_status,
                 };
-                let walked = scoped(fields_of(object, schema), scope, has_status).to_fields_v1();
+                let set = field_diff(object, None, schema, Compare::Changed, true);
+                let walked = scoped(set, scope, has_status).to_fields_v1();
                 let direct = Value::Object(created_fields_v1(object, schema, |key| writer.records(key)));
                 assert_eq!(direct, walked, "{object} {scope:?} {has_status}");
             }
         }
+    }
+
+    #[test]
+    fn dots_mark_the_nodes_upstreams_go_types_lack() {
+        let schema = Schema::named(schemas(), "io.k8s.api.apps.v1.Deployment");
+        let deployment = json!({"metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                    "containers": [{"name": "nginx", "image": "nginx", "resources": {},
+                                    "ports": [{"containerPort": 80, "protocol": "TCP"}]}],
+                    "dnsPolicy": "ClusterFirst", "securityContext": {}}}}});
+        let created = Value::Object(created_fields_v1(&deployment, schema, |_| true));
+        // As `kubectl create deployment` leaves it upstream: maps, lists, pointer structs
+        // and list items have a `.`; plain structs (spec, strategy, template) and fields
+        // Go always writes (containers) do not.
+        assert_eq!(
+            created,
+            json!({"f:metadata": {"f:labels": {".": {}, "f:app": {}}},
+                "f:spec": {"f:replicas": {}, "f:selector": {},
+                    "f:strategy": {"f:rollingUpdate": {".": {}, "f:maxSurge": {}, "f:maxUnavailable": {}}, "f:type": {}},
+                    "f:template": {"f:metadata": {"f:labels": {".": {}, "f:app": {}}}, "f:spec": {
+                        "f:containers": {"k:{\"name\":\"nginx\"}": {".": {}, "f:image": {}, "f:name": {},
+                            "f:ports": {".": {}, "k:{\"containerPort\":80,\"protocol\":\"TCP\"}":
+                                {".": {}, "f:containerPort": {}, "f:protocol": {}}},
+                            "f:resources": {}}},
+                        "f:dnsPolicy": {}, "f:securityContext": {}}}}})
+        );
+        // A first status write: the plain status struct was there, its conditions not.
+        let mut with_status = deployment.clone();
+        with_status["status"] = json!({"replicas": 1, "conditions": [{"type": "Available", "status": "True"}]});
+        assert_eq!(
+            changed_fields(Some(&deployment), &with_status, schema).to_fields_v1(),
+            json!({"f:status": {"f:replicas": {}, "f:conditions": {".": {},
+                "k:{\"type\":\"Available\"}": {".": {}, "f:status": {}, "f:type": {}}}}})
+        );
+        // A changed item is no new item; a removed map goes with its `.`.
+        let mut edited = deployment.clone();
+        edited["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:2");
+        edited["metadata"].as_object_mut().unwrap().remove("labels");
+        assert_eq!(
+            changed_fields(Some(&deployment), &edited, schema).to_fields_v1(),
+            json!({"f:spec": {"f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"nginx\"}": {"f:image": {}}}}}}})
+        );
+        assert_eq!(
+            removed_fields(&deployment, Some(&edited), schema).to_fields_v1(),
+            json!({"f:metadata": {"f:labels": {".": {}, "f:app": {}}}})
+        );
     }
 
     #[test]
@@ -1100,7 +1266,7 @@ mod tests {
                         (Compare::Changed, new, old, &changed),
                         (Compare::Removed, old, new, &removed),
                     ] {
-                        let walked = field_diff_where(this, Some(other), pod, compare, keep);
+                        let walked = field_diff_where(this, Some(other), pod, compare, keep, true);
                         assert_eq!(
                             scoped(walked, scope, true),
                             scoped(whole.clone(), scope, true),

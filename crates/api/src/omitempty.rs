@@ -12,10 +12,15 @@ use foldhash::HashMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// One field: whether it is left out when empty, and the type it leads to with its shape
+/// One field: its flags ([`OMIT`], [`ALWAYS`]) and the type it leads to with its shape
 /// (`o` object, `l` list of, `m` map of).
 #[derive(Debug, Deserialize)]
 struct Field(u8, Option<String>, Option<String>);
+
+/// Left out when empty.
+const OMIT: u8 = 1;
+/// Written even when empty: not omitempty, or a plain struct.
+const ALWAYS: u8 = 2;
 
 // Every write walks its object through these maps: foldhash, as their content is fixed
 // (requests only look names up, so no request can make them collide).
@@ -54,8 +59,18 @@ pub fn omit_empty(ty: &str, object: &mut Value) {
 /// their own, as the protobuf decoder builds them).
 pub fn omit_empty_here(ty: &str, object: &mut Map<String, Value>) {
     if let Some(fields) = FACTS.get(ty) {
-        object.retain(|name, value| !(fields.get(name).is_some_and(|f| f.0 == 1) && is_empty(value)));
+        object.retain(|name, value| !(fields.get(name).is_some_and(|f| f.0 & OMIT != 0) && is_empty(value)));
     }
+}
+
+/// Whether Go writes the field `field` of type `ty` even in the type's zero value (it is
+/// not omitempty, or a plain struct): such a field is always there in upstream's view of
+/// an object. False when unknown.
+pub fn always_written(ty: &str, field: &str) -> bool {
+    FACTS
+        .get(ty)
+        .and_then(|fields| fields.get(field))
+        .is_some_and(|f| f.0 & ALWAYS != 0)
 }
 
 fn omit_in(fields: &HashMap<String, Field>, map: &mut Map<String, Value>) {
@@ -63,7 +78,7 @@ fn omit_in(fields: &HashMap<String, Field>, map: &mut Map<String, Value>) {
         let Some(Field(omit, child, shape)) = fields.get(name) else {
             return true;
         };
-        if *omit == 1 && is_empty(value) {
+        if omit & OMIT != 0 && is_empty(value) {
             return false;
         }
         if let Some(inner) = child.as_deref().and_then(|c| FACTS.get(c)) {
@@ -152,6 +167,31 @@ mod tests {
             service,
             json!({"spec": {"ports": [{"port": 80}], "allocateLoadBalancerNodePorts": false}})
         );
+    }
+
+    #[test]
+    fn plain_structs_and_fields_without_omitempty_are_always_written() {
+        let spec = "io.k8s.api.apps.v1.DeploymentSpec";
+        assert!(always_written(DEPLOYMENT, "metadata"));
+        assert!(always_written(DEPLOYMENT, "spec"));
+        assert!(always_written(spec, "strategy"), "a plain struct");
+        assert!(always_written(spec, "template"));
+        assert!(!always_written(spec, "replicas"), "a pointer");
+        assert!(!always_written(spec, "paused"), "omitempty");
+        assert!(!always_written(
+            "io.k8s.api.apps.v1.DeploymentStrategy",
+            "rollingUpdate"
+        ));
+        assert!(
+            always_written("io.k8s.api.core.v1.PodSpec", "containers"),
+            "no omitempty"
+        );
+        assert!(!always_written("io.k8s.api.core.v1.Container", "ports"));
+        assert!(!always_written(
+            "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+            "labels"
+        ));
+        assert!(!always_written("example.com.v1.Widget", "spec"));
     }
 
     #[test]
