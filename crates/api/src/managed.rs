@@ -166,13 +166,13 @@ impl<'a> Schema<'a> {
         }
     }
 
-    /// The name of the type this node is (references followed).
-    fn type_name(self) -> Option<&'a str> {
-        let mut name = self.name;
-        let mut node = self.node?;
+    /// The node with its references followed, and the name of the type it is (if named).
+    fn resolved_named(self) -> Option<(Option<&'a str>, &'a Value)> {
+        let (mut name, mut node) = (self.name, self.node?);
         for _ in 0..8 {
             let reference = node
                 .get("$ref")
+                // Not `pointer`: it allocates per segment, and this runs per field per write.
                 .or_else(|| node.get("allOf")?.get(0)?.get("$ref"))
                 .and_then(Value::as_str)
                 .and_then(|r| r.strip_prefix(REF_PREFIX));
@@ -184,31 +184,19 @@ impl<'a> Schema<'a> {
                 None => break,
             }
         }
-        name
+        Some((name, node))
+    }
+
+    fn resolved(self) -> Option<&'a Value> {
+        self.resolved_named().map(|(_, node)| node)
     }
 
     /// Whether upstream's Go type writes the field `key` even in its zero value, so that
     /// it is there in any object of the type (see [`crate::omitempty::always_written`]).
     fn always_written(self, key: &str) -> bool {
-        self.type_name()
+        self.resolved_named()
+            .and_then(|(name, _)| name)
             .is_some_and(|ty| crate::omitempty::always_written(ty, key))
-    }
-
-    fn resolved(self) -> Option<&'a Value> {
-        let mut node = self.node?;
-        for _ in 0..8 {
-            let reference = node
-                .get("$ref")
-                // Not `pointer`: it allocates per segment, and this runs per field per write.
-                .or_else(|| node.get("allOf")?.get(0)?.get("$ref"))
-                .and_then(Value::as_str)
-                .and_then(|r| r.strip_prefix(REF_PREFIX));
-            match reference {
-                Some(name) => node = self.all.get(name)?,
-                None => return Some(node),
-            }
-        }
-        Some(node)
     }
 
     fn child(self, key: &str) -> Self {
