@@ -119,6 +119,14 @@ impl FieldSet {
         }
     }
 
+    /// Whether the set has any field at `path` or below it.
+    fn any_within(&self, path: &[String]) -> bool {
+        match path.split_first() {
+            None => !self.is_empty(),
+            Some((head, rest)) => self.children.get(head).is_some_and(|c| c.any_within(rest)),
+        }
+    }
+
     pub fn contains(&self, path: &[String]) -> bool {
         match path.split_first() {
             None => self.member,
@@ -976,12 +984,16 @@ pub fn apply(
     let mut dropped = previous;
     dropped.subtract(&applied_set);
     dropped.subtract(&others);
+    let mut kept = others;
+    kept.union(&applied_set);
     let mut dropped_paths = dropped.members();
     // Shallowest first; what lies under a removed field or item goes with it.
     dropped_paths.sort_by_key(Vec::len);
     let mut removed: Vec<Vec<String>> = Vec::new();
     for path in dropped_paths {
-        if removed.iter().any(|r| path.starts_with(r)) {
+        // A map, struct or item some manager still owns a field of stays (upstream's
+        // addBackOwnedItems): a `.` dropped alone takes nothing with it.
+        if removed.iter().any(|r| path.starts_with(r)) || kept.any_within(&path) {
             continue;
         }
         remove_at(&mut merged, &path, schema);
@@ -1459,5 +1471,23 @@ mod tests {
             ["web"],
             "the sidecar only bob applied went; web alice applies too"
         );
+    }
+
+    #[test]
+    fn a_dot_no_longer_applied_takes_nothing_still_owned_with_it() {
+        // kubectl's server-side apply migration hands the client-side apply entry, with its
+        // `.` members, to the applier; applying the same manifest again drops the `.` of
+        // maps whose entries the applier still owns, and must keep the maps.
+        let mut object = config(2, "nginx");
+        object["metadata"]["labels"] = json!({"app": "web"});
+        let created = apply(None, &object, &writer("kubectl"), false, deployment()).unwrap();
+        let mut migrated = created.clone();
+        let update_fields = Value::Object(created_fields_v1(&object, deployment(), |_| true));
+        assert_eq!(update_fields["f:metadata"]["f:labels"]["."], json!({}));
+        migrated["metadata"]["managedFields"][0]["fieldsV1"] = update_fields;
+        let again = apply(Some(&migrated), &object, &writer("kubectl"), false, deployment()).unwrap();
+        assert_eq!(again["metadata"]["labels"], json!({"app": "web"}));
+        assert_eq!(again["spec"]["template"]["metadata"]["labels"], json!({"app": "web"}));
+        assert_eq!(again["spec"]["template"]["spec"]["containers"][0]["image"], "nginx");
     }
 }

@@ -1415,8 +1415,15 @@ fn server_side_apply() {
             "{binary}: {err}"
         );
         std::fs::write(&file, &client_side).unwrap();
-        ok(k.run(&["apply", "--server-side", "-f", file.to_str().unwrap()])
-            .unwrap());
+        let migrated = k
+            .run(&["apply", "--server-side", "-f", file.to_str().unwrap()])
+            .unwrap();
+        // kubectl applies again after moving the ownership; that apply keeps the maps whose
+        // `.` the client-side entry held (a removed `.` emptied them: `selector does not
+        // match template labels`).
+        let stderr = String::from_utf8_lossy(&migrated.stderr).into_owned();
+        assert!(!stderr.contains("is invalid"), "{binary}: {stderr}");
+        ok(migrated);
         let object: Value = serde_json::from_str(&ok(k
             .run(&["get", "deployment", &csa, "-o", "json", "--show-managed-fields"])
             .unwrap()))
