@@ -19,10 +19,12 @@ where each field leads.
 
   python3 generate-omitempty.py ~/kubernetes/staging/src > omitempty-facts.json
 
-Output: {type: {field: [flags, child, shape]}} where flags has bit 1 when the field is
-left out empty and bit 2 when it is always written, child is the type the field leads to
-(or null) and shape "o" (object), "l" (list of) or "m" (map of); only types the Go sources
-describe, and fields with a flag or a child among them, are kept.
+Output: {type: {field: [flags, child, shape, default?]}} where flags has bit 1 when the
+field is left out empty and bit 2 when it is always written, child is the type the field
+leads to (or null), shape "o" (object), "l" (list of) or "m" (map of), and default the
+field's `+default=` marker when it has one (server-side apply keys list items by it where
+a key field is missing, as structured-merge-diff does); only types the Go sources
+describe, and fields with a flag, a child among them or a default, are kept.
 """
 import json
 import os
@@ -60,8 +62,13 @@ def parse(go_path, text, package):
         package.aliases[name] = underlying
     for name, body in re.findall(r"^type (\w+) struct \{\n(.*?)^\}", text, re.M | re.S):
         fields = []
+        default = None
         for line in body.splitlines():
             line = line.strip()
+            marker = re.match(r"^// \+default=(.*)$", line)
+            if marker:
+                default = json.loads(marker.group(1))
+                continue
             if not line or line.startswith("//"):
                 continue
             m = re.match(r'^(?:(\w+)\s+)?(\S+)\s+`.*?json:"([^"]*)"', line)
@@ -74,7 +81,8 @@ def parse(go_path, text, package):
             # An embedded struct is inline unless its tag names it (`metav1.ObjectMeta` is
             # the field `metadata`).
             inline = "inline" in options or (field is None and json_name == "")
-            fields.append((json_name, ty, "omitempty" in options, inline))
+            fields.append((json_name, ty, "omitempty" in options, inline, default))
+            default = None
         package.structs[name] = fields
 
 
@@ -124,7 +132,7 @@ def kind(packages, package, ty, depth=0):
 def struct_fields(packages, package, name, depth=0):
     """The JSON fields of a struct, embedded (inline) structs' fields included."""
     out = {}
-    for json_name, ty, omitempty, inline in package.structs.get(name, []):
+    for json_name, ty, omitempty, inline, default in package.structs.get(name, []):
         if inline:
             owner, inner = resolve(packages, package, ty.lstrip("*"))
             if owner is not None and depth < 8:
@@ -133,7 +141,7 @@ def struct_fields(packages, package, name, depth=0):
         go_kind = kind(packages, package, ty)
         omit = omitempty and go_kind in ("scalar", "slice", "map")
         always = not omitempty or go_kind == "struct"
-        out[json_name] = (1 if omit else 0) | (2 if always else 0)
+        out[json_name] = ((1 if omit else 0) | (2 if always else 0), default)
     return out
 
 
@@ -173,11 +181,11 @@ def main(root):
         fields = {}
         for prop, prop_schema in sorted((schemas[name].get("properties") or {}).items()):
             target, shape = child(prop_schema)
-            flags = omitted[name].get(prop, 0)
+            flags, default = omitted[name].get(prop, (0, None))
             if target not in known:
                 target, shape = None, None
-            if flags or target:
-                fields[prop] = [flags, target, shape]
+            if flags or target or default is not None:
+                fields[prop] = [flags, target, shape] + ([default] if default is not None else [])
         out[name] = fields
     json.dump(out, sys.stdout, separators=(",", ":"), sort_keys=True)
     sys.stdout.write("\n")

@@ -147,7 +147,8 @@ impl FieldSet {
 enum ListType {
     Atomic,
     Set,
-    Map(Vec<String>),
+    /// Keyed by these fields, each with the default an item lacking it is keyed by.
+    Map(Vec<(String, Option<&'static Value>)>),
 }
 
 /// A node of the published schemas, with the schemas to resolve its references in.
@@ -243,12 +244,19 @@ impl<'a> Schema<'a> {
     }
 
     fn list_type(self) -> ListType {
-        let keys = || -> Vec<String> {
+        // A key field an item lacks counts with its declared default, as upstream keys
+        // items (`ports: [{port: 80}]` is the item of port 80 and protocol TCP).
+        let item_type = self.items().resolved_named().and_then(|(name, _)| name);
+        let key = |name: &str| {
+            let default = item_type.and_then(|ty| crate::omitempty::default_of(ty, name));
+            (name.to_string(), default)
+        };
+        let keys = || -> Vec<(String, Option<&'static Value>)> {
             self.extension("x-kubernetes-list-map-keys")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .filter_map(|k| k.as_str().map(str::to_string))
+                .filter_map(|k| k.as_str().map(key))
                 .collect()
         };
         match self.extension("x-kubernetes-list-type").and_then(Value::as_str) {
@@ -258,9 +266,9 @@ impl<'a> Schema<'a> {
             None => {
                 // Older annotations: a merge strategy with a key makes a keyed list.
                 let strategy = self.extension("x-kubernetes-patch-strategy").and_then(Value::as_str);
-                let key = self.extension("x-kubernetes-patch-merge-key").and_then(Value::as_str);
-                match (strategy.is_some_and(|s| s.contains("merge")), key) {
-                    (true, Some(key)) => ListType::Map(vec![key.to_string()]),
+                let merge_key = self.extension("x-kubernetes-patch-merge-key").and_then(Value::as_str);
+                match (strategy.is_some_and(|s| s.contains("merge")), merge_key) {
+                    (true, Some(name)) => ListType::Map(vec![key(name)]),
                     (true, None) => ListType::Set,
                     _ => ListType::Atomic,
                 }
@@ -274,8 +282,8 @@ fn item_key(item: &Value, list: &ListType) -> Option<String> {
     match list {
         ListType::Map(keys) => {
             let mut fields = BTreeMap::new();
-            for key in keys {
-                if let Some(value) = item.get(key) {
+            for (key, default) in keys {
+                if let Some(value) = item.get(key).or(*default) {
                     fields.insert(key.clone(), value.clone());
                 }
             }
@@ -1470,6 +1478,31 @@ mod tests {
             names,
             ["web"],
             "the sidecar only bob applied went; web alice applies too"
+        );
+    }
+
+    #[test]
+    fn list_items_lacking_a_key_field_are_keyed_by_its_default() {
+        let service = Schema::named(schemas(), "io.k8s.api.core.v1.Service");
+        let w = Writer {
+            api_version: "v1",
+            ..writer("kubectl")
+        };
+        // As stored after a client-side apply of `ports: [{port: 3306}]`: defaulted.
+        let live = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 3306, "protocol": "TCP", "targetPort": 3306}]}});
+        let applied = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 3306}]}});
+        let merged = apply(Some(&live), &applied, &w, true, service).unwrap();
+        assert_eq!(
+            merged["spec"]["ports"],
+            json!([{"port": 3306, "protocol": "TCP", "targetPort": 3306}]),
+            "the same item, not a second one"
+        );
+        let fields = entries_of(&merged)[0].fields.to_fields_v1();
+        assert_eq!(
+            fields["f:spec"]["f:ports"],
+            json!({"k:{\"port\":3306,\"protocol\":\"TCP\"}": {".": {}, "f:port": {}}})
         );
     }
 

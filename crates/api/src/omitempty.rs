@@ -12,10 +12,10 @@ use foldhash::HashMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// One field: its flags ([`OMIT`], [`ALWAYS`]) and the type it leads to with its shape
-/// (`o` object, `l` list of, `m` map of).
+/// One field: its flags ([`OMIT`], [`ALWAYS`]), the type it leads to with its shape
+/// (`o` object, `l` list of, `m` map of), and its declared default (`+default=`).
 #[derive(Debug, Deserialize)]
-struct Field(u8, Option<String>, Option<String>);
+struct Field(u8, Option<String>, Option<String>, #[serde(default)] Option<Value>);
 
 /// Left out when empty.
 const OMIT: u8 = 1;
@@ -73,9 +73,15 @@ pub fn always_written(ty: &str, field: &str) -> bool {
         .is_some_and(|f| f.0 & ALWAYS != 0)
 }
 
+/// The default upstream's Go type declares for `field` of type `ty` (`+default=`), which
+/// server-side apply keys a list item by where the item lacks that key field.
+pub fn default_of(ty: &str, field: &str) -> Option<&'static Value> {
+    FACTS.get(ty)?.get(field)?.3.as_ref()
+}
+
 fn omit_in(fields: &HashMap<String, Field>, map: &mut Map<String, Value>) {
     map.retain(|name, value| {
-        let Some(Field(omit, child, shape)) = fields.get(name) else {
+        let Some(Field(omit, child, shape, _)) = fields.get(name) else {
             return true;
         };
         if omit & OMIT != 0 && is_empty(value) {
@@ -192,6 +198,11 @@ mod tests {
             "labels"
         ));
         assert!(!always_written("example.com.v1.Widget", "spec"));
+        assert_eq!(
+            default_of("io.k8s.api.core.v1.ServicePort", "protocol"),
+            Some(&json!("TCP"))
+        );
+        assert_eq!(default_of("io.k8s.api.core.v1.ServicePort", "port"), None);
     }
 
     #[test]

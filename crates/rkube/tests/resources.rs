@@ -1439,4 +1439,25 @@ fn server_side_apply() {
             "{binary}: {owners:?}"
         );
     }
+
+    // A port without its protocol (shared/examples/seed/18's headless Service) is the
+    // stored port of protocol TCP, not a second port, when applied server-side later.
+    let k = server.kubectl();
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec:\n  clusterIP: None\n  \
+                   selector: {app: db}\n  ports:\n  - port: 3306\n";
+    ok(apply_file(&k, dir.path(), "db.yaml", service, "apply"));
+    let file = dir.path().join("db.yaml");
+    ok(k.run(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        file.to_str().unwrap(),
+    ])
+    .unwrap());
+    let ports: Value = serde_json::from_str(&ok(k
+        .run(&["get", "service", "db", "-o", "jsonpath={.spec.ports}"])
+        .unwrap()))
+    .unwrap();
+    assert_eq!(ports.as_array().map(Vec::len), Some(1), "{ports}");
 }
