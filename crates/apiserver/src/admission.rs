@@ -2,7 +2,9 @@
 //! preemption policy come from the pod's PriorityClass (or the global default class), and a
 //! pod may not state values that disagree with its class. Also what upstream's pod strategy
 //! does on create: pod affinity terms' `matchLabelKeys`/`mismatchLabelKeys` become
-//! requirements of their label selectors, with the pod's own label values. And upstream's
+//! requirements of their label selectors, with the pod's own label values. Upstream's
+//! ServiceAccount plugin: a pod that automounts its service account's token gets the
+//! projected `kube-api-access-*` volume in every container. And upstream's
 //! DefaultStorageClass plugin: a claim that names no class gets the default one.
 
 use http::StatusCode;
@@ -14,6 +16,9 @@ use crate::filter::Filter;
 use crate::response::ApiError;
 
 const PREEMPT_LOWER_PRIORITY: &str = "PreemptLowerPriority";
+/// Where a pod's containers find their service account's credentials.
+const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+const TOKEN_VOLUME_PREFIX: &str = "kube-api-access-";
 
 fn forbidden(name: &str, message: String) -> ApiError {
     ApiError::new(
@@ -68,6 +73,7 @@ pub(crate) async fn admit_claim(state: &State, claim: &mut Value) -> Result<(), 
 /// being created.
 pub(crate) async fn admit_pod(state: &State, pod: &mut Value, name: &str) -> Result<(), ApiError> {
     merge_label_keys(pod);
+    mount_service_account_token(state, pod).await?;
     let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
         return Ok(());
     };
@@ -138,6 +144,101 @@ pub(crate) async fn admit_pod(state: &State, pod: &mut Value, name: &str) -> Res
         .unwrap_or_else(|| PREEMPT_LOWER_PRIORITY.into());
     spec.insert("preemptionPolicy".into(), json!(policy));
     Ok(())
+}
+
+/// Upstream's ServiceAccount admission, as far as the pod's spec goes: unless the pod (or
+/// else its service account) says `automountServiceAccountToken: false`, every container
+/// and init container without a mount at the token path gets one of the projected volume
+/// (token, cluster CA, namespace) that the node later fills. Mirror pods are left alone.
+async fn mount_service_account_token(state: &State, pod: &mut Value) -> Result<(), ApiError> {
+    if pod
+        .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
+        .is_some()
+    {
+        return Ok(());
+    }
+    let namespace = pod
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+        .to_string();
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return Ok(());
+    };
+    let account = spec
+        .get("serviceAccountName")
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+        .to_string();
+    let automount = match spec.get("automountServiceAccountToken").and_then(Value::as_bool) {
+        Some(stated) => stated,
+        None => account_automounts(state, &namespace, &account).await?.unwrap_or(true),
+    };
+    if !automount {
+        return Ok(());
+    }
+    let existing = spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.get("name").and_then(Value::as_str))
+        .find(|n| n.starts_with(TOKEN_VOLUME_PREFIX))
+        .map(str::to_string);
+    let volume = existing
+        .clone()
+        .unwrap_or_else(|| format!("{TOKEN_VOLUME_PREFIX}{}", crate::object::random_suffix()));
+    let mut needed = false;
+    for list in ["initContainers", "containers"] {
+        for container in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_object_mut)
+        {
+            let mounts = container.entry("volumeMounts").or_insert_with(|| json!([]));
+            let Some(mounts) = mounts.as_array_mut() else { continue };
+            if mounts
+                .iter()
+                .any(|m| m.get("mountPath").and_then(Value::as_str) == Some(TOKEN_MOUNT_PATH))
+            {
+                continue;
+            }
+            mounts.push(json!({"name": volume, "readOnly": true, "mountPath": TOKEN_MOUNT_PATH}));
+            needed = true;
+        }
+    }
+    if needed && existing.is_none() {
+        let volumes = spec.entry("volumes").or_insert_with(|| json!([]));
+        if let Some(volumes) = volumes.as_array_mut() {
+            volumes.push(json!({"name": volume, "projected": {"defaultMode": 420, "sources": [
+                // Upstream's bound-token lifetime while tokens are still accepted past it.
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace",
+                    "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+            ]}}));
+        }
+    }
+    Ok(())
+}
+
+/// The service account's own `automountServiceAccountToken`. An account the cache does
+/// not hold yet is looked up again once the cache is current (upstream falls back to a
+/// live read likewise); a missing one says nothing.
+async fn account_automounts(state: &State, namespace: &str, account: &str) -> Result<Option<bool>, ApiError> {
+    let Some(info) = find("", "v1", "serviceaccounts") else {
+        return Ok(None);
+    };
+    let key = info.key(Some(namespace), account);
+    let mut cached = state.cache.object(info, &key);
+    if cached.is_none() && state.cache.wait_for_current().await? {
+        cached = state.cache.object(info, &key);
+    }
+    Ok(cached
+        .and_then(|c| c.value().ok())
+        .and_then(|v| v.get("automountServiceAccountToken")?.as_bool()))
 }
 
 /// On update a pod keeps what admission set at creation when the new body leaves it out.

@@ -903,12 +903,18 @@ fn run_describe_expose_wait_and_propagation() {
         ok(k.run(&["run", "web", "--image=nginx:1.27", "--labels=app=web"])
             .unwrap());
         let described = ok(k.run(&["describe", "pod", "web"]).unwrap());
+        // Columns align to the longest key, so spaces are compared as one.
+        let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let flat = words(&described);
         for expected in [
-            "Service Account:  default",
-            "QoS Class:        BestEffort",
+            "Service Account: default",
+            "QoS Class: BestEffort",
             "node.kubernetes.io/unreachable:NoExecute op=Exists for 300s",
+            // The ServiceAccount admission's projected token volume, as upstream's.
+            "Mounts: /var/run/secrets/kubernetes.io/serviceaccount from kube-api-access-",
+            "TokenExpirationSeconds: 3607 ConfigMapName: kube-root-ca.crt",
         ] {
-            assert!(described.contains(expected), "{expected} missing from\n{described}");
+            assert!(flat.contains(expected), "{expected} missing from\n{described}");
         }
         ok(k.run(&["expose", "pod", "web", "--port", "80"]).unwrap());
         let ip = ok(k
@@ -1460,4 +1466,113 @@ fn server_side_apply() {
         .unwrap()))
     .unwrap();
     assert_eq!(ports.as_array().map(Vec::len), Some(1), "{ports}");
+}
+
+const TOKEN_PODS: &str = "apiVersion: v1
+kind: Namespace
+metadata: {name: robots}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: quiet, namespace: robots}
+automountServiceAccountToken: false
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: mounted, namespace: robots}
+spec:
+  initContainers: [{name: init, image: registry.local/pause:3.10}]
+  containers:
+  - {name: app, image: registry.local/pause:3.10}
+  - name: own
+    image: registry.local/pause:3.10
+    volumeMounts: [{name: mine, mountPath: /var/run/secrets/kubernetes.io/serviceaccount}]
+  volumes: [{name: mine, emptyDir: {}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: opted-out, namespace: robots}
+spec:
+  automountServiceAccountToken: false
+  containers: [{name: app, image: registry.local/pause:3.10}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: quiet-account, namespace: robots}
+spec:
+  serviceAccountName: quiet
+  containers: [{name: app, image: registry.local/pause:3.10}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pod-overrides, namespace: robots}
+spec:
+  serviceAccountName: quiet
+  automountServiceAccountToken: true
+  containers: [{name: app, image: registry.local/pause:3.10}]
+";
+
+/// Upstream's ServiceAccount admission: the projected token volume mounted in every
+/// container that has nothing at the token path, unless the pod (or else its account)
+/// opts out.
+#[test]
+fn service_account_tokens_are_mounted_unless_opted_out() {
+    let server = server();
+    let k = server.kubectl();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pods.yaml");
+    std::fs::write(&path, TOKEN_PODS).unwrap();
+    // The account is created just before the pods that name it.
+    ok(k.run(&["apply", "-f", path.to_str().unwrap()]).unwrap());
+    let pod = |name: &str| -> Value {
+        serde_json::from_str(&ok(k.run(&["get", "pod", name, "-n", "robots", "-o", "json"]).unwrap())).unwrap()
+    };
+    let token_volumes = |pod: &Value| -> Vec<String> {
+        pod["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v.get("projected").is_some())
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mounted = pod("mounted");
+    let volumes = token_volumes(&mounted);
+    assert_eq!(volumes.len(), 1, "{mounted}");
+    assert!(volumes[0].starts_with("kube-api-access-"), "{volumes:?}");
+    let expected_mount = serde_json::json!([{"name": volumes[0], "readOnly": true,
+        "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]);
+    assert_eq!(mounted["spec"]["initContainers"][0]["volumeMounts"], expected_mount);
+    assert_eq!(mounted["spec"]["containers"][0]["volumeMounts"], expected_mount);
+    assert_eq!(
+        mounted["spec"]["containers"][1]["volumeMounts"],
+        serde_json::json!([{"name": "mine", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]),
+        "a container with its own mount at the path keeps it alone"
+    );
+    let projected = mounted["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == volumes[0].as_str())
+        .unwrap()["projected"]
+        .clone();
+    assert_eq!(projected["defaultMode"], 420);
+    assert_eq!(
+        projected["sources"][0]["serviceAccountToken"]["expirationSeconds"],
+        3607
+    );
+    assert_eq!(projected["sources"][1]["configMap"]["name"], "kube-root-ca.crt");
+    assert_eq!(
+        projected["sources"][2]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    for name in ["opted-out", "quiet-account"] {
+        let pod = pod(name);
+        assert!(token_volumes(&pod).is_empty(), "{name}: {pod}");
+        assert!(
+            pod["spec"]["containers"][0].get("volumeMounts").is_none(),
+            "{name}: {pod}"
+        );
+    }
+    assert_eq!(token_volumes(&pod("pod-overrides")).len(), 1, "the pod's word wins");
 }
