@@ -100,6 +100,11 @@ async fn hollow_nodes_behave_like_nodes() {
         pods.get_opt("web").await.ok()?.is_none().then_some(())
     })
     .await;
-    assert_eq!(hollow.stats.pods_finalized.load(Ordering::Relaxed), 1);
+    // The node counts the deletion once its request returns, which may be after the
+    // watch above saw the pod go.
+    eventually("the node to count the finalized pod", WITHIN, async || {
+        (hollow.stats.pods_finalized.load(Ordering::Relaxed) == 1).then_some(())
+    })
+    .await;
     assert_eq!(hollow.stats.pods_started.load(Ordering::Relaxed), 2);
 }
