@@ -200,12 +200,13 @@ impl<'a> Schema<'a> {
         self.resolved_named().map(|(_, node)| node)
     }
 
-    /// Whether upstream's Go type writes the field `key` even in its zero value, so that
-    /// it is there in any object of the type (see [`crate::omitempty::always_written`]).
-    fn always_written(self, key: &str) -> bool {
-        self.resolved_named()
-            .and_then(|(name, _)| name)
-            .is_some_and(|ty| crate::omitempty::always_written(ty, key))
+    /// Which of this type's fields upstream's Go type writes even in its zero value, so
+    /// that they are there in any object of the type (see
+    /// [`crate::omitempty::always_written`]). The type is resolved once, for a walk over
+    /// an object's fields.
+    fn always_written(self) -> impl Fn(&str) -> bool + 'a {
+        let ty = self.resolved_named().and_then(|(name, _)| name);
+        move |key| ty.is_some_and(|ty| crate::omitempty::always_written(ty, key))
     }
 
     fn child(self, key: &str) -> Self {
@@ -337,6 +338,7 @@ fn created_fields_v1(object: &Value, schema: Schema<'_>, records: impl Fn(&str) 
     let Some(map) = object.as_object() else {
         return fields;
     };
+    let always_written = schema.always_written();
     for (key, value) in map {
         if SERVER_TOP_LEVEL.contains(&key.as_str()) || !records(key) {
             continue;
@@ -345,12 +347,12 @@ fn created_fields_v1(object: &Value, schema: Schema<'_>, records: impl Fn(&str) 
         let encoded = match value {
             Value::Object(metadata) if key == "metadata" && !child.atomic_map() => {
                 let mut kept = Map::new();
+                let written = child.always_written();
                 for (field, inner) in metadata {
                     if !SERVER_METADATA.contains(&field.as_str()) {
-                        let present = child.always_written(field);
                         kept.insert(
                             format!("f:{field}"),
-                            fields_v1_or_leaf(inner, child.child(field), present),
+                            fields_v1_or_leaf(inner, child.child(field), written(field)),
                         );
                     }
                 }
@@ -359,7 +361,7 @@ fn created_fields_v1(object: &Value, schema: Schema<'_>, records: impl Fn(&str) 
                 }
                 Value::Object(kept)
             }
-            _ => fields_v1_or_leaf(value, child, schema.always_written(key)),
+            _ => fields_v1_or_leaf(value, child, always_written(key)),
         };
         fields.insert(format!("f:{key}"), encoded);
     }
@@ -403,14 +405,17 @@ fn fields_v1_or_leaf(value: &Value, schema: Schema<'_>, present: bool) -> Value 
 /// `None` when `value` holds no fields.
 fn fields_v1_of(value: &Value, schema: Schema<'_>, present: bool) -> Option<Map<String, Value>> {
     match value {
-        Value::Object(map) if !map.is_empty() && !schema.atomic_map() => Some(
-            map.iter()
-                .map(|(key, inner)| {
-                    let there = present && schema.always_written(key);
-                    (format!("f:{key}"), fields_v1_or_leaf(inner, schema.child(key), there))
-                })
-                .collect(),
-        ),
+        Value::Object(map) if !map.is_empty() && !schema.atomic_map() => {
+            let always_written = schema.always_written();
+            Some(
+                map.iter()
+                    .map(|(key, inner)| {
+                        let there = present && always_written(key);
+                        (format!("f:{key}"), fields_v1_or_leaf(inner, schema.child(key), there))
+                    })
+                    .collect(),
+            )
+        }
         Value::Array(items) => {
             let list = schema.list_type();
             if list == ListType::Atomic {
@@ -838,11 +843,12 @@ fn field_diff_where(
     match this {
         Value::Object(map) if !schema.atomic_map() => {
             let other = other.and_then(Value::as_object);
+            let always_written = schema.always_written();
             for (key, inner) in map.iter().filter(|(key, _)| keep(key)) {
                 let there = other.and_then(|o| o.get(key));
                 let child_schema = schema.child(key);
                 let child = if has_fields(inner, child_schema) {
-                    let there_too = there.is_some() || (present && schema.always_written(key));
+                    let there_too = there.is_some() || (present && always_written(key));
                     let mut child = field_diff(
                         inner,
                         compare.below(there, child_schema),
@@ -1111,7 +1117,7 @@ mod tests {
         };
         if let Some(field) = head.strip_prefix("f:") {
             let there = value.and_then(|v| v.get(field));
-            let here = there.is_some() || (present && schema.always_written(field));
+            let here = there.is_some() || (present && schema.always_written()(field));
             return present_at(there, rest, schema.child(field), here);
         }
         let list = schema.list_type();
