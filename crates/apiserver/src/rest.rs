@@ -4,7 +4,6 @@
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode, header};
-use http_body_util::BodyExt;
 use rkube_api::managed;
 use rkube_api::names::{name_rule, validate_name};
 use rkube_api::{ResourceInfo, convert, defaults, find, typed, validation};
@@ -20,6 +19,7 @@ use crate::object::{
 use crate::path::ResourcePath;
 use crate::query::{FieldValidation, Query};
 use crate::response::{ApiError, Body, json as json_response};
+use crate::transport::RequestBody;
 use crate::{State, cache};
 use crate::{pods, services, table, watch};
 
@@ -28,7 +28,7 @@ const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 pub(crate) async fn handle(
     state: &State,
-    request: http::Request<hyper::body::Incoming>,
+    request: http::Request<RequestBody>,
     path: ResourcePath<'_>,
 ) -> Result<Response<Body>, ApiError> {
     let deprecation = convert::deprecation(path.info);
@@ -41,7 +41,7 @@ pub(crate) async fn handle(
 
 async fn handle_resource(
     state: &State,
-    request: http::Request<hyper::body::Incoming>,
+    request: http::Request<RequestBody>,
     path: ResourcePath<'_>,
 ) -> Result<Response<Body>, ApiError> {
     let mut query = Query::parse(request.uri().query())?;
@@ -271,7 +271,7 @@ pub(crate) fn decode_typed(
     }
 }
 
-async fn read_body_if_any(request: http::Request<hyper::body::Incoming>, method: &Method) -> Result<Bytes, ApiError> {
+async fn read_body_if_any(request: http::Request<RequestBody>, method: &Method) -> Result<Bytes, ApiError> {
     if method == Method::GET {
         return Ok(Bytes::new());
     }
@@ -454,17 +454,8 @@ async fn scale(
     }
 }
 
-async fn read_body(request: http::Request<hyper::body::Incoming>) -> Result<Bytes, ApiError> {
-    let limited = http_body_util::Limited::new(request.into_body(), MAX_BODY_BYTES);
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestEntityTooLarge",
-            format!("Request entity too large: limit is {MAX_BODY_BYTES}"),
-        )),
-        Err(err) => Err(bad_request(format!("reading the request body: {err}"))),
-    }
+async fn read_body(request: http::Request<RequestBody>) -> Result<Bytes, ApiError> {
+    request.into_body().read(MAX_BODY_BYTES).await
 }
 
 /// How a client asked a write to be done.

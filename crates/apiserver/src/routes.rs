@@ -10,15 +10,12 @@ use crate::discovery;
 use crate::path::{ResourcePath, Target, parse};
 use crate::response::{ApiError, Body, full, json, text};
 use crate::rest;
+use crate::transport::RequestBody;
 
 /// The Kubernetes version served: kubectl's dispatcher picks `kubectl.1.<minor>` from it.
 pub const KUBERNETES_MINOR: &str = "33";
 
-pub(crate) async fn handle(
-    state: &State,
-    connection: &Connection,
-    request: Request<hyper::body::Incoming>,
-) -> Response<Body> {
+pub(crate) async fn handle(state: &State, connection: &Connection, request: Request<RequestBody>) -> Response<Body> {
     let started = std::time::Instant::now();
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
     let (verb, resource) = verb_and_resource(&method, &path, request.uri().query());
@@ -37,7 +34,7 @@ pub(crate) async fn handle(
 async fn dispatch(
     state: &State,
     connection: &Connection,
-    request: Request<hyper::body::Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<Response<Body>, ApiError> {
     let identity = state
         .authenticator

@@ -186,8 +186,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         advertise: SocketAddr::new(advertise_ip, port),
         services,
     };
+    let api = rkube_apiserver::ApiServer::start(config).await?;
     // The scheduler and the controller manager are API clients like any other, each with
-    // its own identity and leader election; they wait for the API server beside them.
+    // its own identity and leader election.
     let identity = format!(
         "{}_{}_{}",
         hostname().unwrap_or_else(|| "rkube".into()),
@@ -198,7 +199,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     );
     let mut components = Vec::new();
     if !args.disable_scheduler {
-        let client = component_client(&ca, &server_url, "system:kube-scheduler").await?;
+        let client = component_client(&api, "system:kube-scheduler")?;
         let election = Election::new("kube-system", "kube-scheduler", identity.clone());
         let task = tokio::spawn(rkube_scheduler::run_elected(
             client.clone(),
@@ -208,7 +209,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         components.push((task, client, election));
     }
     if !args.disable_controller_manager {
-        let client = component_client(&ca, &server_url, "system:kube-controller-manager").await?;
+        let client = component_client(&api, "system:kube-controller-manager")?;
         let election = Election::new("kube-system", "kube-controller-manager", identity.clone());
         let config = rkube_controllers::Config {
             cluster_cidr: args.cluster_cidr,
@@ -216,7 +217,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let task = tokio::spawn(rkube_controllers::run_elected(client.clone(), election.clone(), config));
         components.push((task, client, election));
     }
-    rkube_apiserver::serve(config, async move {
+    api.serve(async move {
         signals.wait().await;
         // Stop the components and hand their leases over while the API server still answers.
         for (task, client, election) in components {
@@ -235,24 +236,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A client for a control-plane component, authenticated as `user` by a certificate of
-/// its own.
-async fn component_client(ca: &Ca, server_url: &str, user: &str) -> anyhow::Result<kube::Client> {
-    let identity = ca
-        .issue_client(user, &[])
-        .with_context(|| format!("{user} certificate"))?;
-    let kubeconfig = Kubeconfig {
-        name: "default",
-        server: server_url,
-        ca_pem: &ca.cert_pem,
-        client: &identity,
-    }
-    .render();
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&kubeconfig).context("component kubeconfig")?;
-    let options = kube::config::KubeConfigOptions::default();
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-        .await
-        .context("component client")?;
+/// A client for a control-plane component in this process, authenticated as `user`: a
+/// kube-rs client like any other, whose requests reach the API server in memory (ADR 14).
+fn component_client(api: &rkube_apiserver::ApiServer, user: &str) -> anyhow::Result<kube::Client> {
     // Upstream names a writer's managedFields entries after its user agent's first word
     // (`kube-controller-manager`, `kube-scheduler`); kube-rs sends none of its own.
     let agent = format!(
@@ -262,11 +248,8 @@ async fn component_client(ca: &Ca, server_url: &str, user: &str) -> anyhow::Resu
         std::env::consts::OS,
         std::env::consts::ARCH
     );
-    config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_str(&agent).context("component user agent")?,
-    ));
-    kube::Client::try_from(config).context("component client")
+    let agent = http::HeaderValue::from_str(&agent).context("component user agent")?;
+    Ok(kube::Client::new(api.local_transport(user, agent), "default"))
 }
 
 /// Names and addresses the serving certificate covers: the host, loopback, the node's
