@@ -147,6 +147,48 @@ pub(crate) fn with_revision(stored: &[u8], metadata_at: usize, revision: i64) ->
     Some(json)
 }
 
+/// `object` (encoded) with its `metadata.managedFields` cut out of the bytes: what the
+/// in-process components' watches carry, as they drop managedFields on arrival anyway
+/// (ADR 14). `None` when there are none or the member is not written the plain way this
+/// server writes it; the caller then sends the object whole.
+pub(crate) fn without_managed_fields(object: &[u8]) -> Option<Vec<u8>> {
+    #[derive(serde::Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow)]
+        metadata: Option<&'a RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Metadata<'a> {
+        #[serde(borrow, rename = "managedFields")]
+        managed_fields: Option<&'a RawValue>,
+    }
+    let top: Top<'_> = serde_json::from_slice(object).ok()?;
+    let metadata: Metadata<'_> = serde_json::from_str(top.metadata?.get()).ok()?;
+    let value = metadata.managed_fields?.get();
+    let start = (value.as_ptr() as usize).checked_sub(object.as_ptr() as usize)?;
+    let end = start + value.len();
+    let key_start = object
+        .get(..start)?
+        .trim_ascii_end()
+        .strip_suffix(b":")?
+        .trim_ascii_end()
+        .strip_suffix(b"\"managedFields\"")?
+        .len();
+    let lead = object.get(..key_start)?.trim_ascii_end();
+    let (cut_from, cut_to) = if lead.ends_with(b",") {
+        (lead.len() - 1, end)
+    } else if lead.ends_with(b"{") {
+        let rest = object.get(end..)?.trim_ascii_start();
+        (key_start, object.len() - rest.strip_prefix(b",").unwrap_or(rest).len())
+    } else {
+        return None;
+    };
+    let mut lean = Vec::with_capacity(object.len() - (cut_to - cut_from));
+    lean.extend_from_slice(object.get(..cut_from)?);
+    lean.extend_from_slice(object.get(cut_to..)?);
+    Some(lean)
+}
+
 /// [`with_revision`] with the metadata found by its slice of `stored`.
 fn splice_revision(stored: &[u8], metadata: &RawValue, revision: i64) -> Option<Vec<u8>> {
     let at = (metadata.get().as_ptr() as usize).checked_sub(stored.as_ptr() as usize)?;
@@ -271,6 +313,8 @@ pub(crate) struct Decoded {
     /// For deletes: the last value stamped with the deletion's revision.
     deleted: Option<Bytes>,
     lines: [OnceLock<Bytes>; 4],
+    /// The same lines without managedFields (in-process watchers').
+    lean_lines: [OnceLock<Bytes>; 4],
 }
 
 impl Decoded {
@@ -297,6 +341,7 @@ impl Decoded {
             prev,
             deleted,
             lines: Default::default(),
+            lean_lines: Default::default(),
         })
     }
 
@@ -344,6 +389,16 @@ impl Decoded {
     pub fn line(&self, line: Line) -> Bytes {
         self.lines[line as usize]
             .get_or_init(|| event_line(line.event_type(), self.object_json(line)))
+            .clone()
+    }
+
+    /// [`Self::line`] without the object's managedFields.
+    pub fn lean_line(&self, line: Line) -> Bytes {
+        self.lean_lines[line as usize]
+            .get_or_init(|| match without_managed_fields(self.object_json(line)) {
+                Some(object) => event_line(line.event_type(), &object),
+                None => self.line(line),
+            })
             .clone()
     }
 }
@@ -921,6 +976,35 @@ mod tests {
         let last: Value = serde_json::from_slice(decoded.object_json(Line::Deleted)).unwrap();
         assert_eq!(last["metadata"]["resourceVersion"], "6", "the deletion's revision");
         assert_eq!(decoded.classify(&selecting("app=web")), None);
+    }
+
+    #[test]
+    fn managed_fields_are_cut_from_the_metadata_alone() {
+        let managed = json!([{"manager": "m", "fieldsV1": {"f:spec": {}}}]);
+        let cases = [
+            json!({"metadata": {"managedFields": managed, "name": "a"}, "spec": {"x": 1}}),
+            json!({"metadata": {"name": "a", "managedFields": managed, "uid": "u"}}),
+            json!({"metadata": {"name": "a", "managedFields": managed}}),
+            json!({"metadata": {"managedFields": managed}}),
+            // Only metadata's own member goes: the same key elsewhere stays.
+            json!({"metadata": {"annotations": {"managedFields": "kept"}, "managedFields": managed},
+                   "spec": {"managedFields": managed}}),
+        ];
+        for object in cases {
+            let bytes = serde_json::to_vec(&object).unwrap();
+            let lean = without_managed_fields(&bytes).unwrap();
+            let mut expected = object.clone();
+            expected["metadata"].as_object_mut().unwrap().remove("managedFields");
+            assert_eq!(serde_json::from_slice::<Value>(&lean).unwrap(), expected, "{object}");
+        }
+        // Spaced out as another encoder might write it.
+        let spaced = br#"{ "metadata" : { "name" : "a" , "managedFields" : [ ] } }"#;
+        let lean: Value = serde_json::from_slice(&without_managed_fields(spaced).unwrap()).unwrap();
+        assert_eq!(lean, json!({"metadata": {"name": "a"}}));
+        // Nothing to cut, or a key written in a way the cut does not read: sent whole.
+        assert!(without_managed_fields(br#"{"metadata":{"name":"a"}}"#).is_none());
+        assert!(without_managed_fields(br#"{"metadata":{"managed\u0046ields":[]}}"#).is_none());
+        assert!(without_managed_fields(b"not json").is_none());
     }
 
     #[test]

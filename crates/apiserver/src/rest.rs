@@ -19,7 +19,7 @@ use crate::object::{
 use crate::path::ResourcePath;
 use crate::query::{FieldValidation, Query};
 use crate::response::{ApiError, Body, json as json_response};
-use crate::transport::RequestBody;
+use crate::transport::{InProcess, RequestBody};
 use crate::{State, cache};
 use crate::{pods, services, table, watch};
 
@@ -61,6 +61,7 @@ async fn handle_resource(
         return Err(ApiError::not_found_path(request.uri().path()));
     }
     let view = table::View::of(request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let in_process = request.extensions().get::<InProcess>().is_some();
     let method = request.method().clone();
     let content_type = request
         .headers()
@@ -135,7 +136,7 @@ async fn handle_resource(
     // Objects are handled as their storage version stores them, and shown in the request's.
     let storage = rkube_api::storage_of(info);
     match (&method, path.name) {
-        (&Method::GET, None) if query.watch => watch::serve(state, info, ns, &query, view).await,
+        (&Method::GET, None) if query.watch => watch::serve(state, info, ns, &query, view, in_process).await,
         (&Method::GET, None) => list(state, info, ns, &query, view).await,
         (&Method::GET, Some(name)) => {
             let object = get(state, storage, ns, name).await?;

@@ -51,6 +51,11 @@ impl RequestBody {
     }
 }
 
+/// Marks a request from a component in this process (no network client can set it): its
+/// watches carry objects without managedFields, which the components drop on arrival.
+#[derive(Clone, Copy)]
+pub(crate) struct InProcess;
+
 /// A `tower` service answering requests of one in-process client, as one authenticated
 /// user, without a connection; `kube::Client::new` takes it in place of its HTTPS stack.
 #[derive(Clone)]
@@ -101,6 +106,7 @@ where
                     return Ok(ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", message).into_response());
                 }
             };
+            parts.extensions.insert(InProcess);
             let request = Request::from_parts(parts, RequestBody::Local(body));
             Ok(routes::handle(&this.state, &this.connection, request).await)
         })

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::State;
-use crate::cache::{Cached, Decoded, Item, Start, event_line};
+use crate::cache::{Cached, Decoded, Item, Start, event_line, without_managed_fields};
 use crate::filter::Filter;
 use crate::object::general_store_error;
 use crate::query::Query;
@@ -49,12 +49,16 @@ struct Encoder {
     view: table::View,
     include_object: Option<String>,
     columns_sent: bool,
+    /// Objects go without managedFields (an in-process component's watch).
+    lean: bool,
 }
 
 impl Encoder {
     /// An event carrying an encoded object: as it is, as its metadata alone, or as a
     /// Table row.
     fn object(&mut self, kind: &str, json: &[u8]) -> Bytes {
+        let lean = if self.lean { without_managed_fields(json) } else { None };
+        let json = lean.as_deref().unwrap_or(json);
         match self.view {
             table::View::Object if self.info.stored_as.is_none() => return event_line(kind, json),
             table::View::Metadata => return event_line(kind, &table::partial_json(json).unwrap_or_default()),
@@ -96,7 +100,11 @@ impl Encoder {
             self.object(line.event_type(), decoded.object_json(line))
         } else {
             // Shared by every watcher that needs the same line.
-            decoded.line(line)
+            if self.lean {
+                decoded.lean_line(line)
+            } else {
+                decoded.line(line)
+            }
         })
     }
 
@@ -126,6 +134,7 @@ pub(crate) async fn serve(
     ns: Option<&str>,
     query: &Query,
     view: table::View,
+    in_process: bool,
 ) -> Result<Response<Body>, ApiError> {
     let filter = Filter::from_query(info, query)?;
     let plan = plan(query)?;
@@ -134,6 +143,7 @@ pub(crate) async fn serve(
         view,
         include_object: query.include_object.clone(),
         columns_sent: false,
+        lean: in_process,
     };
     let (sender, receiver) = mpsc::channel::<Bytes>(64);
     let opened = open(state, info, ns, &filter, &plan).await?;
@@ -517,6 +527,7 @@ mod tests {
             view: table::View::Object,
             include_object: None,
             columns_sent: false,
+            lean: false,
         };
         for item in [
             change(2, "a", "seen-already"),
