@@ -7,6 +7,7 @@ pub mod convert;
 pub mod defaults;
 pub mod managed;
 pub mod names;
+mod normalize;
 pub mod omitempty;
 pub mod printers;
 pub mod protobuf;

@@ -36,6 +36,39 @@ where
     serde_json::to_value(typed).map_err(|e| (".".to_string(), e.to_string()))
 }
 
+fn normalize_as<T>(value: &mut Value) -> Result<Vec<String>, (String, String)>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+{
+    let typed: T = match T::deserialize(&*value) {
+        Ok(typed) => typed,
+        Err(_) => {
+            serde_path_to_error::deserialize(&*value).map_err(|e| (e.path().to_string(), e.inner().to_string()))?
+        }
+    };
+    crate::normalize::normalize(&typed, value).map_err(|e| (".".to_string(), e.to_string()))
+}
+
+/// A decode error as upstream words it.
+fn decode_error(info: &ResourceInfo, (path, message): (String, String)) -> DecodeError {
+    DecodeError {
+        kind: info.kind.to_string(),
+        version: info.version.to_string(),
+        path,
+        message,
+    }
+}
+
+/// Go decodes quantities into numbers, so a malformed one fails the decode (without a
+/// path, as upstream words it).
+fn check_quantities(decoded: &Value) -> Result<(), (String, String)> {
+    if quantities_ok(decoded) {
+        Ok(())
+    } else {
+        Err((String::new(), crate::quantity::SYNTAX_MESSAGE.to_string()))
+    }
+}
+
 macro_rules! typed_kinds {
     ($( ($group:literal, $version:literal, $kind:literal) => $ty:ty ),* $(,)?) => {
         /// Decodes and re-encodes `value` as the resource's type. Resources without a
@@ -45,21 +78,21 @@ macro_rules! typed_kinds {
                 $( ($group, $version, $kind) => roundtrip_as::<$ty>(value), )*
                 _ => Ok(value.clone()),
             }
-            .and_then(|decoded| {
-                // Go decodes quantities into numbers, so a malformed one fails the decode
-                // (without a path, as upstream words it).
-                if quantities_ok(&decoded) {
-                    Ok(decoded)
-                } else {
-                    Err((String::new(), crate::quantity::SYNTAX_MESSAGE.to_string()))
-                }
-            });
-            result.map_err(|(path, message)| DecodeError {
-                kind: info.kind.to_string(),
-                version: info.version.to_string(),
-                path,
-                message,
-            })
+            .and_then(|decoded| check_quantities(&decoded).map(|()| decoded));
+            result.map_err(|e| decode_error(info, e))
+        }
+
+        /// What [`roundtrip`] and [`unknown_fields`] give, made in place: `value` becomes
+        /// the decoded object, and the fields its type lacks are returned. On an error
+        /// `value` may be half changed.
+        pub fn normalize(info: &ResourceInfo, value: &mut Value) -> Result<Vec<String>, DecodeError> {
+            let result = match (info.group, info.version, info.kind) {
+                $( ($group, $version, $kind) => normalize_as::<$ty>(value), )*
+                _ => Ok(Vec::new()),
+            };
+            result
+                .and_then(|unknown| check_quantities(value).map(|()| unknown))
+                .map_err(|e| decode_error(info, e))
         }
 
         /// True when the resource has a type to check against.

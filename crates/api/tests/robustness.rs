@@ -184,3 +184,62 @@ fn timestamps_never_panic() {
     printers::human_duration(i64::MIN);
     printers::human_duration(i64::MAX);
 }
+
+/// `typed::normalize` makes in place what the reference round trip makes: the same object,
+/// the same unknown fields in the same order, the same errors.
+#[test]
+fn normalizing_in_place_equals_the_round_trip() {
+    let seeds = [
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "p", "labels": {"app": "web"}, "creationTimestamp": "2026-11-23T12:00:00+00:00",
+                            "managedFields": [{"manager": "m", "operation": "Update", "time": "2026-11-23T12:00:00Z",
+                                               "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:x": {}}}}]},
+               "spec": {"containers": [{"name": "c", "image": "nginx:1", "ports": [{"containerPort": 80, "protocol": "TCP"}],
+                        "resources": {"limits": {"cpu": "500m", "memory": "1Gi"}},
+                        "readinessProbe": {"httpGet": {"port": "http"}}}],
+                        "volumes": [{"name": "v", "secret": {"secretName": "s", "defaultMode": 420}}],
+                        "nodeSelector": {"zone": "dmz"}, "tolerations": [{"key": "k", "operator": "Exists", "tolerationSeconds": 300}]},
+               "status": {"phase": "Running", "startTime": "2026-11-23T12:00:00.5Z",
+                          "containerStatuses": [{"name": "c", "ready": true, "restartCount": 1, "image": "i", "imageID": "",
+                                                 "state": {"running": {"startedAt": "2026-11-23T12:00:01Z"}}}]}}),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "annotations": {"a": "b"}},
+               "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "a", "operator": "In", "values": ["b"]}]},
+                        "strategy": {"rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 1}},
+                        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+               "spec": {"type": "NodePort", "selector": {"app": "web"}, "ports": [{"port": 80, "nodePort": 30080, "name": "http", "targetPort": 8080}]}}),
+        json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "uid": "u"},
+               "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}},
+               "status": {"startTime": "2026-11-23T12:00:00Z", "completionTime": "2026-11-23T12:01:00Z"}}),
+        json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default"},
+               "involvedObject": {"kind": "Pod", "name": "p", "uid": "u"}, "reason": "Scheduled", "message": "m",
+               "count": 1, "firstTimestamp": "2026-11-23T12:00:00Z", "eventTime": "2026-11-23T12:00:00.123456Z",
+               "source": {"component": "c"}, "type": "Normal"}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "v"}, "binaryData": {"b": "AAEC"}}),
+    ];
+    let kinds = ["Pod", "Deployment", "Service", "Job", "ConfigMap", "Event"];
+    let mut rng = Rng(0x5eed_0003);
+    let mut compared = 0;
+    for i in 0..3_000 {
+        let object = if i < seeds.len() {
+            seeds[i].clone()
+        } else {
+            mutate_json(&mut rng, &seeds[i % seeds.len()], 0)
+        };
+        for info in resources()
+            .iter()
+            .filter(|r| kinds.contains(&r.kind) && typed::is_typed(r))
+        {
+            let reference = typed::roundtrip(info, &object).map(|decoded| {
+                let unknown = typed::unknown_fields(&object, &decoded);
+                (decoded, unknown)
+            });
+            let mut normalized = object.clone();
+            let result = typed::normalize(info, &mut normalized).map(|unknown| (normalized, unknown));
+            assert_eq!(result, reference, "{} {object}", info.kind);
+            compared += usize::from(reference.is_ok());
+        }
+    }
+    // The mutations leave enough objects decodable for the comparison to mean something.
+    assert!(compared > 1_000, "{compared}");
+}

@@ -31,7 +31,7 @@ pub fn protobuf(data: &[u8]) {
     };
     let info = claimed_kind(&object);
     let mut warnings = Vec::new();
-    if let Ok(decoded) = decode_typed(info, &object, FieldValidation::Warn, &mut warnings) {
+    if let Ok(decoded) = decode_typed(info, object, FieldValidation::Warn, &mut warnings) {
         drop(validation::validate(info, &decoded));
     }
 }
@@ -88,7 +88,7 @@ pub fn request_body(data: &[u8]) {
     };
     let info = claimed_kind(&object);
     let mut warnings = Vec::new();
-    if let Ok(decoded) = decode_typed(info, &object, FieldValidation::Warn, &mut warnings) {
+    if let Ok(decoded) = decode_typed(info, object, FieldValidation::Warn, &mut warnings) {
         drop(validation::validate(info, &decoded));
         drop(validation::validate_update(info, &decoded, &decoded));
         drop(rkube_api::printers::cells(info, &decoded, &|_| String::new()));

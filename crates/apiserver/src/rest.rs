@@ -248,12 +248,12 @@ pub(crate) fn decode_body(content_type: Option<&str>, body: &[u8]) -> Result<Val
 /// rejected, warned about or ignored as `fieldValidation` asks.
 pub(crate) fn decode_typed(
     info: &ResourceInfo,
-    object: &Value,
+    object: Value,
     validation: FieldValidation,
     warnings: &mut Vec<String>,
 ) -> Result<Value, ApiError> {
-    let mut decoded = typed::roundtrip(info, object).map_err(|e| bad_request(e.to_string()))?;
-    let unknown = typed::unknown_fields(object, &decoded);
+    let mut decoded = object;
+    let unknown = typed::normalize(info, &mut decoded).map_err(|e| bad_request(e.to_string()))?;
     // Go's decoding cannot tell an empty plain field from an absent one, so such a field
     // is left out before defaulting (`dnsPolicy: ""` is defaulted like no dnsPolicy).
     typed::omit_empty(info, &mut decoded);
@@ -579,7 +579,7 @@ fn body_to_storage(info: &ResourceInfo, object: Value, write: &mut Write<'_>) ->
         // A legacy version: converted first, then checked as the version it is stored as.
         return Ok(convert::to_storage(info, object));
     }
-    let decoded = decode_typed(info, &object, write.validation, write.warnings)?;
+    let decoded = decode_typed(info, object, write.validation, write.warnings)?;
     Ok(convert::to_storage(info, decoded))
 }
 
@@ -727,7 +727,7 @@ pub(crate) async fn create(
 ) -> Result<(StatusCode, Written), ApiError> {
     let mut object = object;
     check_kind(info, &mut object)?;
-    let mut object = decode_typed(info, &object, write.validation, write.warnings)?;
+    let mut object = decode_typed(info, object, write.validation, write.warnings)?;
     check_namespace(info, &mut object, ns)?;
     let dry_run = write.dry_run;
     let meta = metadata_mut(&mut object).ok_or_else(|| bad_request("metadata must be an object"))?;
@@ -1113,7 +1113,7 @@ async fn update(
 ) -> Result<Written, ApiError> {
     let mut object = object;
     check_kind(info, &mut object)?;
-    let mut object = decode_typed(info, &object, write.validation, write.warnings)?;
+    let mut object = decode_typed(info, object, write.validation, write.warnings)?;
     check_namespace(info, &mut object, ns)?;
     check_name_matches(&object, name)?;
     let (current, revision) = read_with_revision(state, info, ns, name, false).await?;
@@ -1168,7 +1168,7 @@ async fn patch(
             if !patched.is_object() || patched.get("kind") != shown.get("kind") {
                 return Err(bad_request("a patch may not change the object's kind"));
             }
-            let patched = decode_typed(view, &patched, write.validation, &mut warnings)?;
+            let patched = decode_typed(view, patched, write.validation, &mut warnings)?;
             let patched = convert::to_storage(view, patched);
             // A resourceVersion the patch sets is a precondition; otherwise retry on conflicts.
             pinned = meta_str(&patched, "resourceVersion") != meta_str(&current, "resourceVersion");
@@ -1298,7 +1298,7 @@ async fn server_side_apply(
         let merged = managed::apply(Some(&shown_storage), &applied_storage, &writer, force, schema)
             .map_err(|conflicts| apply_conflicts(&conflicts))?;
         let mut warnings = Vec::new();
-        let merged = decode_typed(info, &merged, write.validation, &mut warnings)?;
+        let merged = decode_typed(info, merged, write.validation, &mut warnings)?;
         let expected = revision;
         let mode = WriteMode {
             scope: scope_of(status_only),

@@ -1,0 +1,464 @@
+//! Upstream decodes every object into its Go type and encodes it again, which drops unknown
+//! fields and explicit nulls and rewrites values in the type's own form (timestamps in
+//! UTC, numbers as the type holds them). rkube decodes into the k8s-openapi type too, but
+//! instead of building the re-encoded tree and dropping the decoded one, it walks the
+//! type's own `Serialize` along the decoded JSON and changes that in place where the two
+//! differ: nowhere, for an object that already reads as stored (every status patch, every
+//! object a controller sends). `typed::roundtrip` stays the reference the tests hold this to.
+
+use serde::Serialize;
+use serde::ser::{self, Error as _};
+use serde_json::{Map, Number, Value};
+
+/// One step of a reported path: an object member or a list position.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// Rewrites `target` into what `serde_json::to_value(typed)` makes, `typed` having been
+/// decoded from it. Returns the non-null members it removed, which are the fields the type
+/// does not have, named and ordered as `typed::unknown_fields` names them.
+pub(crate) fn normalize<T: Serialize>(typed: &T, target: &mut Value) -> Result<Vec<String>, serde_json::Error> {
+    let mut walk = Walk::default();
+    typed.serialize(Into {
+        target,
+        walk: &mut walk,
+    })?;
+    // Members by name at every level, depth first: the order the reference walk reports.
+    walk.unknown.sort();
+    Ok(walk.unknown.iter().map(|steps| text(steps)).collect())
+}
+
+fn text(steps: &[Step]) -> String {
+    let mut out = String::new();
+    for step in steps {
+        match step {
+            Step::Key(key) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Step::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+enum PathStep {
+    Field(&'static str),
+    Key(String),
+    Index(usize),
+}
+
+#[derive(Default)]
+struct Walk {
+    /// Where the walk is; only a report turns it into owned steps.
+    path: Vec<PathStep>,
+    unknown: Vec<Vec<Step>>,
+}
+
+impl Walk {
+    fn report(&mut self, removed: String) {
+        let mut steps: Vec<Step> = self
+            .path
+            .iter()
+            .map(|step| match step {
+                PathStep::Field(name) => Step::Key((*name).to_string()),
+                PathStep::Key(key) => Step::Key(key.clone()),
+                PathStep::Index(i) => Step::Index(*i),
+            })
+            .collect();
+        steps.push(Step::Key(removed));
+        self.unknown.push(steps);
+    }
+}
+
+fn made_object(target: &mut Value) -> Result<&mut Map<String, Value>, serde_json::Error> {
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    match target {
+        Value::Object(map) => Ok(map),
+        _ => Err(serde_json::Error::custom("normalizing: not an object")),
+    }
+}
+
+fn made_array(target: &mut Value) -> Result<&mut Vec<Value>, serde_json::Error> {
+    if !target.is_array() {
+        *target = Value::Array(Vec::new());
+    }
+    match target {
+        Value::Array(items) => Ok(items),
+        _ => Err(serde_json::Error::custom("normalizing: not an array")),
+    }
+}
+
+/// The member `key` of `map`, added as null when absent.
+fn member<'m>(map: &'m mut Map<String, Value>, key: &str) -> Result<&'m mut Value, serde_json::Error> {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), Value::Null);
+    }
+    map.get_mut(key)
+        .ok_or_else(|| serde_json::Error::custom("normalizing: member vanished"))
+}
+
+/// Removes the members of `map` not in `kept`, reporting the non-null ones.
+fn remove_others<'k>(map: &mut Map<String, Value>, kept: impl Iterator<Item = &'k str> + Clone, walk: &mut Walk) {
+    let others: Vec<String> = map
+        .keys()
+        .filter(|key| !kept.clone().any(|k| k == key.as_str()))
+        .cloned()
+        .collect();
+    for key in others {
+        if let Some(value) = map.remove(&key)
+            && !value.is_null()
+        {
+            walk.report(key);
+        }
+    }
+}
+
+struct Into<'a> {
+    target: &'a mut Value,
+    walk: &'a mut Walk,
+}
+
+impl Into<'_> {
+    fn set(self, value: Value) -> Result<(), serde_json::Error> {
+        if *self.target != value {
+            *self.target = value;
+        }
+        Ok(())
+    }
+
+    fn number(self, number: Number) -> Result<(), serde_json::Error> {
+        match &*self.target {
+            Value::Number(n) if *n == number => Ok(()),
+            _ => self.set(Value::Number(number)),
+        }
+    }
+}
+
+use serde_json::value::Serializer as Plain;
+
+impl<'a> ser::Serializer for Into<'a> {
+    type Ok = ();
+    type Error = serde_json::Error;
+    type SerializeSeq = Seq<'a>;
+    type SerializeTuple = Seq<'a>;
+    type SerializeTupleStruct = Seq<'a>;
+    type SerializeTupleVariant = Whole<'a, <Plain as ser::Serializer>::SerializeTupleVariant>;
+    type SerializeMap = Members<'a>;
+    type SerializeStruct = Fields<'a>;
+    type SerializeStructVariant = Whole<'a, <Plain as ser::Serializer>::SerializeStructVariant>;
+
+    fn serialize_bool(self, v: bool) -> Result<(), Self::Error> {
+        self.set(Value::Bool(v))
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), Self::Error> {
+        self.number(v.into())
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), Self::Error> {
+        self.number(v.into())
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), Self::Error> {
+        self.number(v.into())
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), Self::Error> {
+        self.number(v.into())
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), Self::Error> {
+        self.number(v.into())
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), Self::Error> {
+        self.number(v.into())
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), Self::Error> {
+        self.number(v.into())
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), Self::Error> {
+        self.number(v.into())
+    }
+    fn serialize_i128(self, v: i128) -> Result<(), Self::Error> {
+        self.set(ser::Serializer::serialize_i128(Plain, v)?)
+    }
+    fn serialize_u128(self, v: u128) -> Result<(), Self::Error> {
+        self.set(ser::Serializer::serialize_u128(Plain, v)?)
+    }
+    fn serialize_f32(self, v: f32) -> Result<(), Self::Error> {
+        self.set(ser::Serializer::serialize_f32(Plain, v)?)
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), Self::Error> {
+        self.set(ser::Serializer::serialize_f64(Plain, v)?)
+    }
+    fn serialize_char(self, v: char) -> Result<(), Self::Error> {
+        self.set(Value::String(v.to_string()))
+    }
+    fn serialize_str(self, v: &str) -> Result<(), Self::Error> {
+        if self.target.as_str() != Some(v) {
+            *self.target = Value::String(v.to_string());
+        }
+        Ok(())
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), Self::Error> {
+        self.set(ser::Serializer::serialize_bytes(Plain, v)?)
+    }
+    fn serialize_none(self) -> Result<(), Self::Error> {
+        self.set(Value::Null)
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Self::Error> {
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<(), Self::Error> {
+        self.set(Value::Null)
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), Self::Error> {
+        self.set(Value::Null)
+    }
+    fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> Result<(), Self::Error> {
+        self.serialize_str(variant)
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, value: &T) -> Result<(), Self::Error> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<(), Self::Error> {
+        self.set(ser::Serializer::serialize_newtype_variant(
+            Plain, name, index, variant, value,
+        )?)
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<Seq<'a>, Self::Error> {
+        Ok(Seq {
+            items: made_array(self.target)?,
+            walk: self.walk,
+            next: 0,
+        })
+    }
+    fn serialize_tuple(self, len: usize) -> Result<Seq<'a>, Self::Error> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_struct(self, _: &'static str, len: usize) -> Result<Seq<'a>, Self::Error> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_variant(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeTupleVariant, Self::Error> {
+        Ok(Whole {
+            target: self.target,
+            plain: ser::Serializer::serialize_tuple_variant(Plain, name, index, variant, len)?,
+        })
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Members<'a>, Self::Error> {
+        Ok(Members {
+            map: made_object(self.target)?,
+            walk: self.walk,
+            key: None,
+            seen: Vec::new(),
+        })
+    }
+    fn serialize_struct(self, _: &'static str, len: usize) -> Result<Fields<'a>, Self::Error> {
+        Ok(Fields {
+            map: made_object(self.target)?,
+            walk: self.walk,
+            seen: Vec::with_capacity(len),
+        })
+    }
+    fn serialize_struct_variant(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeStructVariant, Self::Error> {
+        Ok(Whole {
+            target: self.target,
+            plain: ser::Serializer::serialize_struct_variant(Plain, name, index, variant, len)?,
+        })
+    }
+}
+
+struct Seq<'a> {
+    items: &'a mut Vec<Value>,
+    walk: &'a mut Walk,
+    next: usize,
+}
+
+impl Seq<'_> {
+    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), serde_json::Error> {
+        if self.next == self.items.len() {
+            self.items.push(Value::Null);
+        }
+        let slot = self
+            .items
+            .get_mut(self.next)
+            .ok_or_else(|| serde_json::Error::custom("normalizing: element vanished"))?;
+        self.walk.path.push(PathStep::Index(self.next));
+        let result = value.serialize(Into {
+            target: slot,
+            walk: self.walk,
+        });
+        self.walk.path.pop();
+        self.next += 1;
+        result
+    }
+
+    fn finish(self) -> Result<(), serde_json::Error> {
+        self.items.truncate(self.next);
+        Ok(())
+    }
+}
+
+impl ser::SerializeSeq for Seq<'_> {
+    type Ok = ();
+    type Error = serde_json::Error;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Self::Error> {
+        self.finish()
+    }
+}
+
+impl ser::SerializeTuple for Seq<'_> {
+    type Ok = ();
+    type Error = serde_json::Error;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Self::Error> {
+        self.finish()
+    }
+}
+
+impl ser::SerializeTupleStruct for Seq<'_> {
+    type Ok = ();
+    type Error = serde_json::Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Self::Error> {
+        self.finish()
+    }
+}
+
+struct Members<'a> {
+    map: &'a mut Map<String, Value>,
+    walk: &'a mut Walk,
+    key: Option<String>,
+    seen: Vec<String>,
+}
+
+impl ser::SerializeMap for Members<'_> {
+    type Ok = ();
+    type Error = serde_json::Error;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Self::Error> {
+        // serde_json's own rules for keys: strings, and numbers and booleans as text.
+        self.key = Some(match serde_json::to_value(key)? {
+            Value::String(text) => text,
+            Value::Number(number) => number.to_string(),
+            Value::Bool(flag) => flag.to_string(),
+            _ => return Err(serde_json::Error::custom("key must be a string")),
+        });
+        Ok(())
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
+        let key = self
+            .key
+            .take()
+            .ok_or_else(|| serde_json::Error::custom("normalizing: a value without its key"))?;
+        let slot = member(self.map, &key)?;
+        self.walk.path.push(PathStep::Key(key));
+        let result = value.serialize(Into {
+            target: slot,
+            walk: self.walk,
+        });
+        if let Some(PathStep::Key(key)) = self.walk.path.pop() {
+            self.seen.push(key);
+        }
+        result
+    }
+    fn end(self) -> Result<(), Self::Error> {
+        if self.map.len() > self.seen.len() {
+            remove_others(self.map, self.seen.iter().map(String::as_str), self.walk);
+        }
+        Ok(())
+    }
+}
+
+struct Fields<'a> {
+    map: &'a mut Map<String, Value>,
+    walk: &'a mut Walk,
+    seen: Vec<&'static str>,
+}
+
+impl ser::SerializeStruct for Fields<'_> {
+    type Ok = ();
+    type Error = serde_json::Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Self::Error> {
+        let slot = member(self.map, key)?;
+        self.walk.path.push(PathStep::Field(key));
+        let result = value.serialize(Into {
+            target: slot,
+            walk: self.walk,
+        });
+        self.walk.path.pop();
+        self.seen.push(key);
+        result
+    }
+    fn end(self) -> Result<(), Self::Error> {
+        if self.map.len() > self.seen.len() {
+            remove_others(self.map, self.seen.iter().copied(), self.walk);
+        }
+        Ok(())
+    }
+}
+
+/// Shapes k8s-openapi does not use: encoded whole by serde_json, then compared.
+struct Whole<'a, S> {
+    target: &'a mut Value,
+    plain: S,
+}
+
+impl<S: ser::SerializeTupleVariant<Ok = Value, Error = serde_json::Error>> ser::SerializeTupleVariant for Whole<'_, S> {
+    type Ok = ();
+    type Error = serde_json::Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
+        self.plain.serialize_field(value)
+    }
+    fn end(self) -> Result<(), Self::Error> {
+        let value = self.plain.end()?;
+        if *self.target != value {
+            *self.target = value;
+        }
+        Ok(())
+    }
+}
+
+impl<S: ser::SerializeStructVariant<Ok = Value, Error = serde_json::Error>> ser::SerializeStructVariant
+    for Whole<'_, S>
+{
+    type Ok = ();
+    type Error = serde_json::Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Self::Error> {
+        self.plain.serialize_field(key, value)
+    }
+    fn end(self) -> Result<(), Self::Error> {
+        let value = self.plain.end()?;
+        if *self.target != value {
+            *self.target = value;
+        }
+        Ok(())
+    }
+}
