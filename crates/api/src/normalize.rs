@@ -49,7 +49,8 @@ fn text(steps: &[Step]) -> String {
 
 enum PathStep {
     Field(&'static str),
-    Key(String),
+    /// A map key: `keys[start..end]`.
+    Key(usize, usize),
     Index(usize),
 }
 
@@ -57,6 +58,9 @@ enum PathStep {
 struct Walk {
     /// Where the walk is; only a report turns it into owned steps.
     path: Vec<PathStep>,
+    /// The text of the map keys on the path, one after another: a map entry costs no
+    /// allocation of its own (managedFields are maps of maps).
+    keys: String,
     unknown: Vec<Vec<Step>>,
 }
 
@@ -65,10 +69,10 @@ impl Walk {
         let mut steps: Vec<Step> = self
             .path
             .iter()
-            .map(|step| match step {
-                PathStep::Field(name) => Step::Key((*name).to_string()),
-                PathStep::Key(key) => Step::Key(key.clone()),
-                PathStep::Index(i) => Step::Index(*i),
+            .map(|step| match *step {
+                PathStep::Field(name) => Step::Key(name.to_string()),
+                PathStep::Key(start, end) => Step::Key(self.keys.get(start..end).unwrap_or_default().to_string()),
+                PathStep::Index(i) => Step::Index(i),
             })
             .collect();
         steps.push(Step::Key(removed));
@@ -105,13 +109,8 @@ fn member<'m>(map: &'m mut Map<String, Value>, key: &str) -> Result<&'m mut Valu
         .ok_or_else(|| serde_json::Error::custom("normalizing: member vanished"))
 }
 
-/// Removes the members of `map` not in `kept`, reporting the non-null ones.
-fn remove_others<'k>(map: &mut Map<String, Value>, kept: impl Iterator<Item = &'k str> + Clone, walk: &mut Walk) {
-    let others: Vec<String> = map
-        .keys()
-        .filter(|key| !kept.clone().any(|k| k == key.as_str()))
-        .cloned()
-        .collect();
+/// Removes the `others` members of `map`, reporting the non-null ones.
+fn remove(map: &mut Map<String, Value>, others: Vec<String>, walk: &mut Walk) {
     for key in others {
         if let Some(value) = map.remove(&key)
             && !value.is_null()
@@ -260,12 +259,14 @@ impl<'a> ser::Serializer for Into<'a> {
             plain: ser::Serializer::serialize_tuple_variant(Plain, name, index, variant, len)?,
         })
     }
-    fn serialize_map(self, _: Option<usize>) -> Result<Members<'a>, Self::Error> {
+    fn serialize_map(self, len: Option<usize>) -> Result<Members<'a>, Self::Error> {
+        let base = self.walk.keys.len();
         Ok(Members {
             map: made_object(self.target)?,
             walk: self.walk,
+            base,
             key: None,
-            seen: Vec::new(),
+            ends: Vec::with_capacity(len.unwrap_or(0)),
         })
     }
     fn serialize_struct(self, _: &'static str, len: usize) -> Result<Fields<'a>, Self::Error> {
@@ -356,44 +357,197 @@ impl ser::SerializeTupleStruct for Seq<'_> {
 struct Members<'a> {
     map: &'a mut Map<String, Value>,
     walk: &'a mut Walk,
-    key: Option<String>,
-    seen: Vec<String>,
+    /// The map's keys are written one after another into `walk.keys` from here (each
+    /// entry's own nested keys come after it and are cut back when that entry is done)...
+    base: usize,
+    /// ...and each ends at one of these.
+    ends: Vec<usize>,
+    /// Where the pending key's text starts.
+    key: Option<usize>,
 }
 
 impl ser::SerializeMap for Members<'_> {
     type Ok = ();
     type Error = serde_json::Error;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Self::Error> {
-        // serde_json's own rules for keys: strings, and numbers and booleans as text.
-        self.key = Some(match serde_json::to_value(key)? {
-            Value::String(text) => text,
-            Value::Number(number) => number.to_string(),
-            Value::Bool(flag) => flag.to_string(),
-            _ => return Err(serde_json::Error::custom("key must be a string")),
-        });
+        let start = self.walk.keys.len();
+        key.serialize(KeyText(&mut self.walk.keys))?;
+        self.key = Some(start);
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
-        let key = self
+        let start = self
             .key
             .take()
             .ok_or_else(|| serde_json::Error::custom("normalizing: a value without its key"))?;
-        let slot = member(self.map, &key)?;
-        self.walk.path.push(PathStep::Key(key));
+        let end = self.walk.keys.len();
+        let slot = member(self.map, self.walk.keys.get(start..).unwrap_or_default())?;
+        self.walk.path.push(PathStep::Key(start, end));
         let result = value.serialize(Into {
             target: slot,
             walk: self.walk,
         });
-        if let Some(PathStep::Key(key)) = self.walk.path.pop() {
-            self.seen.push(key);
-        }
+        self.walk.path.pop();
+        self.walk.keys.truncate(end);
+        self.ends.push(end);
         result
     }
     fn end(self) -> Result<(), Self::Error> {
-        if self.map.len() > self.seen.len() {
-            remove_others(self.map, self.seen.iter().map(String::as_str), self.walk);
+        if self.map.len() > self.ends.len() {
+            let keys = &self.walk.keys;
+            let starts = std::iter::once(self.base).chain(self.ends.iter().copied());
+            let kept: Vec<&str> = starts
+                .zip(self.ends.iter().copied())
+                .map(|(start, end)| keys.get(start..end).unwrap_or_default())
+                .collect();
+            let others: Vec<String> = self
+                .map
+                .keys()
+                .filter(|key| !kept.contains(&key.as_str()))
+                .cloned()
+                .collect();
+            remove(self.map, others, self.walk);
         }
+        self.walk.keys.truncate(self.base);
         Ok(())
+    }
+}
+
+/// Writes a map key's text the way serde_json does (strings; numbers and booleans as
+/// text) onto the end of a buffer.
+struct KeyText<'a>(&'a mut String);
+
+impl KeyText<'_> {
+    fn push(self, text: impl std::fmt::Display) -> Result<(), serde_json::Error> {
+        use std::fmt::Write;
+        write!(self.0, "{text}").map_err(serde_json::Error::custom)
+    }
+}
+
+fn key_must_be_a_string() -> serde_json::Error {
+    serde_json::Error::custom("key must be a string")
+}
+
+impl ser::Serializer for KeyText<'_> {
+    type Ok = ();
+    type Error = serde_json::Error;
+    type SerializeSeq = ser::Impossible<(), serde_json::Error>;
+    type SerializeTuple = ser::Impossible<(), serde_json::Error>;
+    type SerializeTupleStruct = ser::Impossible<(), serde_json::Error>;
+    type SerializeTupleVariant = ser::Impossible<(), serde_json::Error>;
+    type SerializeMap = ser::Impossible<(), serde_json::Error>;
+    type SerializeStruct = ser::Impossible<(), serde_json::Error>;
+    type SerializeStructVariant = ser::Impossible<(), serde_json::Error>;
+
+    fn serialize_str(self, v: &str) -> Result<(), Self::Error> {
+        self.0.push_str(v);
+        Ok(())
+    }
+    fn serialize_char(self, v: char) -> Result<(), Self::Error> {
+        self.0.push(v);
+        Ok(())
+    }
+    fn serialize_bool(self, v: bool) -> Result<(), Self::Error> {
+        self.push(v)
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), Self::Error> {
+        self.push(v)
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), Self::Error> {
+        self.push(v)
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), Self::Error> {
+        self.push(v)
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), Self::Error> {
+        self.push(v)
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), Self::Error> {
+        self.push(v)
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), Self::Error> {
+        self.push(v)
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), Self::Error> {
+        self.push(v)
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), Self::Error> {
+        self.push(v)
+    }
+    fn serialize_i128(self, v: i128) -> Result<(), Self::Error> {
+        self.push(v)
+    }
+    fn serialize_u128(self, v: u128) -> Result<(), Self::Error> {
+        self.push(v)
+    }
+    fn serialize_f32(self, _: f32) -> Result<(), Self::Error> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_f64(self, _: f64) -> Result<(), Self::Error> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_bytes(self, _: &[u8]) -> Result<(), Self::Error> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_none(self) -> Result<(), Self::Error> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<(), Self::Error> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_unit(self) -> Result<(), Self::Error> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), Self::Error> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> Result<(), Self::Error> {
+        self.serialize_str(variant)
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, value: &T) -> Result<(), Self::Error> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<(), Self::Error> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, Self::Error> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Self::Error> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeTupleStruct, Self::Error> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleVariant, Self::Error> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Self::Error> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, Self::Error> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStructVariant, Self::Error> {
+        Err(key_must_be_a_string())
     }
 }
 
@@ -419,7 +573,13 @@ impl ser::SerializeStruct for Fields<'_> {
     }
     fn end(self) -> Result<(), Self::Error> {
         if self.map.len() > self.seen.len() {
-            remove_others(self.map, self.seen.iter().copied(), self.walk);
+            let others: Vec<String> = self
+                .map
+                .keys()
+                .filter(|key| !self.seen.contains(&key.as_str()))
+                .cloned()
+                .collect();
+            remove(self.map, others, self.walk);
         }
         Ok(())
     }
@@ -460,5 +620,62 @@ impl<S: ser::SerializeStructVariant<Ok = Value, Error = serde_json::Error>> ser:
             *self.target = value;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Inner {
+        x: i32,
+    }
+
+    #[derive(Serialize)]
+    struct Outer {
+        a: i32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        gone: Option<i32>,
+        m: BTreeMap<String, Inner>,
+        list: Vec<Inner>,
+    }
+
+    fn outer() -> Outer {
+        Outer {
+            a: 1,
+            gone: None,
+            m: [("k".to_string(), Inner { x: 1 }), ("new".to_string(), Inner { x: 2 })].into(),
+            list: vec![Inner { x: 5 }],
+        }
+    }
+
+    #[test]
+    fn the_target_becomes_the_encoding_and_what_went_is_reported_by_path() {
+        let mut target = json!({
+            "a": "one", "gone": null, "zz": 3,
+            "m": {"k": {"x": 1, "bogus": 2, "nothing": null}, "old": {"x": 9}},
+            "list": [{"x": 5, "y": 1}, {"x": 6}],
+        });
+        let unknown = normalize(&outer(), &mut target).unwrap();
+        assert_eq!(target, serde_json::to_value(outer()).unwrap());
+        // Nulls go unreported; by name at every level, depth first.
+        assert_eq!(unknown, ["list[0].y", "m.k.bogus", "m.old", "zz"]);
+    }
+
+    #[test]
+    fn an_object_already_in_its_encoding_is_left_as_it_is() {
+        let encoded = serde_json::to_value(outer()).unwrap();
+        let mut target = encoded.clone();
+        assert_eq!(normalize(&outer(), &mut target).unwrap(), Vec::<String>::new());
+        assert_eq!(target, encoded);
+        // Shapes replaced wholesale where the type has another.
+        let mut target = json!([1, 2]);
+        normalize(&outer(), &mut target).unwrap();
+        assert_eq!(target, encoded);
     }
 }
