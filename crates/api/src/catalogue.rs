@@ -455,10 +455,16 @@ pub fn storage_of(info: &'static ResourceInfo) -> &'static ResourceInfo {
 
 /// The resource served at `group/version/plural`.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
-    RESOURCES
-        .iter()
-        .chain(REVIEWS)
-        .find(|r| r.group == group && r.version == version && r.plural == plural)
+    // Every request looks its resource up (twice: for dispatch and for its metrics).
+    static BY_NAME: std::sync::LazyLock<foldhash::HashMap<(&str, &str, &str), &ResourceInfo>> =
+        std::sync::LazyLock::new(|| {
+            RESOURCES
+                .iter()
+                .chain(REVIEWS)
+                .map(|r| ((r.group, r.version, r.plural), r))
+                .collect()
+        });
+    BY_NAME.get(&(group, version, plural)).copied()
 }
 
 /// Every served (group, version) in discovery order: the core group first, then groups in

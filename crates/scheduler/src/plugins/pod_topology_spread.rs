@@ -272,11 +272,13 @@ pub fn scores(pod: &Pod, objects: &Objects, feasible: &[&NodeInfo], all: &[&Node
         .map(|n| n.name.as_str())
         .collect();
     // Domains present among the feasible nodes, counted over every node.
-    let mut counts: Vec<BTreeMap<String, i64>> = vec![BTreeMap::new(); constraints.len()];
+    let mut counts: Vec<BTreeMap<&str, i64>> = vec![BTreeMap::new(); constraints.len()];
     for node in feasible.iter().filter(|n| !ignored.contains(n.name.as_str())) {
         for (i, c) in constraints.iter().enumerate() {
             if c.topology_key != HOSTNAME {
-                counts[i].insert(node.label(&c.topology_key).unwrap_or_default().to_string(), 0);
+                counts[i]
+                    .entry(node.label(&c.topology_key).unwrap_or_default())
+                    .or_insert(0);
             }
         }
     }
