@@ -46,6 +46,9 @@ pub(crate) struct Cached {
     /// Sorted by key.
     labels: Box<[(Box<str>, Box<str>)]>,
     fields: Box<[(&'static str, Box<str>)]>,
+    /// Where `metadata.managedFields`' value lies in `json`, when known without parsing
+    /// again: in-process watchers get the object without it.
+    managed_fields: Option<(usize, usize)>,
 }
 
 impl Cached {
@@ -71,6 +74,7 @@ impl Cached {
             json: Bytes::from(json),
             labels: labels.into_boxed_slice(),
             fields,
+            managed_fields: None,
         })
     }
 
@@ -113,11 +117,26 @@ impl Cached {
             }
         }
         let json = splice_revision(stored, meta_raw, revision)?;
+        // The resourceVersion went in at the start of the metadata, before managedFields.
+        let inserted = json.len().checked_sub(stored.len())?;
+        let managed_fields = meta.get("managedFields").and_then(|raw| {
+            let start = offset_in(stored, raw.get())? + inserted;
+            Some((start, start + raw.get().len()))
+        });
         Some(Self {
             json: Bytes::from(json),
             labels: labels.into_boxed_slice(),
             fields: fields.into_boxed_slice(),
+            managed_fields,
         })
+    }
+
+    /// The object without `metadata.managedFields` (see [`without_managed_fields`]).
+    pub fn without_managed_fields(&self) -> Option<Vec<u8>> {
+        match self.managed_fields {
+            Some((start, end)) => cut_member(&self.json, start, end, "managedFields"),
+            None => without_managed_fields(&self.json),
+        }
     }
 
     pub fn value(&self) -> Result<Value, ApiError> {
@@ -165,16 +184,30 @@ pub(crate) fn without_managed_fields(object: &[u8]) -> Option<Vec<u8>> {
     let top: Top<'_> = serde_json::from_slice(object).ok()?;
     let metadata: Metadata<'_> = serde_json::from_str(top.metadata?.get()).ok()?;
     let value = metadata.managed_fields?.get();
-    let start = (value.as_ptr() as usize).checked_sub(object.as_ptr() as usize)?;
-    let end = start + value.len();
-    let key_start = object
+    let start = offset_in(object, value)?;
+    cut_member(object, start, start + value.len(), "managedFields")
+}
+
+/// Where `part`, a slice of `whole`, starts in it.
+fn offset_in(whole: &[u8], part: &str) -> Option<usize> {
+    (part.as_ptr() as usize)
+        .checked_sub(whole.as_ptr() as usize)
+        .filter(|at| at + part.len() <= whole.len())
+}
+
+/// `object` without the member `name` whose value is `object[start..end]`, with its key
+/// and one comma; `None` unless the key is written plainly right before the value.
+fn cut_member(object: &[u8], start: usize, end: usize, name: &str) -> Option<Vec<u8>> {
+    let key = object
         .get(..start)?
         .trim_ascii_end()
         .strip_suffix(b":")?
         .trim_ascii_end()
-        .strip_suffix(b"\"managedFields\"")?
-        .len();
-    let lead = object.get(..key_start)?.trim_ascii_end();
+        .strip_suffix(b"\"")?
+        .strip_suffix(name.as_bytes())?
+        .strip_suffix(b"\"")?;
+    let key_start = key.len();
+    let lead = key.trim_ascii_end();
     let (cut_from, cut_to) = if lead.ends_with(b",") {
         (lead.len() - 1, end)
     } else if lead.ends_with(b"{") {
@@ -395,9 +428,16 @@ impl Decoded {
     /// [`Self::line`] without the object's managedFields.
     pub fn lean_line(&self, line: Line) -> Bytes {
         self.lean_lines[line as usize]
-            .get_or_init(|| match without_managed_fields(self.object_json(line)) {
-                Some(object) => event_line(line.event_type(), &object),
-                None => self.line(line),
+            .get_or_init(|| {
+                let lean = match (line, &self.object, &self.deleted) {
+                    (Line::Deleted, _, Some(deleted)) => without_managed_fields(deleted),
+                    (_, Some(object), _) => object.without_managed_fields(),
+                    _ => None,
+                };
+                match lean {
+                    Some(object) => event_line(line.event_type(), &object),
+                    None => self.line(line),
+                }
             })
             .clone()
     }
@@ -885,6 +925,8 @@ mod tests {
             json!({"kind": "Pod", "metadata": {}, "spec": {"nodeName": {"not": "a scalar"}}, "status": 7}),
             json!({"kind": "Pod", "metadata": {"name": "q\"uote", "labels": {"a": 1, "b": "x"}}}),
             json!({"kind": "Pod", "metadata": {"name": "e", "labels": {"we\u{1}ird": "v"}}}),
+            json!({"kind": "Pod", "metadata": {"managedFields": [{"manager": "m"}], "name": "m"}, "spec": {}}),
+            json!({"kind": "Pod", "metadata": {"managedFields": [{"manager": "m"}]}}),
         ];
         let node = Filter::from_query(
             pods(),
@@ -915,6 +957,21 @@ mod tests {
             assert_eq!(quick.labels, full.labels, "{object}");
             assert_eq!(quick.fields, full.fields, "{object}");
             assert_eq!(node.matches(&quick), node.matches(&full), "{object}");
+            // The in-process watchers' view, cut where the quick reading found managedFields.
+            assert_eq!(
+                quick.managed_fields.is_some(),
+                !escaped_key && object["metadata"].get("managedFields").is_some()
+            );
+            let lean = quick
+                .without_managed_fields()
+                .map(|json| serde_json::from_slice::<Value>(&json).unwrap());
+            let mut expected = full.value().unwrap();
+            let had = expected["metadata"]
+                .as_object_mut()
+                .unwrap()
+                .remove("managedFields")
+                .is_some();
+            assert_eq!(lean, had.then_some(expected), "{object}");
         }
         let events = rkube_api::find("", "v1", "events").unwrap();
         let event = json!({"kind": "Event", "metadata": {"name": "e", "namespace": "ns"}, "reason": "Scheduled",
