@@ -904,6 +904,38 @@ fn record(info: &ResourceInfo, old: Option<&Value>, new: &mut Value, manager: &s
     managed::record_update(old, new, &writer, managed_schema(info));
 }
 
+/// Makes `new` equal to `current` but for the members named in `except`, which stay (or
+/// stay absent) as in `new`. Compared member by member: the usual status write, which
+/// changed nothing else, copies nothing.
+fn keep_stored_except(new: &mut Value, current: &Value, except: &[&str]) {
+    let excepted = |key: &str| except.contains(&key);
+    if let (Some(mine), Some(stored)) = (new.as_object_mut(), current.as_object()) {
+        mine.retain(|key, _| excepted(key) || stored.contains_key(key));
+        for (key, value) in stored.iter().filter(|(key, _)| !excepted(key)) {
+            match mine.get_mut(key) {
+                Some(own) if own == value => {}
+                Some(own) => *own = value.clone(),
+                None => drop(mine.insert(key.clone(), value.clone())),
+            }
+        }
+        return;
+    }
+    let kept: Vec<(String, Value)> = match new.as_object_mut() {
+        Some(mine) => except
+            .iter()
+            .filter_map(|key| Some(((*key).to_string(), mine.remove(*key)?)))
+            .collect(),
+        None => Vec::new(),
+    };
+    *new = current.clone();
+    if let Some(map) = new.as_object_mut() {
+        for key in except {
+            map.remove(*key);
+        }
+        map.extend(kept);
+    }
+}
+
 /// Writes `new` over `current` (which was read at `expected`): carries over what clients
 /// may not change, applies the status rules, bumps generation on spec changes, skips
 /// no-op writes, and completes deletions whose finalizers are gone.
@@ -922,25 +954,15 @@ async fn write_update(
     } = mode;
     let status_only = scope == managed::Scope::Status;
     if status_only {
-        let status = new.get("status").cloned();
-        let labels = metadata(&new).and_then(|m| m.get("labels")).cloned();
-        let annotations = metadata(&new).and_then(|m| m.get("annotations")).cloned();
-        new = current.clone();
-        match status {
-            Some(status) => new["status"] = status,
-            None => {
-                if let Some(map) = new.as_object_mut() {
-                    map.remove("status");
-                }
+        // The status, labels and annotations as sent, the rest as stored.
+        keep_stored_except(&mut new, current, &["status", "metadata"]);
+        match (current.get("metadata"), new.as_object_mut()) {
+            (Some(stored), Some(map)) => {
+                let meta = map.entry("metadata").or_insert(Value::Null);
+                keep_stored_except(meta, stored, &["labels", "annotations"]);
             }
-        }
-        if let Some(meta) = metadata_mut(&mut new) {
-            for (field, value) in [("labels", labels), ("annotations", annotations)] {
-                match value {
-                    Some(value) => meta.insert(field.into(), value),
-                    None => meta.remove(field),
-                };
-            }
+            (None, Some(map)) => drop(map.remove("metadata")),
+            (_, None) => {}
         }
     } else if info.has_status() {
         match current.get("status") {
@@ -1986,6 +2008,25 @@ pub(crate) async fn ensure_system_namespaces(state: &State) -> Result<(), ApiErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_write_keeps_all_but_the_status_labels_and_annotations_as_stored() {
+        let stored = json!({"spec": {"a": 1}, "status": {"phase": "Pending"}, "extra": true,
+                            "metadata": {"name": "p", "labels": {"x": "1"}, "annotations": {"k": "v"}, "uid": "u"}});
+        let mut sent = json!({"spec": {"a": 2}, "status": {"phase": "Running"}, "bogus": 1,
+                              "metadata": {"name": "q", "labels": {"x": "2"}}});
+        keep_stored_except(&mut sent, &stored, &["status", "metadata"]);
+        keep_stored_except(&mut sent["metadata"], &stored["metadata"], &["labels", "annotations"]);
+        assert_eq!(
+            sent,
+            json!({"spec": {"a": 1}, "status": {"phase": "Running"}, "extra": true,
+                   "metadata": {"name": "p", "labels": {"x": "2"}, "uid": "u"}})
+        );
+        // Not an object: the stored one, without the members named.
+        let mut odd = json!(7);
+        keep_stored_except(&mut odd, &stored["metadata"], &["labels", "annotations"]);
+        assert_eq!(odd, json!({"name": "p", "uid": "u"}));
+    }
 
     #[test]
     fn strategic_patches_need_the_kinds_facts() {

@@ -233,6 +233,15 @@ async fn end_to_end(args: &SchedulerArgs, case: &Case, run_pods: bool, report: &
         };
         hollow.push(HollowNodes::start(client.clone(), options).await?);
     }
+    // A cluster's namespaces have their `default` account (the controller manager, not run
+    // here, makes it); without one every pod's admission would look it up again.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), "default");
+    let account = serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}}))?;
+    match accounts.create(&PostParams::default(), &account).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(err) => return Err(err.into()),
+    }
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let create_all = async |prefix: &str, count: usize| -> anyhow::Result<()> {
         futures_util::stream::iter(0..count)
