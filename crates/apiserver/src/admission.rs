@@ -31,6 +31,12 @@ fn forbidden(name: &str, message: String) -> ApiError {
 /// The objects as the watch cache holds them: admission, like upstream's listers, does not
 /// wait for the newest revision.
 fn cached(state: &State, group: &str, plural: &str) -> Result<Vec<Value>, ApiError> {
+    cached_where(state, group, plural, &[])
+}
+
+/// [`cached`], decoding only the objects whose encoding contains `text` (every pod
+/// creation looks its priority class up; the classes it cannot be are left encoded).
+fn cached_where(state: &State, group: &str, plural: &str, text: &[u8]) -> Result<Vec<Value>, ApiError> {
     let Some(info) = find(group, "v1", plural) else {
         return Ok(Vec::new());
     };
@@ -38,7 +44,11 @@ fn cached(state: &State, group: &str, plural: &str) -> Result<Vec<Value>, ApiErr
         .cache
         .page(info, None, &Filter::everything(), None, None, None)?
         .ok_or_else(|| ApiError::internal(format!("the watch cache could not list {plural}")))?;
-    page.items.iter().map(|cached| cached.value()).collect()
+    page.items
+        .iter()
+        .filter(|cached| text.is_empty() || cached.json.windows(text.len()).any(|w| w == text))
+        .map(|cached| cached.value())
+        .collect()
 }
 
 /// Gives a claim created without `spec.storageClassName` (nor the beta annotation) the
@@ -82,11 +92,17 @@ pub(crate) async fn admit_pod(state: &State, pod: &mut Value, name: &str) -> Res
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let mut classes = cached(state, "scheduling.k8s.io", "priorityclasses")?;
+    // Stored objects are written compactly, so the class sought shows in its encoding so.
+    let sought = if class_name.is_empty() {
+        "\"globalDefault\":true".to_string()
+    } else {
+        format!("\"name\":\"{class_name}\"")
+    };
+    let mut classes = cached_where(state, "scheduling.k8s.io", "priorityclasses", sought.as_bytes())?;
     let named = |c: &Value| c.pointer("/metadata/name").and_then(Value::as_str) == Some(class_name.as_str());
     if !class_name.is_empty() && !classes.iter().any(named) && state.cache.wait_for_current().await? {
         // A class created just before the pod may not have reached the cache yet.
-        classes = cached(state, "scheduling.k8s.io", "priorityclasses")?;
+        classes = cached_where(state, "scheduling.k8s.io", "priorityclasses", sought.as_bytes())?;
     }
     let class = if class_name.is_empty() {
         // The global default with the lowest value, as upstream picks among several.

@@ -470,6 +470,25 @@ async fn a_higher_priority_pod_preempts_a_lower_one() {
         format!("Preempted by pod {} on node small-0", created.metadata.uid.unwrap())
     );
     assert!(pods.get_opt("low").await.unwrap().is_none(), "the victim is gone");
+
+    // A global default class is what pods without a class get (the lowest, of several).
+    let defaults = "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: usual}\nvalue: 7\n\
+                    globalDefault: true\n---\napiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\n\
+                    metadata: {name: also-usual}\nvalue: 9\nglobalDefault: true\n";
+    let out = common::apply_file(&server.kubectl(), dir.path(), "defaults.yaml", defaults, "create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tries = std::sync::atomic::AtomicUsize::new(0);
+    let plain = eventually("the default class to be admitted", WITHIN, async || {
+        let name = format!("plain-{}", tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let pod = pods
+            .create(&PostParams::default(), &with_class(&name, None, json!({})))
+            .await
+            .ok()?;
+        let spec = pod.spec?;
+        (spec.priority == Some(7)).then_some(spec)
+    })
+    .await;
+    assert_eq!(plain.priority_class_name.as_deref(), Some("usual"));
 }
 
 /// Claims decide where pods go: a bound claim's volume pins the pod to the volume's node;
