@@ -133,9 +133,9 @@ pub async fn claim(
 /// Upstream's `slowStartBatch`: `create(i)` for `i` in `0..count`, in batches of 1, 2, 4,
 /// ..., stopping after a batch with a failure, so that a failing template fails once rather
 /// than `count` times. The results of the calls made, in order.
-pub async fn slow_start<Fut>(count: usize, create: impl Fn(usize) -> Fut) -> Vec<Result<Pod, kube::Error>>
+pub async fn slow_start<T, Fut>(count: usize, create: impl Fn(usize) -> Fut) -> Vec<Result<T, kube::Error>>
 where
-    Fut: Future<Output = Result<Pod, kube::Error>>,
+    Fut: Future<Output = Result<T, kube::Error>>,
 {
     let (mut results, mut batch) = (Vec::with_capacity(count), 1);
     while results.len() < count {
@@ -150,6 +150,28 @@ where
         batch *= 2;
     }
     results
+}
+
+/// What a controller reads back of a pod it created: the name the server gave it.
+#[derive(serde::Deserialize)]
+pub struct Created {
+    pub metadata: CreatedMetadata,
+}
+
+#[derive(serde::Deserialize)]
+pub struct CreatedMetadata {
+    #[serde(default)]
+    pub name: String,
+}
+
+/// Creates `pod` from its already encoded form, reading back only its name: a
+/// ReplicaSet's pods are one template sent many times, and decoding each whole answer
+/// (a pod with its managedFields) would be thrown away.
+pub async fn create_encoded(client: &kube::Client, api: &Api<Pod>, encoded: &[u8]) -> Result<Created, kube::Error> {
+    let request = kube::core::Request::new(api.resource_url())
+        .create(&kube::api::PostParams::default(), encoded.to_vec())
+        .map_err(kube::Error::BuildRequest)?;
+    client.request::<Created>(request).await
 }
 
 /// Upstream's `GetPodFromTemplate`: the template's labels, annotations, finalizers and

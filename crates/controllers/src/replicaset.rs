@@ -14,7 +14,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -337,14 +337,19 @@ impl<K: Replicated> Controller<K> {
             };
             self.expectations.lock().await.expect_creations(key, count);
             let pod = from_template(template, &owner.name_any(), controller_ref(owner));
-            let params = PostParams::default();
-            let results = slow_start(count, |_| pods.create(&params, &pod)).await;
+            let encoded = serde_json::to_vec(&pod).map_err(|err| {
+                (
+                    "FailedCreate",
+                    ControllerError::api(key, "encoding pods", kube::Error::SerdeError(err)),
+                )
+            })?;
+            let results = slow_start(count, |_| crate::pods::create_encoded(&self.client, &pods, &encoded)).await;
             let attempted = results.len();
             let mut failed = None;
             for result in results {
                 match result {
                     Ok(created) => {
-                        let message = format!("Created pod: {}", created.name_any());
+                        let message = format!("Created pod: {}", created.metadata.name);
                         self.event(&involved, "Normal", "SuccessfulCreate", &message).await;
                     }
                     Err(err) => {
