@@ -22,7 +22,7 @@ enum Step {
 /// does not have, named and ordered as `typed::unknown_fields` names them.
 pub(crate) fn normalize<T: Serialize>(typed: &T, target: &mut Value) -> Result<Vec<String>, serde_json::Error> {
     let mut walk = Walk::default();
-    typed.serialize(Into {
+    typed.serialize(Onto {
         target,
         walk: &mut walk,
     })?;
@@ -120,17 +120,21 @@ fn remove(map: &mut Map<String, Value>, others: Vec<String>, walk: &mut Walk) {
     }
 }
 
-struct Into<'a> {
+struct Onto<'a> {
     target: &'a mut Value,
     walk: &'a mut Walk,
 }
 
-impl Into<'_> {
+impl Onto<'_> {
     fn set(self, value: Value) -> Result<(), serde_json::Error> {
         if *self.target != value {
             *self.target = value;
         }
         Ok(())
+    }
+
+    fn integer(self, integer: impl Into<Number>) -> Result<(), serde_json::Error> {
+        self.number(integer.into())
     }
 
     fn number(self, number: Number) -> Result<(), serde_json::Error> {
@@ -143,7 +147,16 @@ impl Into<'_> {
 
 use serde_json::value::Serializer as Plain;
 
-impl<'a> ser::Serializer for Into<'a> {
+/// Serializer methods that hand their value to one helper.
+macro_rules! forward {
+    ($helper:ident: $($method:ident($ty:ty)),*) => {$(
+        fn $method(self, v: $ty) -> Result<(), Self::Error> {
+            self.$helper(v)
+        }
+    )*};
+}
+
+impl<'a> ser::Serializer for Onto<'a> {
     type Ok = ();
     type Error = serde_json::Error;
     type SerializeSeq = Seq<'a>;
@@ -157,30 +170,8 @@ impl<'a> ser::Serializer for Into<'a> {
     fn serialize_bool(self, v: bool) -> Result<(), Self::Error> {
         self.set(Value::Bool(v))
     }
-    fn serialize_i8(self, v: i8) -> Result<(), Self::Error> {
-        self.number(v.into())
-    }
-    fn serialize_i16(self, v: i16) -> Result<(), Self::Error> {
-        self.number(v.into())
-    }
-    fn serialize_i32(self, v: i32) -> Result<(), Self::Error> {
-        self.number(v.into())
-    }
-    fn serialize_i64(self, v: i64) -> Result<(), Self::Error> {
-        self.number(v.into())
-    }
-    fn serialize_u8(self, v: u8) -> Result<(), Self::Error> {
-        self.number(v.into())
-    }
-    fn serialize_u16(self, v: u16) -> Result<(), Self::Error> {
-        self.number(v.into())
-    }
-    fn serialize_u32(self, v: u32) -> Result<(), Self::Error> {
-        self.number(v.into())
-    }
-    fn serialize_u64(self, v: u64) -> Result<(), Self::Error> {
-        self.number(v.into())
-    }
+    forward!(integer: serialize_i8(i8), serialize_i16(i16), serialize_i32(i32), serialize_i64(i64));
+    forward!(integer: serialize_u8(u8), serialize_u16(u16), serialize_u32(u32), serialize_u64(u64));
     fn serialize_i128(self, v: i128) -> Result<(), Self::Error> {
         self.set(ser::Serializer::serialize_i128(Plain, v)?)
     }
@@ -306,7 +297,7 @@ impl Seq<'_> {
             .get_mut(self.next)
             .ok_or_else(|| serde_json::Error::custom("normalizing: element vanished"))?;
         self.walk.path.push(PathStep::Index(self.next));
-        let result = value.serialize(Into {
+        let result = value.serialize(Onto {
             target: slot,
             walk: self.walk,
         });
@@ -321,38 +312,27 @@ impl Seq<'_> {
     }
 }
 
-impl ser::SerializeSeq for Seq<'_> {
-    type Ok = ();
-    type Error = serde_json::Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Self::Error> {
-        self.finish()
-    }
+/// The three list-like shapes serde has all end up as JSON arrays.
+macro_rules! list_like {
+    ($($trait:ident :: $method:ident),*) => {$(
+        impl ser::$trait for Seq<'_> {
+            type Ok = ();
+            type Error = serde_json::Error;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
+                self.element(value)
+            }
+            fn end(self) -> Result<(), Self::Error> {
+                self.finish()
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for Seq<'_> {
-    type Ok = ();
-    type Error = serde_json::Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Self::Error> {
-        self.finish()
-    }
-}
-
-impl ser::SerializeTupleStruct for Seq<'_> {
-    type Ok = ();
-    type Error = serde_json::Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Self::Error> {
-        self.finish()
-    }
-}
+list_like!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field
+);
 
 struct Members<'a> {
     map: &'a mut Map<String, Value>,
@@ -383,7 +363,7 @@ impl ser::SerializeMap for Members<'_> {
         let end = self.walk.keys.len();
         let slot = member(self.map, self.walk.keys.get(start..).unwrap_or_default())?;
         self.walk.path.push(PathStep::Key(start, end));
-        let result = value.serialize(Into {
+        let result = value.serialize(Onto {
             target: slot,
             walk: self.walk,
         });
@@ -447,39 +427,9 @@ impl ser::Serializer for KeyText<'_> {
         self.0.push(v);
         Ok(())
     }
-    fn serialize_bool(self, v: bool) -> Result<(), Self::Error> {
-        self.push(v)
-    }
-    fn serialize_i8(self, v: i8) -> Result<(), Self::Error> {
-        self.push(v)
-    }
-    fn serialize_i16(self, v: i16) -> Result<(), Self::Error> {
-        self.push(v)
-    }
-    fn serialize_i32(self, v: i32) -> Result<(), Self::Error> {
-        self.push(v)
-    }
-    fn serialize_i64(self, v: i64) -> Result<(), Self::Error> {
-        self.push(v)
-    }
-    fn serialize_u8(self, v: u8) -> Result<(), Self::Error> {
-        self.push(v)
-    }
-    fn serialize_u16(self, v: u16) -> Result<(), Self::Error> {
-        self.push(v)
-    }
-    fn serialize_u32(self, v: u32) -> Result<(), Self::Error> {
-        self.push(v)
-    }
-    fn serialize_u64(self, v: u64) -> Result<(), Self::Error> {
-        self.push(v)
-    }
-    fn serialize_i128(self, v: i128) -> Result<(), Self::Error> {
-        self.push(v)
-    }
-    fn serialize_u128(self, v: u128) -> Result<(), Self::Error> {
-        self.push(v)
-    }
+    forward!(push: serialize_bool(bool), serialize_i8(i8), serialize_i16(i16), serialize_i32(i32));
+    forward!(push: serialize_i64(i64), serialize_u8(u8), serialize_u16(u16), serialize_u32(u32));
+    forward!(push: serialize_u64(u64), serialize_i128(i128), serialize_u128(u128));
     fn serialize_f32(self, _: f32) -> Result<(), Self::Error> {
         Err(key_must_be_a_string())
     }
@@ -563,7 +513,7 @@ impl ser::SerializeStruct for Fields<'_> {
     fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Self::Error> {
         let slot = member(self.map, key)?;
         self.walk.path.push(PathStep::Field(key));
-        let result = value.serialize(Into {
+        let result = value.serialize(Onto {
             target: slot,
             walk: self.walk,
         });
