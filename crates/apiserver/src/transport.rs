@@ -16,6 +16,7 @@ use rkube_pki::Identity;
 
 use crate::State;
 use crate::authn::Connection;
+use crate::object::bad_request;
 use crate::response::{ApiError, Body};
 use crate::routes;
 
@@ -41,11 +42,7 @@ impl RequestBody {
             Self::Network(incoming) => match http_body_util::Limited::new(incoming, limit).collect().await {
                 Ok(collected) => Ok(collected.to_bytes()),
                 Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-                Err(err) => Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    format!("reading the request body: {err}"),
-                )),
+                Err(err) => Err(bad_request(format!("reading the request body: {err}"))),
             },
         }
     }
@@ -101,10 +98,7 @@ where
                 .or_insert_with(|| this.user_agent.clone());
             let body = match body.collect().await {
                 Ok(collected) => collected.to_bytes(),
-                Err(err) => {
-                    let message = format!("reading the request body: {err}");
-                    return Ok(ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", message).into_response());
-                }
+                Err(err) => return Ok(bad_request(format!("reading the request body: {err}")).into_response()),
             };
             parts.extensions.insert(InProcess);
             let request = Request::from_parts(parts, RequestBody::Local(body));

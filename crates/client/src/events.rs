@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use kube::Resource;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use tokio::sync::Mutex;
 
@@ -117,10 +117,7 @@ impl Recorder {
         // Sent as built and its answer read past, not decoded: nothing here needs the
         // created event, and every placed or created pod makes one.
         let body = serde_json::to_vec(&event).map_err(kube::Error::SerdeError)?;
-        let request = kube::core::Request::new(events.resource_url())
-            .create(&PostParams::default(), body)
-            .map_err(kube::Error::BuildRequest)?;
-        self.client.request::<serde::de::IgnoredAny>(request).await?;
+        crate::create_encoded::<serde::de::IgnoredAny>(&self.client, events.resource_url(), body).await?;
         let mut seen = self.seen.lock().await;
         if seen.len() >= REMEMBERED {
             seen.clear();

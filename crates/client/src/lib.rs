@@ -16,3 +16,17 @@ pub fn api_time(time: Timestamp) -> String {
 pub fn now_text() -> String {
     api_time(Timestamp::now())
 }
+
+/// Creates an object from its already encoded body at `url` (a collection), reading back
+/// only what `T` takes of the answer: for writes made many times whose answer is mostly
+/// thrown away (events; the pods of one ReplicaSet template).
+pub async fn create_encoded<T: serde::de::DeserializeOwned>(
+    client: &kube::Client,
+    url: &str,
+    body: Vec<u8>,
+) -> Result<T, kube::Error> {
+    let request = kube::core::Request::new(url)
+        .create(&kube::api::PostParams::default(), body)
+        .map_err(kube::Error::BuildRequest)?;
+    client.request::<T>(request).await
+}

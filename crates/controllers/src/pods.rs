@@ -164,16 +164,6 @@ pub struct CreatedMetadata {
     pub name: String,
 }
 
-/// Creates `pod` from its already encoded form, reading back only its name: a
-/// ReplicaSet's pods are one template sent many times, and decoding each whole answer
-/// (a pod with its managedFields) would be thrown away.
-pub async fn create_encoded(client: &kube::Client, api: &Api<Pod>, encoded: &[u8]) -> Result<Created, kube::Error> {
-    let request = kube::core::Request::new(api.resource_url())
-        .create(&kube::api::PostParams::default(), encoded.to_vec())
-        .map_err(kube::Error::BuildRequest)?;
-    client.request::<Created>(request).await
-}
-
 /// Upstream's `GetPodFromTemplate`: the template's labels, annotations, finalizers and
 /// spec, named after the owner, with the owner as controller.
 pub fn from_template(template: &PodTemplateSpec, owner_name: &str, controller: OwnerReference) -> Pod {

@@ -343,7 +343,12 @@ impl<K: Replicated> Controller<K> {
                     ControllerError::api(key, "encoding pods", kube::Error::SerdeError(err)),
                 )
             })?;
-            let results = slow_start(count, |_| crate::pods::create_encoded(&self.client, &pods, &encoded)).await;
+            // Encoded once; of each answer only the name is read (the whole pod, managedFields
+            // and all, would be decoded to be dropped).
+            let results = slow_start(count, |_| {
+                rkube_client::create_encoded::<crate::pods::Created>(&self.client, pods.resource_url(), encoded.clone())
+            })
+            .await;
             let attempted = results.len();
             let mut failed = None;
             for result in results {
