@@ -14,12 +14,14 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
+
+use crate::slim_pod::SlimPod;
 
 /// A pod annotated with a non-zero exit code here finishes Failed, its containers
 /// terminated with that code.
@@ -283,7 +285,7 @@ async fn serve_pods(
     finish_after: Duration,
     stats: Arc<HollowStats>,
 ) {
-    let all: Api<Pod> = Api::all(client.clone());
+    let all: Api<SlimPod> = Api::all(client.clone());
     let config = watcher::Config::default().fields("spec.nodeName!=");
     let mut events = watcher(all, config).boxed();
     // Each pod's step runs on its own, but within this task's set: when the nodes stop,
@@ -318,7 +320,7 @@ async fn serve_pods(
 
 async fn advance(
     client: kube::Client,
-    pod: &Pod,
+    pod: &SlimPod,
     (node, index): (&str, usize),
     assignments: &Assignments,
     finish_after: Duration,
@@ -326,7 +328,7 @@ async fn advance(
 ) -> Result<(), kube::Error> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(client, &namespace);
+    let pods: Api<SlimPod> = Api::namespaced(client, &namespace);
     let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
     if pod.metadata.deletion_timestamp.is_some() {
         // The containers are gone at once: finish the deletion, for this very pod only.
@@ -401,7 +403,7 @@ async fn advance(
 }
 
 /// A status per container of `pod`, all in `state`.
-fn container_statuses(pod: &Pod, running: bool, state: &Value) -> Vec<Value> {
+fn container_statuses(pod: &SlimPod, running: bool, state: &Value) -> Vec<Value> {
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     pod.spec
         .iter()

@@ -3,10 +3,12 @@
 pub mod etcd;
 pub mod hollow;
 pub mod server;
+pub mod slim_pod;
 
 pub use etcd::{EtcdCluster, EtcdError};
 pub use hollow::{HollowError, HollowNodes, HollowOptions, HollowStats};
 pub use server::{Control, Kubectl, RkubeServer, ServerError, resolve_kubectl};
+pub use slim_pod::SlimPod;
 
 /// Polls `check` until it yields a value, panicking with `what` after `within`. For tests
 /// of things that happen asynchronously (a pod scheduled, a lease renewed); the timeout
