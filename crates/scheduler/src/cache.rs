@@ -271,6 +271,19 @@ impl Cache {
         }
     }
 
+    /// Every node from scratch after a re-list of nodes, with the pods known here: those
+    /// on nodes and those nominated to one.
+    pub fn reset_nodes(&mut self, nodes: Vec<Arc<Node>>) {
+        let placed = self
+            .placements
+            .values()
+            .filter(|p| !p.assumed)
+            .map(|p| Arc::clone(&p.pod));
+        let nominated = self.nominated.values().flat_map(|pods| pods.values().cloned());
+        let pods = placed.chain(nominated).collect();
+        self.reset(nodes, pods);
+    }
+
     /// Every node from scratch (after a re-list).
     pub fn reset(&mut self, nodes: Vec<Arc<Node>>, pods: Vec<Arc<Pod>>) {
         let assumed: Vec<Placement> = self.placements.values().filter(|p| p.assumed).cloned().collect();
@@ -406,5 +419,24 @@ mod tests {
         cache.set_pod(Arc::new(bigger));
         assert_eq!(cache.nodes["a"].requested.milli_cpu, 4000);
         assert_eq!(cache.nodes["a"].pods.len(), 2);
+    }
+
+    #[test]
+    fn a_node_relist_keeps_the_pods_on_nodes_assumed_and_nominated() {
+        let mut cache = Cache::default();
+        cache.set_node(node("a", "8"));
+        cache.set_node(node("gone", "8"));
+        cache.set_pod(pod("bound", Some("a"), "Running"));
+        cache.set_pod(pod("on-gone", Some("gone"), "Running"));
+        cache.assume(pod("assumed", None, "Pending"), "a");
+        cache.nominate(&pod("waiting", None, "Pending"), Some("a"));
+        cache.reset_nodes(vec![node("a", "8"), node("new", "8")]);
+        assert_eq!(cache.nodes["a"].requested.milli_cpu, 2000, "bound and assumed");
+        assert_eq!(cache.nodes["a"].pods.len(), 2);
+        assert_eq!(cache.nodes["new"].requested.milli_cpu, 0);
+        assert!(cache.nominated["a"].contains_key("default/waiting"));
+        // The pod of the node that went is kept and counted when the node comes back.
+        cache.set_node(node("gone", "8"));
+        assert_eq!(cache.nodes["gone"].requested.milli_cpu, 1000);
     }
 }
