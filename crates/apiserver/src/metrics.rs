@@ -128,6 +128,10 @@ impl Store for MeteredStore {
         self.inner.backend()
     }
 
+    fn write_intents(&self) -> Option<&rkube_store::WriteIntents> {
+        self.inner.write_intents()
+    }
+
     async fn current_revision(&self) -> rkube_store::Result<i64> {
         let started = Instant::now();
         let result = self.inner.current_revision().await;

@@ -32,7 +32,15 @@ pub(crate) async fn handle(
     path: ResourcePath<'_>,
 ) -> Result<Response<Body>, ApiError> {
     let deprecation = convert::deprecation(path.info);
-    let response = handle_resource(state, request, path).await?;
+    let writes = matches!(
+        *request.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    let response = match state.store.write_intents().filter(|_| writes) {
+        // Declared, so that the store's group commit waits for this write too.
+        Some(intents) => intents.during(handle_resource(state, request, path)).await?,
+        None => handle_resource(state, request, path).await?,
+    };
     Ok(match deprecation {
         Some(warning) => with_warnings(response, &[warning]),
         None => response,

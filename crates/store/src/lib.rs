@@ -12,6 +12,7 @@ mod compactor;
 mod continuation;
 mod error;
 pub mod etcd;
+mod intent;
 mod key;
 pub mod sqlite;
 mod watch;
@@ -23,6 +24,7 @@ pub use bytes::Bytes;
 pub use compactor::{CompactionPolicy, compaction_target, spawn_compactor};
 pub use continuation::ContinueToken;
 pub use error::{Result, StoreError};
+pub use intent::WriteIntents;
 pub use key::{MAX_KEY_BYTES, MAX_VALUE_BYTES, prefix_end, validate_key, validate_value};
 pub use watch::{WatchSource, Watcher};
 
@@ -138,6 +140,12 @@ pub struct RangeResponse {
 pub trait Store: Send + Sync + 'static {
     /// Short name of the backend (`sqlite`, `etcd`), for logs and benchmarks.
     fn backend(&self) -> &'static str;
+
+    /// Where requests that are about to write say so, for a backend whose group commit
+    /// waits for writes on the way ([`WriteIntents`]).
+    fn write_intents(&self) -> Option<&WriteIntents> {
+        None
+    }
 
     /// The latest revision: every write so far has a revision at most this.
     async fn current_revision(&self) -> Result<i64>;

@@ -9,7 +9,7 @@ mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior, params};
@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::continuation::ContinueToken;
 use crate::error::{Result, StoreError};
+use crate::intent::{self, WriteIntents};
 use crate::key::{prefix_end, validate_key, validate_value};
 use crate::watch::{WatchSource, Watcher};
 use crate::{Bytes, Event, EventKind, KeyValue, RangeRequest, RangeResponse, Store};
@@ -44,6 +45,9 @@ pub struct SqliteOptions {
     pub compaction_chunk: i64,
     /// Read connections kept open.
     pub read_connections: usize,
+    /// Longest a commit waits for writes that requests have declared on the way
+    /// ([`WriteIntents`]); it never waits when none is.
+    pub max_linger: std::time::Duration,
 }
 
 impl Default for SqliteOptions {
@@ -54,6 +58,7 @@ impl Default for SqliteOptions {
             watch_buffer: 4096,
             compaction_chunk: 5000,
             read_connections: 8,
+            max_linger: std::time::Duration::from_micros(500),
         }
     }
 }
@@ -74,6 +79,8 @@ struct Hub {
 pub(crate) struct Shared {
     hub: Mutex<Hub>,
     compacted: AtomicI64,
+    /// Transactions that stored writes.
+    commits: AtomicU64,
 }
 
 impl Shared {
@@ -200,6 +207,7 @@ pub struct SqliteStore {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     reads: Arc<ReadPool>,
     shared: Arc<Shared>,
+    intents: WriteIntents,
     // Held for the store's life: a second process on the same file would assign
     // revisions of its own.
     _lock: std::fs::File,
@@ -270,9 +278,13 @@ impl SqliteStore {
                 published: revision,
             }),
             compacted: AtomicI64::new(compacted),
+            commits: AtomicU64::new(0),
         });
         let (requests, receiver) = std::sync::mpsc::channel();
+        let intents = WriteIntents::default();
         let writer = Writer {
+            intents: intents.clone(),
+            max_linger: options.max_linger,
             conn,
             path: db_path.clone(),
             shared: Arc::clone(&shared),
@@ -297,8 +309,15 @@ impl SqliteStore {
                 keep: options.read_connections.max(1),
             }),
             shared,
+            intents,
             _lock: lock,
         })
+    }
+
+    /// Transactions that stored writes since the store opened: writes per commit is how
+    /// well the group commit shares its fsyncs.
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
     }
 
     /// Size of the database on disk (main file and write-ahead log).
@@ -320,6 +339,7 @@ impl SqliteStore {
             let sender = requests.as_ref().ok_or(StoreError::Closed)?;
             sender.send(request(reply)).map_err(|_| StoreError::Closed)?;
         }
+        intent::handed_over();
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -354,6 +374,10 @@ fn kv_from_range_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyValue> {
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn write_intents(&self) -> Option<&WriteIntents> {
+        Some(&self.intents)
     }
 
     async fn current_revision(&self) -> Result<i64> {

@@ -38,7 +38,8 @@ pub fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
 /// exists: INCREMENTAL lets compaction hand freed pages back to the file system.
 pub fn create(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
-        "PRAGMA auto_vacuum = INCREMENTAL;
+        "PRAGMA page_size = 8192;
+         PRAGMA auto_vacuum = INCREMENTAL;
          CREATE TABLE IF NOT EXISTS kv (
              id              INTEGER PRIMARY KEY,   -- the revision of this write
              name            TEXT    NOT NULL,      -- the key

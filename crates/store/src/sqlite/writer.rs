@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::oneshot;
@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use super::schema::{self, META_COMPACT, META_COMPACT_PHYSICAL, META_REVISION};
 use super::{Batch, Shared};
 use crate::error::{Result, StoreError};
-use crate::{Bytes, Event, EventKind, KeyValue};
+use crate::{Bytes, Event, EventKind, KeyValue, WriteIntents};
 
 pub(crate) enum Request {
     Create {
@@ -79,6 +79,8 @@ pub(crate) struct Writer {
     pub compacted_physically: i64,
     pub max_batch: usize,
     pub compaction_chunk: i64,
+    pub intents: WriteIntents,
+    pub max_linger: Duration,
 }
 
 impl Writer {
@@ -101,16 +103,44 @@ impl Writer {
                 }
             };
             let mut batch = vec![first];
-            while batch.len() < self.max_batch {
-                match requests.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
-                }
-            }
+            self.drain(&requests, &mut batch);
+            self.await_declared(&requests, &mut batch);
             self.process(batch);
         }
         self.shared.close_watchers();
         tracing::debug!(path = %self.path, revision = self.revision, "sqlite writer stopped");
+    }
+
+    fn drain(&self, requests: &Receiver<Request>, batch: &mut Vec<Request>) {
+        while batch.len() < self.max_batch {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Lets writes that requests have declared on the way join this commit: one fsync for
+    /// all of them. Never waits when none is declared (a lone client writing one object
+    /// after another), and at most `max_linger` in all.
+    fn await_declared(&self, requests: &Receiver<Request>, batch: &mut Vec<Request>) {
+        // Rechecked this often: a declared request may end without writing.
+        const SLICE: Duration = Duration::from_micros(50);
+        let deadline = Instant::now() + self.max_linger;
+        while batch.len() < self.max_batch && self.intents.preparing() > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match requests.recv_timeout(SLICE.min(deadline - now)) {
+                Ok(request) => {
+                    batch.push(request);
+                    self.drain(requests, batch);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
     }
 
     fn sqlite_error(&self, source: rusqlite::Error) -> StoreError {
@@ -159,6 +189,7 @@ impl Writer {
             Ok(()) => {
                 if revision != self.revision {
                     self.revision = revision;
+                    self.shared.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.shared.publish(Batch {
                         events,
                         last_revision: revision,
