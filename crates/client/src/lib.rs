@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod leader;
+pub mod shared;
 
 use k8s_openapi::jiff::Timestamp;
 

@@ -21,14 +21,13 @@ pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;
 pub mod resource_quota;
-pub mod shared;
+pub use rkube_client::shared;
 pub mod statefulset;
 pub mod volume_binder;
 pub mod workqueue;
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::ReplicationController;
-use kube::{Resource, ResourceExt};
 use rkube_client::leader;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +55,9 @@ impl ControllerError {
 /// Upstream's `--concurrent-namespace-syncs`.
 pub const NAMESPACE_WORKERS: usize = 10;
 
-/// Drops an object's managedFields as it enters a controller's cache, as upstream's
-/// controller manager trims its informers: no controller reads them, and they would
-/// double what every cached object costs.
-pub fn trim<K: kube::Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
-}
+/// `trim` drops an object's managedFields as it enters a controller's cache, as
+/// upstream's controller manager trims its informers; `key_of` is the work queues' key.
+pub use rkube_client::shared::{key_of, trim};
 
 /// A write whose object may be gone meanwhile: gone is as good as done.
 pub fn ignore_not_found<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
@@ -91,14 +87,6 @@ pub fn api_message(err: &kube::Error) -> String {
     }
 }
 
-/// `namespace/name`, or `name` for cluster-scoped objects: the work queues' keys.
-pub fn key_of<K: Resource>(object: &K) -> String {
-    match object.namespace() {
-        Some(namespace) => format!("{namespace}/{}", object.name_any()),
-        None => object.name_any(),
-    }
-}
-
 pub fn split_key(key: &str) -> (&str, &str) {
     key.split_once('/').unwrap_or(("", key))
 }
@@ -110,11 +98,12 @@ pub struct Config {
     pub cluster_cidr: (std::net::Ipv4Addr, u8),
 }
 
-/// Runs every controller until the future is dropped.
-pub async fn run(client: kube::Client, config: Config) {
+/// Runs every controller until the future is dropped. `pods` is the process's pod
+/// informer, which the caller runs ([`shared::Shared::run`]): it outlives a term of
+/// leadership, and the scheduler reads it too.
+pub async fn run(client: kube::Client, config: Config, pods: shared::SharedPods) {
     // Each controller a task of its own (aborted with the set when this future is dropped).
     let mut controllers = tokio::task::JoinSet::new();
-    let pods = shared::SharedPods::new();
     controllers.spawn(daemonset::run(client.clone(), pods.clone(), pods.subscribe()));
     controllers.spawn(deployment::run(client.clone(), pods.clone()));
     controllers.spawn(endpoints::run(client.clone(), pods.clone(), pods.subscribe()));
@@ -137,15 +126,13 @@ pub async fn run(client: kube::Client, config: Config) {
     ));
     controllers.spawn(resource_quota::run(client.clone(), pods.clone(), pods.subscribe()));
     controllers.spawn(statefulset::run(client.clone(), pods.clone(), pods.subscribe()));
-    controllers.spawn(volume_binder::run(client.clone()));
-    // Every subscriber is in: the informer starts with the full list for all of them.
-    controllers.spawn(pods.run(client));
+    controllers.spawn(volume_binder::run(client));
     controllers.join_all().await;
 }
 
 /// Runs the controllers whenever this process holds the election's lease.
-pub async fn run_elected(client: kube::Client, election: leader::Election, config: Config) {
+pub async fn run_elected(client: kube::Client, election: leader::Election, config: Config, pods: shared::SharedPods) {
     loop {
-        leader::lead(client.clone(), &election, run(client.clone(), config)).await;
+        leader::lead(client.clone(), &election, run(client.clone(), config, pods.clone())).await;
     }
 }

@@ -55,14 +55,7 @@ pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
 }
 
 /// The owner reference that marks the object's controller.
-pub fn controller_of<K: kube::Resource>(object: &K) -> Option<&OwnerReference> {
-    object
-        .meta()
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-}
+pub use rkube_client::shared::controller_of;
 
 /// A `metav1.LabelSelector`; none, or an unusable one, selects nothing.
 pub fn selector(selector: Option<&MetaSelector>) -> Option<LabelSelector> {

@@ -198,6 +198,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .map_or(0, |d| d.as_nanos())
     );
     let mut components = Vec::new();
+    // One pod informer for both (one watch, one decode of each change), running whether
+    // or not this process leads: a component elected later starts from its cache.
+    let pods = rkube_client::shared::SharedPods::new();
+    let mut pod_informer = None;
     if !args.disable_scheduler {
         let client = component_client(&api, "system:kube-scheduler")?;
         let election = Election::new("kube-system", "kube-scheduler", identity.clone());
@@ -205,7 +209,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             client.clone(),
             rkube_scheduler::DEFAULT_SCHEDULER.to_string(),
             election.clone(),
+            pods.clone(),
         ));
+        pod_informer = Some(client.clone());
         components.push((task, client, election));
     }
     if !args.disable_controller_manager {
@@ -214,12 +220,23 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let config = rkube_controllers::Config {
             cluster_cidr: args.cluster_cidr,
         };
-        let task = tokio::spawn(rkube_controllers::run_elected(client.clone(), election.clone(), config));
+        let task = tokio::spawn(rkube_controllers::run_elected(
+            client.clone(),
+            election.clone(),
+            config,
+            pods.clone(),
+        ));
+        pod_informer = Some(client.clone());
         components.push((task, client, election));
     }
+    // Watching as the controller manager when it runs, else as the scheduler.
+    let pod_informer = pod_informer.map(|client| tokio::spawn(pods.run(client)));
     api.serve(async move {
         signals.wait().await;
         // Stop the components and hand their leases over while the API server still answers.
+        if let Some(informer) = &pod_informer {
+            informer.abort();
+        }
         for (task, client, election) in components {
             task.abort();
             let releasing = rkube_client::leader::release(client, &election);

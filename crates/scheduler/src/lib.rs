@@ -40,6 +40,7 @@ use crate::plugins::volume_binding::{BIND_COMPLETED, BOUND_BY_CONTROLLER, SELECT
 use crate::queue::Queue;
 use rkube_client::events::{Recorder, reference};
 use rkube_client::leader;
+use rkube_client::shared::SharedPods;
 
 /// How long binding waits for the pod's claims to be bound (upstream's `bindTimeoutSeconds`).
 const VOLUME_BIND_TIMEOUT: Duration = Duration::from_secs(600);
@@ -93,8 +94,8 @@ struct Scheduler {
     cache: Mutex<Cache>,
     /// The last version seen of each pod waiting to be scheduled: what a decision is made
     /// for, and what tells its own changes that may let it fit from writes of its status.
-    /// Pods are mirrored here and in the cache only, not in a reflector store besides:
-    /// that would copy every pod once more per change (2 % of the server's CPU).
+    /// Pods come from the process's shared pod informer and are mirrored here and in the
+    /// cache only, not in a store besides: that would copy every pod once more per change.
     waiting: std::sync::Mutex<HashMap<String, Arc<Pod>>>,
 }
 
@@ -112,14 +113,21 @@ fn changed_for_scheduling(old: &Pod, new: &Pod) -> bool {
 
 /// Runs the scheduler whenever this process holds the election's lease: two schedulers
 /// never act at once, and a standby takes over when the leader stops renewing.
-pub async fn run_elected(client: kube::Client, name: String, election: leader::Election) {
+pub async fn run_elected(client: kube::Client, name: String, election: leader::Election, pods: SharedPods) {
     loop {
-        leader::lead(client.clone(), &election, run(client.clone(), name.clone())).await;
+        leader::lead(
+            client.clone(),
+            &election,
+            run(client.clone(), name.clone(), pods.clone()),
+        )
+        .await;
     }
 }
 
-/// Runs the scheduler named `name` until the task is dropped.
-pub async fn run(client: kube::Client, name: String) {
+/// Runs the scheduler named `name` until the task is dropped. `pods` is the process's pod
+/// informer, which the caller runs (the controller manager reads it too: one watch and
+/// one decode of each pod change for both).
+pub async fn run(client: kube::Client, name: String, pods: SharedPods) {
     let (nodes, node_writer) = reflector::store();
     let (pods_listed, pods_ready) = tokio::sync::watch::channel(false);
     let scheduler = Arc::new(Scheduler {
@@ -134,9 +142,6 @@ pub async fn run(client: kube::Client, name: String) {
         .default_backoff()
         .modify(trim)
         .reflect(node_writer);
-    let pod_events = watcher(Api::<Pod>::all(client), watcher::Config::default())
-        .default_backoff()
-        .modify(trim);
     let watching_nodes = {
         let (scheduler, nodes) = (Arc::clone(&scheduler), nodes.clone());
         async move {
@@ -160,32 +165,23 @@ pub async fn run(client: kube::Client, name: String) {
     let watching_pods = {
         let (scheduler, nodes) = (Arc::clone(&scheduler), nodes.clone());
         async move {
-            let mut events = std::pin::pin!(pod_events);
-            let mut listing: Vec<Arc<Pod>> = Vec::new();
-            while let Some(event) = events.next().await {
-                match event {
-                    Ok(watcher::Event::Apply(pod)) => scheduler.pod_changed(pod, false).await,
-                    Ok(watcher::Event::Delete(pod)) => scheduler.pod_changed(pod, true).await,
-                    Ok(watcher::Event::Init) => listing.clear(),
-                    Ok(watcher::Event::InitApply(pod)) => listing.push(Arc::new(pod)),
-                    Ok(watcher::Event::InitDone) => {
-                        let listed = std::mem::take(&mut listing);
-                        scheduler.cache.lock().await.reset(nodes.state(), listed.clone());
-                        let wanted: HashMap<String, Arc<Pod>> = listed
-                            .into_iter()
-                            .filter(|pod| wants_scheduling(pod, &scheduler.name))
-                            .map(|pod| (key(&pod), pod))
-                            .collect();
-                        let keys: Vec<(String, i32)> =
-                            wanted.iter().map(|(k, pod)| (k.clone(), priority(pod))).collect();
-                        *scheduler.waiting_pods() = wanted;
-                        for (key, priority) in keys {
-                            scheduler.queue.add(&key, priority).await;
-                        }
-                        pods_listed.send_replace(true);
-                    }
-                    Err(_) => {}
-                }
+            // The state in one piece once the informer has listed, then every change.
+            pods.wait_until_ready().await;
+            let (listed, mut changes) = pods.state_and_changes();
+            scheduler.cache.lock().await.reset(nodes.state(), listed.clone());
+            let wanted: HashMap<String, Arc<Pod>> = listed
+                .into_iter()
+                .filter(|pod| wants_scheduling(pod, &scheduler.name))
+                .map(|pod| (key(&pod), pod))
+                .collect();
+            let keys: Vec<(String, i32)> = wanted.iter().map(|(k, pod)| (k.clone(), priority(pod))).collect();
+            *scheduler.waiting_pods() = wanted;
+            for (key, priority) in keys {
+                scheduler.queue.add(&key, priority).await;
+            }
+            pods_listed.send_replace(true);
+            while let Some(change) = changes.recv().await {
+                scheduler.pod_changed(change.object, change.deleted).await;
             }
         }
     };
@@ -266,9 +262,8 @@ impl Scheduler {
         self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn pod_changed(&self, pod: Pod, deleted: bool) {
+    async fn pod_changed(&self, pod: Arc<Pod>, deleted: bool) {
         let key = key(&pod);
-        let pod = Arc::new(pod);
         let freed = node_of(&pod).is_some() && (deleted || is_terminal(&pod));
         {
             let mut cache = self.cache.lock().await;

@@ -2,6 +2,8 @@
 //! that need all of them (ReplicaSet, ReplicationController, Deployment, StatefulSet,
 //! DaemonSet, Job, Endpoints, node lifecycle), as upstream's controller manager shares one
 //! pod informer: one watch and one copy of each pod instead of one per controller. The
+//! scheduler in the same process reads the same informer: one decode of each pod change
+//! for the whole process. The
 //! indexes let a controller find what it controls, and the orphans it may adopt, without
 //! looking at every object of the kind in the cluster (upstream's `controllerUID` index);
 //! the Deployment controller finds its ReplicaSets so.
@@ -12,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -50,8 +53,35 @@ impl<K> Default for Index<K> {
     }
 }
 
+/// The owner reference marked as the object's controller.
+pub fn controller_of<K: Resource>(object: &K) -> Option<&OwnerReference> {
+    object
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+}
+
 fn controller_uid<K: Resource>(object: &K) -> Option<&str> {
-    crate::pods::controller_of(object).map(|c| c.uid.as_str())
+    controller_of(object).map(|c| c.uid.as_str())
+}
+
+/// Drops an object's managedFields as it enters a component's cache, as upstream's
+/// controller manager trims its informers: no component reads them, and they would
+/// double what every cached object costs (in-memory watches leave them out already; list
+/// answers still carry them).
+pub fn trim<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
+/// `namespace/name`, or `name` for cluster-scoped objects: the work queues' keys.
+pub fn key_of<K: Resource>(object: &K) -> String {
+    use kube::ResourceExt;
+    match object.namespace() {
+        Some(namespace) => format!("{namespace}/{}", object.name_any()),
+        None => object.name_any(),
+    }
 }
 
 fn remove_from(index: &mut HashMap<String, HashSet<String>>, bucket: &str, key: &str) {
@@ -97,6 +127,9 @@ impl<K: Resource> Index<K> {
 
 struct Inner<K> {
     index: RwLock<Index<K>>,
+    /// A list in progress: its objects are published as they come and join the index at
+    /// once when it completes.
+    listing: Mutex<Option<Index<K>>>,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<Change<K>>>>,
     ready: tokio::sync::watch::Sender<bool>,
 }
@@ -124,7 +157,7 @@ where
 }
 
 fn key<K: Resource>(object: &K) -> String {
-    crate::key_of(object)
+    key_of(object)
 }
 
 impl<K> Shared<K>
@@ -135,6 +168,7 @@ where
         Self {
             inner: Arc::new(Inner {
                 index: RwLock::new(Index::default()),
+                listing: Mutex::new(None),
                 subscribers: Mutex::new(Vec::new()),
                 ready: tokio::sync::watch::Sender::new(false),
             }),
@@ -156,24 +190,62 @@ where
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Every change from now on. Subscribe before [`Shared::run`] starts to see the
-    /// initial list too.
+    /// Every object the cache holds now, as a change each, then every change from now
+    /// on: a component that starts (or is elected) late sees the same as one that
+    /// subscribed before [`Shared::run`] started.
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Change<K>> {
+        self.join(true).1
+    }
+
+    /// Every object the cache holds now, and every change after that moment: for a
+    /// component that takes the state in one piece and follows from there.
+    pub fn state_and_changes(&self) -> (Vec<Arc<K>>, mpsc::UnboundedReceiver<Change<K>>) {
+        self.join(false)
+    }
+
+    fn join(&self, send_state: bool) -> (Vec<Arc<K>>, mpsc::UnboundedReceiver<Change<K>>) {
         let (sender, receiver) = mpsc::unbounded_channel();
+        // Changes are published in the order they enter the cache, each under the
+        // subscribers' lock; a list completes under the listing's. With both held, the
+        // state read and the subscription fall between the same two changes.
+        let listing = self.listing();
+        let mut subscribers = self.subscribers();
+        let mut state: HashMap<String, Arc<K>> = self.read().objects.clone();
+        // The objects of a list in progress were published already, before this
+        // subscription: they are the state, over the cache's older copies.
+        if let Some(listing) = listing.as_ref() {
+            state.extend(listing.objects.iter().map(|(k, o)| (k.clone(), Arc::clone(o))));
+        }
+        let state: Vec<Arc<K>> = state.into_values().collect();
+        if send_state {
+            for object in &state {
+                // The receiver is in hand: the send cannot fail.
+                drop(sender.send(Change {
+                    object: Arc::clone(object),
+                    deleted: false,
+                }));
+            }
+        }
+        subscribers.push(sender);
+        (state, receiver)
+    }
+
+    fn listing(&self) -> std::sync::MutexGuard<'_, Option<Index<K>>> {
+        self.inner
+            .listing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn subscribers(&self) -> std::sync::MutexGuard<'_, Vec<mpsc::UnboundedSender<Change<K>>>> {
         self.inner
             .subscribers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(sender);
-        receiver
     }
 
     fn publish(&self, object: Arc<K>, deleted: bool) {
-        let mut subscribers = self
-            .inner
-            .subscribers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut subscribers = self.subscribers();
         // A subscriber that stopped is forgotten.
         subscribers.retain(|s| {
             s.send(Change {
@@ -255,20 +327,22 @@ where
     pub async fn run(self, client: kube::Client) {
         let events = watcher(Api::<K>::all(client), watcher::Config::default())
             .default_backoff()
-            .modify(crate::trim);
+            .modify(trim);
         let mut events = std::pin::pin!(events);
-        let mut listing: Option<Index<K>> = None;
         while let Some(event) = events.next().await {
             match event {
-                Ok(watcher::Event::Init) => listing = Some(Index::default()),
+                Ok(watcher::Event::Init) => *self.listing() = Some(Index::default()),
                 Ok(watcher::Event::InitApply(object)) => {
                     let object = Arc::new(object);
-                    if let Some(listing) = listing.as_mut() {
+                    if let Some(listing) = self.listing().as_mut() {
                         listing.insert(key(object.as_ref()), Arc::clone(&object));
                     }
                     self.publish(object, false);
                 }
                 Ok(watcher::Event::InitDone) => {
+                    // Completed under the listing's lock: a subscriber sees the list
+                    // either in progress or in the cache, never neither.
+                    let mut listing = self.listing();
                     if let Some(listed) = listing.take() {
                         self.relisted(listed);
                     }
@@ -349,7 +423,7 @@ mod tests {
         let shared = SharedPods::new();
         shared.apply(pod("kept", "ns", Some("u1")));
         shared.apply(pod("gone", "ns", Some("u1")));
-        let mut events = shared.subscribe();
+        let (_, mut events) = shared.state_and_changes();
         let mut listed = Index::default();
         let kept = Arc::new(pod("kept", "ns", Some("u1")));
         listed.insert(key(kept.as_ref()), kept);
@@ -358,5 +432,63 @@ mod tests {
         let event = events.try_recv().unwrap();
         assert_eq!((event.object.name_any().as_str(), event.deleted), ("gone", true));
         assert!(*shared.inner.ready.borrow());
+    }
+
+    fn seen(events: &mut mpsc::UnboundedReceiver<Change<Pod>>) -> Vec<(String, Option<String>, bool)> {
+        let mut seen: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
+            .map(|e| {
+                (
+                    e.object.name_any(),
+                    e.object.metadata.resource_version.clone(),
+                    e.deleted,
+                )
+            })
+            .collect();
+        seen.sort();
+        seen
+    }
+
+    fn versioned(name: &str, version: &str) -> Pod {
+        let mut pod = pod(name, "ns", None);
+        pod.metadata.resource_version = Some(version.into());
+        pod
+    }
+
+    #[test]
+    fn a_late_subscriber_starts_from_the_state_then_follows() {
+        let shared = SharedPods::new();
+        shared.apply(versioned("a", "1"));
+        shared.apply(versioned("b", "2"));
+        let mut late = shared.subscribe();
+        let (mut state, mut changes) = shared.state_and_changes();
+        shared.apply(versioned("a", "3"));
+        let v = |s: &str| Some(s.to_string());
+        assert_eq!(
+            seen(&mut late),
+            [
+                ("a".into(), v("1"), false),
+                ("a".into(), v("3"), false),
+                ("b".into(), v("2"), false)
+            ]
+        );
+        state.sort_by_key(|p| p.name_any());
+        assert_eq!(names(state), ["a", "b"]);
+        assert_eq!(seen(&mut changes), [("a".into(), v("3"), false)]);
+
+        // A list in progress: its objects were published already, so a subscriber joining
+        // now takes them as the state, not the cache's older copies.
+        *shared.listing() = Some(Index::default());
+        let newer = Arc::new(versioned("b", "4"));
+        shared
+            .listing()
+            .as_mut()
+            .unwrap()
+            .insert(key(newer.as_ref()), Arc::clone(&newer));
+        shared.publish(newer, false);
+        let mut joining = shared.subscribe();
+        assert_eq!(
+            seen(&mut joining),
+            [("a".into(), v("3"), false), ("b".into(), v("4"), false)]
+        );
     }
 }
