@@ -262,6 +262,53 @@ pub(crate) fn decode_typed(
 ) -> Result<Value, ApiError> {
     let mut decoded = object;
     let unknown = typed::normalize(info, &mut decoded).map_err(|e| bad_request(e.to_string()))?;
+    finish_decoding(info, decoded, unknown, validation, warnings)
+}
+
+/// [`decode_typed`] for a change of `before`, a stored object (decoded when it was
+/// stored): the top-level members the change left equal to `before`'s are set aside while
+/// the rest is decoded, as decoding them again would change nothing and find nothing. A
+/// status patch decodes the status alone, not the spec and metadata around it. Anything
+/// the partial decode does not accept (a field the type requires among those set aside,
+/// an error) is decided by the whole decode, so the answer is always the same.
+pub(crate) fn decode_changed(
+    info: &ResourceInfo,
+    object: Value,
+    before: &Value,
+    validation: FieldValidation,
+    warnings: &mut Vec<String>,
+) -> Result<Value, ApiError> {
+    let (mut members, stored) = match (object, before.as_object()) {
+        (Value::Object(members), Some(stored)) => (members, stored),
+        (object, _) => return decode_typed(info, object, validation, warnings),
+    };
+    let unchanged: Vec<String> = members
+        .iter()
+        .filter(|(name, value)| !matches!(name.as_str(), "apiVersion" | "kind") && stored.get(*name) == Some(value))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let set_aside: Vec<(String, Value)> = unchanged
+        .into_iter()
+        .filter_map(|name| members.remove(&name).map(|value| (name, value)))
+        .collect();
+    let mut decoded = Value::Object(members);
+    let partial = typed::normalize(info, &mut decoded);
+    if let Value::Object(members) = &mut decoded {
+        members.extend(set_aside);
+    }
+    match partial {
+        Ok(unknown) => finish_decoding(info, decoded, unknown, validation, warnings),
+        Err(_) => decode_typed(info, decoded, validation, warnings),
+    }
+}
+
+fn finish_decoding(
+    info: &ResourceInfo,
+    mut decoded: Value,
+    unknown: Vec<String>,
+    validation: FieldValidation,
+    warnings: &mut Vec<String>,
+) -> Result<Value, ApiError> {
     // Go's decoding cannot tell an empty plain field from an absent one, so such a field
     // is left out before defaulting (`dnsPolicy: ""` is defaulted like no dnsPolicy).
     typed::omit_empty(info, &mut decoded);
@@ -1198,7 +1245,13 @@ async fn patch(
             if !patched.is_object() || patched.get("kind") != shown.get("kind") {
                 return Err(bad_request("a patch may not change the object's kind"));
             }
-            let patched = decode_typed(view, patched, write.validation, &mut warnings)?;
+            // Decoded against the copy the patch started from, when no conversion stands
+            // between it and what was stored.
+            let patched = if std::ptr::eq(view, info) {
+                decode_changed(view, patched, &current, write.validation, &mut warnings)?
+            } else {
+                decode_typed(view, patched, write.validation, &mut warnings)?
+            };
             let patched = convert::to_storage(view, patched);
             // A resourceVersion the patch sets is a precondition; otherwise retry on conflicts.
             pinned = meta_str(&patched, "resourceVersion") != meta_str(&current, "resourceVersion");
@@ -2016,6 +2069,81 @@ pub(crate) async fn ensure_system_namespaces(state: &State) -> Result<(), ApiErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Decoding a change against the stored object answers exactly as decoding it whole:
+    /// the same object, the same warnings, the same errors.
+    #[test]
+    fn decoding_a_change_equals_decoding_the_whole_object() {
+        let info = |group, plural| rkube_api::catalogue::find(group, "v1", plural).unwrap();
+        let decode = |info: &ResourceInfo, object: Value| {
+            let mut warnings = Vec::new();
+            decode_typed(info, object, FieldValidation::Warn, &mut warnings).unwrap()
+        };
+        let pod = decode(
+            info("", "pods"),
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "p", "namespace": "default", "labels": {"app": "web"}},
+                   "spec": {"containers": [{"name": "c", "image": "nginx",
+                                            "resources": {"requests": {"cpu": "100m"}}}]},
+                   "status": {"phase": "Pending"}}),
+        );
+        let event = decode(
+            info("", "events"),
+            json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default"},
+                   "involvedObject": {"kind": "Pod", "name": "p"}, "reason": "Created", "message": "one"}),
+        );
+        let changed = |before: &Value, pointer: &str, value: Value| {
+            let mut object = before.clone();
+            match object.pointer_mut(pointer) {
+                Some(slot) => *slot = value,
+                None => {
+                    let (parent, member) = pointer.rsplit_once('/').unwrap();
+                    object.pointer_mut(parent).unwrap()[member] = value;
+                }
+            }
+            object
+        };
+        let cases = [
+            (info("", "pods"), &pod, changed(&pod, "/status/phase", json!("Running"))),
+            (info("", "pods"), &pod, changed(&pod, "/status/bogus", json!(1))),
+            (info("", "pods"), &pod, changed(&pod, "/status/phase", json!(5))),
+            (info("", "pods"), &pod, changed(&pod, "/status", Value::Null)),
+            (info("", "pods"), &pod, changed(&pod, "/spec/containers", json!("x"))),
+            (info("", "pods"), &pod, changed(&pod, "/spec/bogus", json!({"a": 1}))),
+            (
+                info("", "pods"),
+                &pod,
+                changed(&pod, "/metadata/labels/app", json!("db")),
+            ),
+            (info("", "pods"), &pod, changed(&pod, "/metadata/bogus", json!(1))),
+            (
+                info("", "pods"),
+                &pod,
+                changed(&pod, "/spec/containers/0/resources/requests/cpu", json!("1x")),
+            ),
+            (
+                info("", "pods"),
+                &pod,
+                changed(&pod, "/spec/containers/0/resources/requests/cpu", json!("0.1")),
+            ),
+            (info("", "pods"), &pod, changed(&pod, "/extra", json!(true))),
+            (info("", "pods"), &pod, pod.clone()),
+            (info("", "pods"), &pod, json!([1])),
+            // A member the type requires is among those unchanged.
+            (info("", "events"), &event, changed(&event, "/message", json!("two"))),
+            (info("", "events"), &event, changed(&event, "/count", json!("x"))),
+        ];
+        for (info, before, object) in cases {
+            for validation in [FieldValidation::Strict, FieldValidation::Warn, FieldValidation::Ignore] {
+                let (mut whole_warnings, mut changed_warnings) = (Vec::new(), Vec::new());
+                let whole = decode_typed(info, object.clone(), validation, &mut whole_warnings);
+                let change = decode_changed(info, object.clone(), before, validation, &mut changed_warnings);
+                let answer = |r: Result<Value, ApiError>| r.map_err(|e| (e.code, e.message));
+                assert_eq!(answer(change), answer(whole), "{object}");
+                assert_eq!(changed_warnings, whole_warnings, "{object}");
+            }
+        }
+    }
 
     #[test]
     fn a_status_write_keeps_all_but_the_status_labels_and_annotations_as_stored() {
