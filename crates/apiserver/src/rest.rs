@@ -32,10 +32,11 @@ pub(crate) async fn handle(
     path: ResourcePath<'_>,
 ) -> Result<Response<Body>, ApiError> {
     let deprecation = convert::deprecation(path.info);
+    // Streams (exec, attach, port-forward are POSTs) write nothing and last for minutes.
     let writes = matches!(
         *request.method(),
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    );
+    ) && !matches!(path.subresource, Some("exec" | "attach" | "portforward" | "proxy"));
     let response = match state.store.write_intents().filter(|_| writes) {
         // Declared, so that the store's group commit waits for this write too.
         Some(intents) => intents.during(handle_resource(state, request, path)).await?,
