@@ -425,19 +425,22 @@ impl Decoded {
             .clone()
     }
 
+    /// The object an event line carries without its managedFields; `None` when it has
+    /// none. Cut where the cache noted them while reading the stored bytes.
+    pub fn lean_object(&self, line: Line) -> Option<Vec<u8>> {
+        match (line, &self.object, &self.deleted) {
+            (Line::Deleted, _, Some(deleted)) => without_managed_fields(deleted),
+            (_, Some(object), _) => object.without_managed_fields(),
+            _ => None,
+        }
+    }
+
     /// [`Self::line`] without the object's managedFields.
     pub fn lean_line(&self, line: Line) -> Bytes {
         self.lean_lines[line as usize]
-            .get_or_init(|| {
-                let lean = match (line, &self.object, &self.deleted) {
-                    (Line::Deleted, _, Some(deleted)) => without_managed_fields(deleted),
-                    (_, Some(object), _) => object.without_managed_fields(),
-                    _ => None,
-                };
-                match lean {
-                    Some(object) => event_line(line.event_type(), &object),
-                    None => self.line(line),
-                }
+            .get_or_init(|| match self.lean_object(line) {
+                Some(object) => event_line(line.event_type(), &object),
+                None => self.line(line),
             })
             .clone()
     }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::State;
-use crate::cache::{Cached, Decoded, Item, Start, event_line, without_managed_fields};
+use crate::cache::{Cached, Decoded, Item, Start, event_line};
 use crate::filter::Filter;
 use crate::object::general_store_error;
 use crate::query::Query;
@@ -54,11 +54,9 @@ struct Encoder {
 }
 
 impl Encoder {
-    /// An event carrying an encoded object: as it is, as its metadata alone, or as a
-    /// Table row.
+    /// An event carrying an encoded object (without managedFields already if the watch
+    /// is lean): as it is, as its metadata alone, or as a Table row.
     fn object(&mut self, kind: &str, json: &[u8]) -> Bytes {
-        let lean = if self.lean { without_managed_fields(json) } else { None };
-        let json = lean.as_deref().unwrap_or(json);
         match self.view {
             table::View::Object if self.info.stored_as.is_none() => return event_line(kind, json),
             table::View::Metadata => return event_line(kind, &table::partial_json(json).unwrap_or_default()),
@@ -97,7 +95,8 @@ impl Encoder {
         }
         let line = decoded.classify(filter)?;
         Some(if self.view != table::View::Object || self.info.stored_as.is_some() {
-            self.object(line.event_type(), decoded.object_json(line))
+            let lean = if self.lean { decoded.lean_object(line) } else { None };
+            self.object(line.event_type(), lean.as_deref().unwrap_or(decoded.object_json(line)))
         } else {
             // Shared by every watcher that needs the same line.
             if self.lean {
@@ -169,7 +168,13 @@ pub(crate) async fn serve(
                 let deadline = started + timeout;
                 let mut position = revision;
                 for object in &initial {
-                    if sender.send(encoder.object("ADDED", &object.json)).await.is_err() {
+                    let lean = if encoder.lean {
+                        object.without_managed_fields()
+                    } else {
+                        None
+                    };
+                    let line = encoder.object("ADDED", lean.as_deref().unwrap_or(&object.json));
+                    if sender.send(line).await.is_err() {
                         return;
                     }
                 }
