@@ -40,18 +40,12 @@ use crate::plugins::volume_binding::{BIND_COMPLETED, BOUND_BY_CONTROLLER, SELECT
 use crate::queue::Queue;
 use rkube_client::events::{Recorder, reference};
 use rkube_client::leader;
-use rkube_client::shared::SharedPods;
+use rkube_client::shared::{SharedPods, trim};
 
 /// How long binding waits for the pod's claims to be bound (upstream's `bindTimeoutSeconds`).
 const VOLUME_BIND_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The scheduler name pods select by default.
-/// Drops managedFields as objects enter the scheduler's caches (as upstream's informers
-/// are trimmed): nothing here reads them.
-fn trim<K: kube::Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
-}
-
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
 
 #[derive(Debug, thiserror::Error)]

@@ -18,10 +18,11 @@ async fn open(dir: &tempfile::TempDir) -> Arc<SqliteStore> {
     Arc::new(SqliteStore::open(&dir.path().join("state.db"), options).await.unwrap())
 }
 
-async fn until(mut condition: impl FnMut() -> bool) {
-    while !condition() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+async fn until_declared(intents: &rkube_store::WriteIntents) {
+    rkube_testkit::eventually("a declared request", Duration::from_secs(30), async || {
+        (intents.preparing() == 1).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,7 +49,7 @@ async fn a_commit_waits_for_declared_writes_and_only_for_them() {
                 .await
         }
     });
-    until(|| intents.preparing() == 1).await;
+    until_declared(&intents).await;
     let other = tokio::spawn({
         let store = Arc::clone(&store);
         async move { store.create("/other", Bytes::from_static(b"3")).await }
@@ -67,7 +68,7 @@ async fn a_commit_waits_for_declared_writes_and_only_for_them() {
         let intents = intents.clone();
         async move { intents.during(stopped).await }
     });
-    until(|| intents.preparing() == 1).await;
+    until_declared(&intents).await;
     let waiting = tokio::spawn({
         let store = Arc::clone(&store);
         async move { store.create("/waiting", Bytes::from_static(b"4")).await }
